@@ -1,0 +1,346 @@
+"""Store -> one snapshot file per sending domain (PRODUCT.md section 9), for kumod.
+
+kumod reloads a snapshot when its file version (mtime, size, inode) changes, so a file is
+only rewritten when its entries changed; the manifest remembers each domain's store
+generation, so an unchanged domain is not even read from the store. Files are written
+atomically (temp file in the same directory, fsync, rename, fsync of the directory) and
+streamed from a cursor: one export never holds a domain's list, let alone the whole
+list, in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import grp
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Callable, Iterable
+
+import tomli_w
+
+from .config import Config
+from .keys import is_plain_hostname, snapshot_filename
+from .store import Store
+
+log = logging.getLogger("kumo_suppress.export")
+
+SNAPSHOT_FORMAT = "kumo-suppression-snapshot"
+MANIFEST_FORMAT = "kumo-suppression-manifest"
+MANIFEST = "manifest.json"
+LOCK = ".export.lock"
+_SNAPSHOT_NAME = re.compile(r"^(?P<domain>.+)\.(?P<ext>json|toml)$")
+
+
+class ExportError(Exception):
+    """The snapshot directory cannot be written: exit 3, old snapshots left as they were."""
+
+
+@dataclass
+class ExportResult:
+    written: list = field(default_factory=list)
+    unchanged: int = 0
+    removed: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)     # domains that may not name a file
+    entries: int = 0
+    domains: int = 0
+    duration: float = 0.0
+
+    def summary(self) -> str:
+        text = (f"written {len(self.written)}, unchanged {self.unchanged}, removed {len(self.removed)} "
+                f"({self.domains} domain(s), {self.entries} entries)")
+        if self.skipped:
+            text += f"; {len(self.skipped)} domain(s) skipped: not a plain hostname"
+        return text
+
+
+def iso_now(now: float) -> str:
+    return dt.datetime.fromtimestamp(int(now), dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _toml_string(text: str) -> str:
+    # JSON's escapes (\" \\ \n \uXXXX) are TOML basic-string escapes too; TOML also
+    # forbids a raw DEL.
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+def _json_entry(recipient: str, reason: str, since: int, expires: int | None) -> str:
+    tail = f',"expires":{expires}' if expires is not None else ""
+    return f'{json.dumps(recipient, ensure_ascii=False)}:{{"reason":"{reason}","since":{since}{tail}}}'
+
+
+def _toml_entry(recipient: str, reason: str, since: int, expires: int | None) -> str:
+    tail = f", expires = {expires}" if expires is not None else ""
+    return f'{_toml_string(recipient)} = {{ reason = "{reason}", since = {since}{tail} }}'
+
+
+def write_snapshot(fh, fmt: str, domain: str, generated_at: str, count: int,
+                   rows: Iterable[tuple]) -> str:
+    """Stream one snapshot into `fh` (binary); returns the sha256 of its entries alone, so
+    an export can tell a real change from a new generated_at."""
+    entries = hashlib.sha256()
+    if fmt == "json":
+        head = {"format": SNAPSHOT_FORMAT, "version": 1, "domain": domain, "generated_at": generated_at,
+                "count": count}
+        fh.write(json.dumps(head, ensure_ascii=False, separators=(",", ":"))[:-1].encode())
+        fh.write(b',"recipients":{\n')
+        entry, sep, close = _json_entry, ",\n", "\n}}\n"
+    else:
+        head = {"format": SNAPSHOT_FORMAT, "version": 1, "domain": domain, "generated_at": generated_at,
+                "count": count}
+        fh.write(tomli_w.dumps(head).encode())
+        fh.write(b"\n[recipients]\n")
+        entry, sep, close = _toml_entry, "\n", "\n"
+    first = True
+    chunk: list[str] = []
+    for row in rows:
+        text = entry(*row)
+        chunk.append(text if first else sep + text)
+        first = False
+        if len(chunk) >= 4096:
+            data = "".join(chunk).encode()
+            entries.update(data)
+            fh.write(data)
+            chunk.clear()
+    data = "".join(chunk).encode()
+    entries.update(data)
+    fh.write(data)
+    fh.write(close.encode() if not (fmt == "toml" and first) else b"")
+    return entries.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable, mode: int = 0o644, gid: int | None = None):
+    """write(fh) into a temp file beside `path`, fsync, rename over it, fsync the dir, and
+    return what write returned; when it returns None the temp file is dropped instead.
+    A failure leaves the old file untouched."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            value = write(fh)
+            if value is not None:
+                fh.flush()
+                os.fsync(fh.fileno())
+        if value is None:
+            os.unlink(tmp)
+            return None
+        os.chmod(tmp, mode)
+        if gid is not None:
+            os.chown(tmp, -1, gid)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+    return value
+
+
+class _Hashing:
+    """A binary file wrapper that hashes what goes through it."""
+
+    def __init__(self, fh):
+        self.fh, self.sha = fh, hashlib.sha256()
+
+    def write(self, data: bytes) -> None:
+        self.sha.update(data)
+        self.fh.write(data)
+
+
+def read_manifest(directory: Path) -> dict:
+    try:
+        data = json.loads((directory / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT else {}
+
+
+@contextlib.contextmanager
+def export_lock(directory: Path):
+    """One export at a time per snapshot directory (cron overlap, `run` + a manual export):
+    the second waits for the first."""
+    fd = os.open(directory / LOCK, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("%s: another export is running; waiting for it", directory)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _file_state(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def export_snapshots(store: Store, config: Config, now: float | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> ExportResult:
+    started = time.monotonic()
+    now = int(time.time() if now is None else now)
+    directory = config.export.dir
+    fmt = config.export.format
+    gid = None
+    if config.export.group:
+        try:
+            gid = grp.getgrnam(config.export.group).gr_gid
+        except KeyError:
+            raise ExportError(f"[export] group {config.export.group!r}: no such group") from None
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o755)
+        with export_lock(directory):
+            result = _export(store, directory, fmt, gid, now, progress)
+    except OSError as err:
+        raise ExportError(f"{err.filename or directory}: cannot write snapshots: {err.strerror}") from None
+    result.duration = time.monotonic() - started
+    for key, value in (("last_export", now), ("last_export_duration", f"{result.duration:.6f}"),
+                       ("last_export_entries", result.entries), ("last_export_domains", result.domains)):
+        store.set_state(key, str(value))
+    return result
+
+
+def _export(store: Store, directory: Path, fmt: str, gid: int | None, now: int,
+            progress: Callable[[int, int], None] | None) -> ExportResult:
+    result = ExportResult()
+    old = read_manifest(directory)
+    usable = old.get("store_id") == store.store_id and old.get("snapshot_format") == fmt
+    old_domains = old.get("domains", {}) if usable and isinstance(old.get("domains"), dict) else {}
+    generated_at = iso_now(now)
+    domains: dict[str, dict] = {}
+    generations = store.domain_generations()
+    for i, (domain, generation) in enumerate(sorted(generations.items())):
+        if progress:
+            progress(i + 1, len(generations))
+        name = snapshot_filename(domain, fmt)
+        if name is None:
+            result.skipped.append(domain)
+            log.warning("sending domain %r is not a plain hostname: no snapshot file", domain)
+            continue
+        path = directory / name
+        prev = old_domains.get(domain)
+        if (isinstance(prev, dict) and prev.get("generation") == generation
+                and (prev.get("next_expiry") is None or prev["next_expiry"] > now)
+                and _file_state(path) == (prev.get("size"), prev.get("mtime_ns"))):
+            domains[domain] = prev
+            result.unchanged += 1
+            result.entries += prev.get("count", 0)
+            continue
+        conn = store.conn
+        conn.execute("BEGIN")          # one consistent view for the count and the rows
+        try:
+            count, next_expiry = store.domain_summary(domain, now)
+            if count == 0:
+                if path.exists():
+                    path.unlink()
+                    result.removed.append(name)
+                continue
+            entries_sha = None
+            if isinstance(prev, dict) and _file_state(path) == (prev.get("size"), prev.get("mtime_ns")):
+                entries_sha = prev.get("entries_sha256")
+            written = _write_domain(store, path, fmt, domain, generated_at, count, now, gid, entries_sha)
+        finally:
+            conn.execute("COMMIT")
+        if written is None:            # same entries as the file there: leave it alone
+            entry = dict(prev, generation=generation, next_expiry=next_expiry)
+            result.unchanged += 1
+        else:
+            size, mtime_ns = _file_state(path)
+            entry = {"file": name, "count": count, "sha256": written[0], "entries_sha256": written[1],
+                     "generation": generation, "next_expiry": next_expiry, "size": size, "mtime_ns": mtime_ns}
+            result.written.append(name)
+        domains[domain] = entry
+        result.entries += count
+    result.domains = len(domains)
+    _remove_strays(directory, fmt, domains, result)
+    manifest = {"format": MANIFEST_FORMAT, "version": 1, "store_id": store.store_id,
+                "snapshot_format": fmt, "generated_at": generated_at, "domains": domains}
+    if not usable or domains != old_domains or not (directory / MANIFEST).exists():
+        data = json.dumps(manifest, indent=1, sort_keys=True).encode() + b"\n"
+        atomic_write(directory / MANIFEST, lambda fh: fh.write(data), gid=gid)
+    return result
+
+
+def _write_domain(store: Store, path: Path, fmt: str, domain: str, generated_at: str, count: int,
+                  now: int, gid: int | None, entries_sha: str | None) -> tuple[str, str] | None:
+    """Write a domain's snapshot and return (file sha256, entries sha256), or None when its
+    entries equal `entries_sha` (the file in place): kumod then reloads nothing."""
+    def write(fh):
+        out = _Hashing(fh)
+        entries = write_snapshot(out, fmt, domain, generated_at, count, store.iter_snapshot(domain, now))
+        return None if entries == entries_sha else (out.sha.hexdigest(), entries)
+    return atomic_write(path, write, gid=gid)
+
+
+def _remove_strays(directory: Path, fmt: str, domains: dict, result: ExportResult) -> None:
+    """Snapshot files of domains with no active entries (or in the other format) go:
+    kumod must stop suppressing for them. Other files are left alone."""
+    for entry in os.scandir(directory):
+        m = _SNAPSHOT_NAME.match(entry.name)
+        if not m or entry.name == MANIFEST or not entry.is_file(follow_symlinks=False):
+            continue
+        domain, ext = m.group("domain"), m.group("ext")
+        if not is_plain_hostname(domain):
+            continue
+        if ext == fmt and domain in domains:
+            continue
+        os.unlink(entry.path)
+        result.removed.append(entry.name)
+
+
+# ---------------------------------------------------------------------- validation
+
+@lru_cache(maxsize=1)
+def snapshot_schema() -> dict:
+    return json.loads(resources.files("exporter").joinpath("schema/snapshot.schema.json").read_text())
+
+
+def validate_snapshot_file(path: Path) -> list[str]:
+    """Problems with one snapshot file (empty list: valid)."""
+    import jsonschema
+    import tomllib
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        return [f"cannot read: {err.strerror}"]
+    try:
+        data = tomllib.loads(raw.decode()) if path.suffix == ".toml" else json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as err:
+        return [f"not valid {path.suffix[1:].upper()}: {err}"]
+    validator = jsonschema.Draft202012Validator(snapshot_schema())
+    problems = [f"{'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}"
+                for e in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))[:5]]
+    if problems:
+        return problems
+    if data["count"] != len(data["recipients"]):
+        problems.append(f"count is {data['count']} but there are {len(data['recipients'])} recipients")
+    if path.stem != data["domain"]:
+        problems.append(f"file name {path.name} does not match domain {data['domain']!r}")
+    return problems
+
+
+def snapshot_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir()
+                  if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")
+                  and p.suffix in (".json", ".toml"))

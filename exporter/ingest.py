@@ -1,0 +1,341 @@
+"""Feed log records into the store: kumod's log segments, plain JSONL files, stdin, and
+(through the same Ingestor) the webhook.
+
+Every source takes one path: record -> Event (records.py) -> Decision (rules.py) ->
+store. A segment's checkpoint (lines consumed, complete or not) is committed in the same
+transaction as the entries those lines produced, so a crash anywhere replays nothing
+twice and skips nothing; the per-event keys make a re-read harmless anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterable, Iterator
+
+import zstandard
+
+from .config import Config
+from .records import KNOWN_TYPES, SUPPRESSING_TYPES, DomainSource, MalformedRecord, Skip, check_record, \
+    parse_line, to_event
+from .rules import decide
+from .store import ApplyResult, Store, now_ts
+
+log = logging.getLogger("kumo_suppress.ingest")
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+BATCH_LINES = 50_000
+READ_CHUNK = 1 << 20
+# Records of these types never suppress: a line that plainly is one is counted without
+# being parsed (kumod writes `{"type":"Delivery",...` first), which is most of the log.
+_TYPE_PREFIX = b'{"type":"'
+_PASS_OVER = {t.encode(): t for t in KNOWN_TYPES - SUPPRESSING_TYPES}
+
+
+@dataclass
+class IngestResult:
+    records: int = 0
+    by_type: dict = field(default_factory=dict)
+    events: int = 0
+    malformed: int = 0
+    oversized: int = 0
+    skipped: dict = field(default_factory=dict)       # reason -> count
+    segments: int = 0
+    segments_skipped_open: int = 0
+    warnings: list = field(default_factory=list)
+    applied: ApplyResult = field(default_factory=ApplyResult)
+
+    def merge(self, other: "IngestResult") -> None:
+        self.records += other.records
+        self.events += other.events
+        self.malformed += other.malformed
+        self.oversized += other.oversized
+        self.segments += other.segments
+        self.segments_skipped_open += other.segments_skipped_open
+        self.warnings += other.warnings
+        for name in ("by_type", "skipped"):
+            mine = getattr(self, name)
+            for k, v in getattr(other, name).items():
+                mine[k] = mine.get(k, 0) + v
+        self.applied.merge(other.applied)
+
+    def counters(self) -> dict[str, int]:
+        """Flat counters persisted in the store (and exposed as metrics)."""
+        out = {f"records_total:{k}": v for k, v in self.by_type.items()}
+        out.update({f"skipped_total:{k}": v for k, v in self.skipped.items()})
+        out.update({f"added_total:{k}": v for k, v in self.applied.added.items()})
+        out.update({f"refreshed_total:{k}": v for k, v in self.applied.refreshed.items()})
+        out["malformed_total"] = self.malformed + self.oversized
+        out["duplicates_total"] = self.applied.duplicates
+        return out
+
+    def summary(self) -> str:
+        added = sum(self.applied.added.values())
+        refreshed = sum(self.applied.refreshed.values())
+        text = (f"ingested {self.records} records from {self.segments} segment(s): "
+                f"{added} added, {refreshed} refreshed, {self.applied.duplicates} duplicate")
+        if self.malformed or self.oversized:
+            text += f", {self.malformed + self.oversized} malformed"
+        for reason in ("no_domain", "unknown_type"):
+            if self.skipped.get(reason):
+                text += f", {self.skipped[reason]} {reason.replace('_', ' ')}"
+        if self.segments_skipped_open:
+            text += f"; {self.segments_skipped_open} open segment(s) left for later"
+        return text
+
+
+def is_done(st: os.stat_result) -> bool:
+    """kumod marks a closed segment by clearing every write bit."""
+    return stat.S_IMODE(st.st_mode) & 0o222 == 0
+
+
+class _Lines:
+    """Complete lines of a zstd (kumod segment) or plain stream, tolerant of truncation
+    and bounded in memory: a line longer than `max_line` is never buffered; it comes out
+    as None so line numbers, and with them checkpoints, stay exact."""
+
+    def __init__(self, stream: BinaryIO, max_line: int):
+        self.stream = stream
+        self.max_line = max_line
+        self.torn = False          # the data ended inside a line
+        self.truncated = False     # the zstd stream ended early or is corrupt
+
+    def _chunks(self) -> Iterator[bytes]:
+        data = self.stream.read(READ_CHUNK)
+        if not data.startswith(ZSTD_MAGIC):
+            while data:
+                yield data
+                data = self.stream.read(READ_CHUNK)
+            return
+        dobj = zstandard.ZstdDecompressor().decompressobj()
+        fed = False                 # has the current frame's decompressor seen input?
+        while data:
+            try:
+                out = dobj.decompress(data)
+            except zstandard.ZstdError:
+                self.truncated = True
+                return
+            fed = True
+            if out:
+                yield out
+            if dobj.eof:            # a segment may hold several frames
+                data = dobj.unused_data
+                dobj = zstandard.ZstdDecompressor().decompressobj()
+                fed = False
+                if data:
+                    continue
+            data = self.stream.read(READ_CHUNK)
+        if fed and not dobj.eof:
+            self.truncated = True
+
+    def __iter__(self) -> Iterator[bytes | None]:
+        buf = b""
+        skipping = False
+        max_line = self.max_line
+        for chunk in self._chunks():
+            buf += chunk
+            start = 0
+            while True:
+                nl = buf.find(b"\n", start)
+                if nl < 0:
+                    break
+                if skipping:
+                    skipping = False
+                elif nl - start > max_line:
+                    yield None
+                else:
+                    yield buf[start:nl]
+                start = nl + 1
+            buf = buf[start:]
+            if len(buf) > max_line:
+                if not skipping:
+                    yield None
+                skipping = True
+                buf = b""
+        self.torn = bool(buf) or skipping
+
+
+class Ingestor:
+    def __init__(self, store: Store, config: Config, *, progress: Callable[[str, int], None] | None = None):
+        self.store = store
+        self.config = config
+        self.source = DomainSource(config.keys.sending_domain, config.policy.domain_meta,
+                                   config.keys.aliases or None)
+        self.own_queue = config.policy.queue
+        self.progress = progress
+
+    # ------------------------------------------------------------------ records
+    def _handle(self, record: dict, result: IngestResult, pending: list) -> None:
+        kind = record["type"]
+        result.records += 1
+        result.by_type[kind] = result.by_type.get(kind, 0) + 1
+        try:
+            event = to_event(record, self.source, self.own_queue)
+        except Skip as skip:
+            if skip.reason != "not_suppressing":
+                result.skipped[skip.reason] = result.skipped.get(skip.reason, 0) + 1
+            return
+        decision = decide(event, self.config.rules)
+        if decision is None:
+            result.skipped["rule"] = result.skipped.get("rule", 0) + 1
+            return
+        result.events += 1
+        pending.append((event, decision))
+
+    def _commit(self, pending: list, batch: IngestResult, result: IngestResult, source: str,
+                checkpoint: tuple | None = None) -> None:
+        """One transaction: the batch's entries, its counters and (for a file) its
+        checkpoint. Then the batch is folded into `result` and emptied."""
+        now = now_ts()
+        applied = batch.applied
+        with self.store.transaction():
+            for event, decision in pending:
+                self.store.apply_event(event, decision, source, now, applied)
+            if checkpoint is not None:
+                self.store.set_segment_checkpoint(*checkpoint, now)
+            self.store.add_counters(batch.counters())
+            self.store.set_state("last_ingest", str(now))
+        pending.clear()
+        result.merge(batch)
+        batch.__init__()
+
+    def ingest_records(self, records: Iterable[dict], source: str = "webhook") -> IngestResult:
+        """Already-parsed records (the webhook): all of them commit in one transaction,
+        or none does. MalformedRecord if any item is not a record."""
+        result, batch = IngestResult(), IngestResult()
+        pending: list = []
+        for record in records:
+            check_record(record)
+            self._handle(record, batch, pending)
+        self._commit(pending, batch, result, source)
+        return result
+
+    # ------------------------------------------------------------------ streams
+    def _ingest_lines(self, lines: _Lines, origin: str, source: str, skip_lines: int,
+                      checkpoint_key: str | None, size: int, final: bool, result: IngestResult) -> None:
+        """Lines after `skip_lines`, committed every BATCH_LINES with the checkpoint.
+        `final`: the file is done, so a torn last line will never be completed."""
+        pending: list = []
+        batch = IngestResult()
+        handle, pass_over = self._handle, _PASS_OVER
+        by_type = batch.by_type
+        lineno = 0
+
+        def checkpoint(complete: bool = False):
+            return (checkpoint_key, lineno, complete, size) if checkpoint_key else None
+
+        for line in lines:
+            lineno += 1
+            if lineno <= skip_lines:
+                continue
+            if line is None:
+                batch.oversized += 1
+                log.warning("%s:%d: line over %d bytes skipped", origin, lineno, lines.max_line)
+            elif line.startswith(_TYPE_PREFIX) and line.endswith(b"}") and \
+                    (kind := pass_over.get(line[9:line.find(b'"', 9)])) is not None:
+                batch.records += 1
+                by_type[kind] = by_type.get(kind, 0) + 1
+            elif line.strip():
+                try:
+                    record = parse_line(line)
+                except MalformedRecord as err:
+                    batch.malformed += 1
+                    log.warning("%s:%d: malformed record skipped: %s", origin, lineno, err)
+                else:
+                    handle(record, batch, pending)
+            if lineno % BATCH_LINES == 0:
+                self._commit(pending, batch, result, source, checkpoint())
+                by_type = batch.by_type
+                if self.progress:
+                    self.progress(origin, lineno)
+        if lines.truncated and final:   # an open segment's frame is simply not finished yet
+            result.warnings.append(f"{origin}: truncated zstd stream; kept its {lineno} complete line(s)")
+            log.warning("%s: truncated zstd stream; kept its %d complete line(s)", origin, lineno)
+        if lines.torn and final:
+            batch.malformed += 1
+            result.warnings.append(f"{origin}:{lineno + 1}: torn last line skipped")
+            log.warning("%s:%d: torn last line skipped", origin, lineno + 1)
+        # an open segment's unfinished last line is read next time, from the checkpoint
+        self._commit(pending, batch, result, source, checkpoint(final))
+
+    def ingest_file(self, path: Path, *, require_done: bool, source: str = "log") -> IngestResult:
+        """One segment or JSONL file, from its checkpoint on."""
+        result = IngestResult()
+        key = str(path.resolve())
+        try:
+            fh = open(path, "rb")
+        except OSError as err:
+            result.warnings.append(f"{path}: cannot read: {err.strerror}")
+            log.warning("%s: cannot read: %s", path, err.strerror)
+            return result
+        with fh:
+            st = os.fstat(fh.fileno())
+            done = is_done(st)
+            if require_done and not done:
+                result.segments_skipped_open = 1
+                return result
+            skip, complete = self.store.segment_checkpoint(key)
+            if complete:
+                return result
+            lines = _Lines(fh, self.config.ingest.max_line)
+            self._ingest_lines(lines, str(path), source, skip, key, st.st_size, done, result)
+            result.segments = 1
+        return result
+
+    def ingest_stream(self, stream: BinaryIO, origin: str = "<stdin>", source: str = "log") -> IngestResult:
+        result = IngestResult()
+        lines = _Lines(stream, self.config.ingest.max_line)
+        self._ingest_lines(lines, origin, source, 0, None, 0, True, result)
+        return result
+
+    def ingest_dir(self, root: Path, *, include_open: bool) -> IngestResult:
+        result = IngestResult()
+        if not root.is_dir():
+            result.warnings.append(f"{root}: log directory not found")
+            log.warning("%s: log directory not found", root)
+            return result
+        for path in iter_segments(root):
+            result.merge(self.ingest_file(path, require_done=not include_open))
+        return result
+
+    def ingest_paths(self, paths: Iterable[str]) -> IngestResult:
+        """`kumo-suppress ingest PATH...`: files (open or done), directories, `-` for stdin."""
+        result = IngestResult()
+        for p in paths:
+            if p == "-":
+                result.merge(self.ingest_stream(sys.stdin.buffer))
+                continue
+            path = Path(p)
+            if path.is_dir():
+                result.merge(self.ingest_dir(path, include_open=self.config.ingest.include_open))
+            elif path.exists():
+                result.merge(self.ingest_file(path, require_done=False))
+            else:
+                raise FileNotFoundError(f"{path}: no such file or directory")
+        return result
+
+    def ingest_configured(self) -> IngestResult:
+        result = IngestResult()
+        for root in self.config.ingest.log_dirs:
+            result.merge(self.ingest_dir(root, include_open=self.config.ingest.include_open))
+        return result
+
+
+def iter_segments(root: Path) -> Iterator[Path]:
+    """Regular files below `root` (subdirectories too), oldest name first; kumod names
+    segments by their start time, so name order is time order within a directory."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if name.startswith("."):
+                continue
+            path = Path(dirpath) / name
+            if path.is_file() and not path.is_symlink():
+                found.append(path)
+    found.sort(key=lambda p: (p.name, str(p)))
+    return iter(found)

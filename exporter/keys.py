@@ -1,0 +1,87 @@
+"""Keys shared byte-for-byte with the Lua module (PRODUCT.md section 3).
+
+Lua's string.lower lowercases ASCII only, so every normalization here is ASCII-only
+too: a recipient with non-ASCII bytes gets the same key on both sides.
+tests/vectors/normalization.json holds the vectors both test suites check.
+"""
+
+from __future__ import annotations
+
+import re
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+# Lua's %s class in the C locale: space, \t, \n, \v, \f, \r
+_WHITESPACE = " \t\n\v\f\r"
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
+
+MAX_RECIPIENT_LENGTH = 512
+
+
+def ascii_lower(text: str) -> str:
+    return text.translate(_ASCII_LOWER)
+
+
+def recipient_key(address: str) -> str | None:
+    """`  <User@Example.NET> ` -> `user@example.net`; `@Bad.Example` stays a domain entry.
+
+    None for something that cannot be a recipient (no `@`, empty, absurdly long)."""
+    if not isinstance(address, str):
+        return None
+    text = address.strip(_WHITESPACE)
+    if len(text) >= 2 and text[0] == "<" and text[-1] == ">":
+        text = text[1:-1]
+    key = ascii_lower(text)
+    if "@" not in key or len(key) > MAX_RECIPIENT_LENGTH or key.endswith("@") or not _encodable(key):
+        return None
+    return key
+
+
+def domain_key(domain: str) -> str | None:
+    """A sending domain as the key both sides use: ASCII-lowercased, one trailing dot off."""
+    if not isinstance(domain, str):
+        return None
+    key = ascii_lower(domain.strip(_WHITESPACE))
+    if key.endswith("."):
+        key = key[:-1]
+    if len(key) > MAX_RECIPIENT_LENGTH or not _encodable(key):
+        return None
+    return key or None
+
+
+def _encodable(text: str) -> bool:
+    """False for lone surrogates (from JSON \\ud800 escapes): they have no UTF-8 bytes,
+    so no Lua string could ever match them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def domain_of_address(address: str) -> str | None:
+    """The sending-domain key of an address (`"News" <news@Example.com>` -> example.com)."""
+    if not isinstance(address, str):
+        return None
+    text = address.strip(_WHITESPACE)
+    if text.endswith(">") and "<" in text:
+        text = text[text.rindex("<") + 1:-1]
+    if "@" not in text:
+        return None
+    return domain_key(text.rpartition("@")[2])
+
+
+def is_plain_hostname(domain: str) -> bool:
+    """Labels of [a-z0-9-] (1-63 chars, no leading/trailing hyphen), total <= 253."""
+    if not domain or len(domain) > 253:
+        return False
+    return all(_LABEL.match(label) for label in domain.split("."))
+
+
+def snapshot_filename(domain: str, fmt: str) -> str | None:
+    """`example.com.json`, or None for a domain that must never name a file."""
+    return f"{domain}.{fmt}" if is_plain_hostname(domain) else None
+
+
+def recipient_domain_entry(recipient: str) -> str:
+    """`user@bad.example` -> `@bad.example`, the entry that suppresses a whole domain."""
+    return "@" + recipient.rpartition("@")[2]

@@ -1,0 +1,429 @@
+"""The authoritative suppression list: one SQLite file (WAL), documented in the README so
+an end user's panel can read it.
+
+Writes are short IMMEDIATE transactions, so the scheduler, the webhook receiver and a
+manual command can share one store. Every change to a domain's active entries bumps
+that domain's generation, which is how export knows what to rewrite without reading it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import sqlite_utils
+
+from .records import Event
+from .rules import Decision
+
+SCHEMA_VERSION = 1
+SOURCES = ("log", "webhook", "manual", "import")
+EVIDENCE = ("type", "message_id", "code", "enhanced_code", "content", "classification", "nodeid")
+_EV_COLS = ", ".join(f"ev_{c}" for c in EVIDENCE)
+
+
+class StoreError(Exception):
+    """The store cannot be used (missing, unreadable, locked, disk full): exit 3."""
+
+
+@dataclass
+class ApplyResult:
+    added: dict = field(default_factory=dict)        # reason -> count
+    refreshed: dict = field(default_factory=dict)
+    duplicates: int = 0
+    tombstoned: int = 0
+    stale: int = 0
+    below_threshold: int = 0
+
+    def merge(self, other: "ApplyResult") -> None:
+        for name in ("added", "refreshed"):
+            mine = getattr(self, name)
+            for k, v in getattr(other, name).items():
+                mine[k] = mine.get(k, 0) + v
+        for name in ("duplicates", "tombstoned", "stale", "below_threshold"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+def _later(a: int | None, b: int | None) -> int | None:
+    """The later of two expiry times, None meaning never."""
+    if a is None or b is None:
+        return None
+    return max(a, b)
+
+
+def _expiry_at_least(new: int | None, old: int | None) -> bool:
+    if new is None:
+        return True
+    if old is None:
+        return False
+    return new >= old
+
+
+def entry_dict(row: sqlite3.Row) -> dict:
+    """A suppressions row -> the object `check --json` and the read API show."""
+    return {
+        "recipient": row["recipient"], "domain": row["domain"], "reason": row["reason"],
+        "source": row["source"], "first_seen": row["first_seen"], "last_seen": row["last_seen"],
+        "expires": row["expires"], "count": row["count"], "note": row["note"],
+        "evidence": {c: row[f"ev_{c}"] for c in EVIDENCE},
+    }
+
+
+class Store:
+    def __init__(self, conn: sqlite3.Connection, path: Path):
+        self.conn = conn
+        self.path = path
+        self.db = sqlite_utils.Database(conn)
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def open(cls, path: os.PathLike | str, *, create: bool = True, busy_timeout: float = 30.0) -> "Store":
+        path = Path(path)
+        if not path.exists():
+            if not create:
+                raise StoreError(f"{path}: store does not exist (run `kumo-suppress init`)")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                # 0600 from the first byte: the store holds every address ever bounced
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+            except OSError as err:
+                raise StoreError(f"{path}: cannot create store: {err.strerror}") from None
+        try:
+            conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None,
+                                   check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+            store = cls(conn, path)
+            store.migrate()
+        except sqlite3.DatabaseError as err:
+            raise StoreError(f"{path}: cannot open store: {err}") from None
+        return store
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """BEGIN IMMEDIATE ... COMMIT: the writer lock is taken up front, so a busy store
+        waits (busy_timeout) instead of failing halfway through."""
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as err:
+            raise StoreError(f"{self.path}: {err}") from None
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        try:
+            self.conn.execute("COMMIT")
+        except sqlite3.OperationalError as err:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("ROLLBACK")
+            raise StoreError(f"{self.path}: cannot commit: {err}") from None
+
+    def migrate(self) -> None:
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{self.path}: store schema {version} is newer than this kumo-suppress ({SCHEMA_VERSION})")
+        if version == SCHEMA_VERSION:
+            return
+        with self.transaction():
+            db = self.db
+            db["suppressions"].create({
+                "domain": str, "recipient": str, "reason": str, "source": str,
+                "first_seen": int, "last_seen": int, "expires": int, "count": int,
+                **{f"ev_{c}": (int if c == "code" else str) for c in EVIDENCE},
+                "note": str, "updated_at": int,
+            }, pk=("domain", "recipient"), not_null={"reason", "source", "first_seen", "last_seen", "count"},
+                if_not_exists=True)
+            db["tombstones"].create({"domain": str, "recipient": str, "removed_at": int, "note": str},
+                                    pk=("domain", "recipient"), if_not_exists=True)
+            db["history"].create({"id": int, "at": int, "action": str, "domain": str, "recipient": str,
+                                  "reason": str, "source": str, "event_time": int, "expires": int,
+                                  "detail": str}, pk="id", if_not_exists=True)
+            db["seen_events"].create({"key": bytes, "at": int}, pk="key", if_not_exists=True)
+            db["strikes"].create({"domain": str, "recipient": str, "reason": str, "at": int, "key": bytes},
+                                 pk="key", if_not_exists=True)
+            db["domains"].create({"domain": str, "generation": int}, pk="domain", if_not_exists=True)
+            db["segments"].create({"path": str, "lines": int, "complete": int, "size": int,
+                                   "updated_at": int}, pk="path", if_not_exists=True)
+            db["counters"].create({"name": str, "value": int}, pk="name", if_not_exists=True)
+            db["state"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
+            self.conn.execute("CREATE INDEX IF NOT EXISTS suppressions_expires ON suppressions(expires)")
+            self.conn.execute("CREATE INDEX IF NOT EXISTS suppressions_reason ON suppressions(reason)")
+            self.conn.execute("CREATE INDEX IF NOT EXISTS history_pair ON history(domain, recipient)")
+            self.conn.execute("CREATE INDEX IF NOT EXISTS strikes_pair ON strikes(domain, recipient, at)")
+            self.conn.execute("CREATE INDEX IF NOT EXISTS seen_events_at ON seen_events(at)")
+            self.conn.execute("INSERT OR IGNORE INTO state(key, value) VALUES ('store_id', ?)", (uuid.uuid4().hex,))
+            self.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    # ------------------------------------------------------------------ state
+    def get_state(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_state(self, key: str, value: str) -> None:
+        self.conn.execute("INSERT INTO state(key, value) VALUES (?, ?) "
+                          "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+
+    @property
+    def store_id(self) -> str:
+        return self.get_state("store_id") or ""
+
+    def add_counters(self, counts: dict[str, int]) -> None:
+        self.conn.executemany(
+            "INSERT INTO counters(name, value) VALUES (?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+            [(k, v) for k, v in counts.items() if v])
+
+    def counters(self) -> dict[str, int]:
+        return {r[0]: r[1] for r in self.conn.execute("SELECT name, value FROM counters")}
+
+    # ------------------------------------------------------------------ segments
+    def segment_checkpoint(self, path: str) -> tuple[int, bool]:
+        row = self.conn.execute("SELECT lines, complete FROM segments WHERE path = ?", (path,)).fetchone()
+        return (row[0], bool(row[1])) if row else (0, False)
+
+    def set_segment_checkpoint(self, path: str, lines: int, complete: bool, size: int, now: int) -> None:
+        self.conn.execute(
+            "INSERT INTO segments(path, lines, complete, size, updated_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(path) DO UPDATE SET lines = excluded.lines, complete = excluded.complete, "
+            "size = excluded.size, updated_at = excluded.updated_at",
+            (path, lines, int(complete), size, now))
+
+    # ------------------------------------------------------------------ writes
+    def _bump(self, domain: str) -> None:
+        self.conn.execute("INSERT INTO domains(domain, generation) VALUES (?, 1) "
+                          "ON CONFLICT(domain) DO UPDATE SET generation = generation + 1", (domain,))
+
+    def _history(self, now: int, action: str, domain: str, recipient: str, reason: str | None,
+                 source: str | None, event_time: int | None, expires: int | None, detail: str | None = None) -> None:
+        self.conn.execute(
+            "INSERT INTO history(at, action, domain, recipient, reason, source, event_time, expires, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (now, action, domain, recipient, reason, source, event_time, expires, detail))
+
+    def apply_event(self, event: Event, decision: Decision, source: str, now: int,
+                    result: ApplyResult) -> None:
+        """Record one suppressing event for each of its recipients. Call inside transaction()."""
+        conn = self.conn
+        expires_new = None if decision.ttl is None else event.timestamp + decision.ttl
+        evidence = event.evidence()
+        for recipient in event.recipients:
+            key = event.key(recipient)
+            if conn.execute("INSERT OR IGNORE INTO seen_events(key, at) VALUES (?, ?)",
+                            (key, event.timestamp)).rowcount == 0:
+                result.duplicates += 1
+                continue
+            domain = event.domain
+            tomb = conn.execute("SELECT removed_at FROM tombstones WHERE domain = ? AND recipient = ?",
+                                (domain, recipient)).fetchone()
+            if tomb is not None and event.timestamp <= tomb[0]:
+                result.tombstoned += 1   # an operator removed it after this event happened
+                continue
+            if expires_new is not None and expires_new <= now:
+                result.stale += 1        # its suppression would already be over
+                continue
+            if decision.threshold > 1:
+                conn.execute("INSERT OR IGNORE INTO strikes(domain, recipient, reason, at, key) "
+                             "VALUES (?, ?, ?, ?, ?)", (domain, recipient, decision.reason, event.timestamp, key))
+                strikes = conn.execute(
+                    "SELECT COUNT(*) FROM strikes WHERE domain = ? AND recipient = ? AND reason = ? "
+                    "AND at > ? AND at <= ?", (domain, recipient, decision.reason,
+                                               event.timestamp - decision.window, event.timestamp)).fetchone()[0]
+                if strikes < decision.threshold:
+                    result.below_threshold += 1
+                    continue
+            self._upsert(domain, recipient, decision.reason, source, event.timestamp, expires_new,
+                         evidence, None, now, result)
+
+    def _upsert(self, domain: str, recipient: str, reason: str, source: str, when: int,
+                expires: int | None, evidence: dict, note: str | None, now: int,
+                result: ApplyResult) -> str:
+        conn = self.conn
+        row = conn.execute("SELECT reason, first_seen, last_seen, expires, count FROM suppressions "
+                           "WHERE domain = ? AND recipient = ?", (domain, recipient)).fetchone()
+        ev = [evidence.get(c) for c in EVIDENCE]
+        if row is None or (row["expires"] is not None and row["expires"] <= now):
+            conn.execute(
+                f"INSERT OR REPLACE INTO suppressions(domain, recipient, reason, source, first_seen, last_seen, "
+                f"expires, count, {_EV_COLS}, note, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 1, "
+                f"?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (domain, recipient, reason, source, when, when, expires, *ev, note, now))
+            self._history(now, "add", domain, recipient, reason, source, when, expires, note)
+            self._bump(domain)
+            result.added[reason] = result.added.get(reason, 0) + 1
+            return "add"
+        new_expires = _later(row["expires"], expires)
+        keep_reason = row["reason"] if not _expiry_at_least(expires, row["expires"]) else reason
+        first_seen = min(row["first_seen"], when)
+        newer = when >= row["last_seen"]
+        sets = ["reason = ?", "first_seen = ?", "last_seen = ?", "expires = ?", "count = count + 1",
+                "updated_at = ?"]
+        args: list = [keep_reason, first_seen, max(row["last_seen"], when), new_expires, now]
+        if newer:
+            sets += [f"ev_{c} = ?" for c in EVIDENCE] + ["source = ?"]
+            args += ev + [source]
+        if note is not None:
+            sets.append("note = ?")
+            args.append(note)
+        conn.execute(f"UPDATE suppressions SET {', '.join(sets)} WHERE domain = ? AND recipient = ?",
+                     (*args, domain, recipient))
+        self._history(now, "refresh", domain, recipient, reason, source, when, new_expires, note)
+        if (keep_reason, first_seen, new_expires) != (row["reason"], row["first_seen"], row["expires"]):
+            self._bump(domain)
+        result.refreshed[reason] = result.refreshed.get(reason, 0) + 1
+        return "refresh"
+
+    def add_manual(self, recipient: str, domain: str, reason: str, ttl: int | None, note: str | None,
+                   now: int, source: str = "manual", since: int | None = None,
+                   expires: int | None | bool = False) -> str:
+        """An operator's suppression (or an imported row). Clears a tombstone: the operator
+        has the last word. Returns "add" or "refresh"."""
+        when = now if since is None else since
+        if expires is False:
+            expires = None if ttl is None else when + ttl
+        result = ApplyResult()
+        with self.transaction():
+            self.conn.execute("DELETE FROM tombstones WHERE domain = ? AND recipient = ?", (domain, recipient))
+            evidence = {"type": source}
+            return self._upsert(domain, recipient, reason, source, when, expires, evidence, note, now, result)
+
+    def import_rows(self, rows: Iterable[tuple[str, str, str, int, int | None]], now: int) -> int:
+        """(recipient, domain, reason, since, expires) rows, all in one transaction."""
+        result = ApplyResult()
+        count = 0
+        with self.transaction():
+            for recipient, domain, reason, since, expires in rows:
+                self.conn.execute("DELETE FROM tombstones WHERE domain = ? AND recipient = ?", (domain, recipient))
+                self._upsert(domain, recipient, reason, "import", since, expires, {"type": "import"}, None,
+                             now, result)
+                count += 1
+        return count
+
+    def remove(self, recipient: str, domain: str, now: int, note: str | None = None) -> bool:
+        """Remove a pair and leave a tombstone: an event older than now never re-adds it."""
+        with self.transaction():
+            row = self.conn.execute("SELECT reason, expires FROM suppressions WHERE domain = ? AND recipient = ?",
+                                    (domain, recipient)).fetchone()
+            self.conn.execute("INSERT INTO tombstones(domain, recipient, removed_at, note) VALUES (?, ?, ?, ?) "
+                              "ON CONFLICT(domain, recipient) DO UPDATE SET removed_at = excluded.removed_at, "
+                              "note = excluded.note", (domain, recipient, now, note))
+            if row is None:
+                return False
+            self.conn.execute("DELETE FROM suppressions WHERE domain = ? AND recipient = ?", (domain, recipient))
+            self.conn.execute("DELETE FROM strikes WHERE domain = ? AND recipient = ?", (domain, recipient))
+            self._history(now, "remove", domain, recipient, row["reason"], "manual", None, None, note)
+            self._bump(domain)
+            self.add_counters({"removed_total": 1})
+            return row["expires"] is None or row["expires"] > now
+
+    def prune(self, now: int, seen_retention: int = 400 * 86400) -> int:
+        """Drop expired entries (with an `expire` history row each) and old event keys."""
+        with self.transaction():
+            rows = self.conn.execute("SELECT domain, recipient, reason, expires FROM suppressions "
+                                     "WHERE expires IS NOT NULL AND expires <= ?", (now,)).fetchall()
+            for r in rows:
+                self._history(now, "expire", r["domain"], r["recipient"], r["reason"], None, None, r["expires"])
+            self.conn.execute("DELETE FROM suppressions WHERE expires IS NOT NULL AND expires <= ?", (now,))
+            for domain in {r["domain"] for r in rows}:
+                self._bump(domain)
+            self.add_counters({"expired_total": len(rows)})
+            self.conn.execute("DELETE FROM seen_events WHERE at < ?", (now - seen_retention,))
+            self.conn.execute("DELETE FROM strikes WHERE at < ?", (now - seen_retention,))
+        return len(rows)
+
+    # ------------------------------------------------------------------ reads
+    def get(self, recipient: str, domain: str, now: int) -> dict | None:
+        """The active entry for a pair, or for its recipient domain (`@domain`)."""
+        for key in (recipient, "@" + recipient.rpartition("@")[2]):
+            row = self.conn.execute("SELECT * FROM suppressions WHERE domain = ? AND recipient = ? "
+                                    "AND (expires IS NULL OR expires > ?)", (domain, key, now)).fetchone()
+            if row is not None:
+                return entry_dict(row)
+        return None
+
+    def iter_entries(self, now: int, domain: str | None = None, reason: str | None = None) -> Iterator[dict]:
+        where, args = ["(expires IS NULL OR expires > ?)"], [now]
+        if domain is not None:
+            where.append("domain = ?")
+            args.append(domain)
+        if reason is not None:
+            where.append("reason = ?")
+            args.append(reason)
+        cur = self.conn.execute(f"SELECT * FROM suppressions WHERE {' AND '.join(where)} "
+                                "ORDER BY domain, recipient", args)
+        for row in cur:
+            yield entry_dict(row)
+
+    def history(self, recipient: str, domain: str) -> list[dict]:
+        return [dict(r) for r in self.conn.execute(
+            "SELECT at, action, reason, source, event_time, expires, detail FROM history "
+            "WHERE domain = ? AND recipient = ? ORDER BY id", (domain, recipient))]
+
+    def domain_generations(self) -> dict[str, int]:
+        return {r[0]: r[1] for r in self.conn.execute("SELECT domain, generation FROM domains")}
+
+    def domain_summary(self, domain: str, now: int) -> tuple[int, int | None]:
+        """(active entries, earliest expiry among them) for one domain."""
+        row = self.conn.execute("SELECT COUNT(*), MIN(expires) FROM suppressions WHERE domain = ? "
+                                "AND (expires IS NULL OR expires > ?)", (domain, now)).fetchone()
+        return row[0], row[1]
+
+    def iter_snapshot(self, domain: str, now: int) -> Iterator[tuple[str, str, int, int | None]]:
+        """(recipient, reason, since, expires) of a domain's active entries, in key order,
+        streamed from a cursor."""
+        return self.conn.execute("SELECT recipient, reason, first_seen, expires FROM suppressions "
+                                 "WHERE domain = ? AND (expires IS NULL OR expires > ?) ORDER BY recipient",
+                                 (domain, now))
+
+    def stats(self, now: int) -> dict:
+        by_domain = {r[0]: r[1] for r in self.conn.execute(
+            "SELECT domain, COUNT(*) FROM suppressions WHERE expires IS NULL OR expires > ? "
+            "GROUP BY domain ORDER BY domain", (now,))}
+        by_reason = {r[0]: r[1] for r in self.conn.execute(
+            "SELECT reason, COUNT(*) FROM suppressions WHERE expires IS NULL OR expires > ? "
+            "GROUP BY reason ORDER BY reason", (now,))}
+        expired = self.conn.execute("SELECT COUNT(*) FROM suppressions WHERE expires IS NOT NULL "
+                                    "AND expires <= ?", (now,)).fetchone()[0]
+
+        def stamp(key: str) -> int | None:
+            value = self.get_state(key)
+            return int(value) if value else None
+        return {
+            "entries": sum(by_domain.values()), "expired_not_pruned": expired,
+            "tombstones": self.conn.execute("SELECT COUNT(*) FROM tombstones").fetchone()[0],
+            "by_domain": by_domain, "by_reason": by_reason,
+            "last_ingest": stamp("last_ingest"), "last_export": stamp("last_export"),
+            "counters": self.counters(),
+        }
+
+    def backup(self, target: os.PathLike | str) -> None:
+        target = Path(target)
+        if target.exists():
+            raise StoreError(f"{target}: already exists")
+        try:
+            self.conn.execute("VACUUM INTO ?", (str(target),))
+            os.chmod(target, 0o600)
+        except sqlite3.Error as err:
+            raise StoreError(f"{target}: backup failed: {err}") from None
+
+
+def now_ts() -> int:
+    return int(time.time())
+
