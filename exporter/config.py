@@ -94,6 +94,7 @@ class IngestConfig:
     log_dirs: list[Path]
     include_open: bool = False
     max_line: int = 1_000_000
+    batch_lines: int = 50_000     # lines per transaction (and checkpoint) when reading a file
 
 
 @dataclass
@@ -281,7 +282,8 @@ def build_config(raw: dict, base: Path, cfg_path: Path | None, where: str = "con
                           busy_timeout=dur(store, "busy_timeout", "30s", "store")),
         ingest=IngestConfig(log_dirs=[path_of(d) for d in ingest.get("log_dirs", ["/var/log/kumomta"])],
                             include_open=ingest.get("include_open", False),
-                            max_line=parse_size(ingest.get("max_line", "1MB"), f"{where}: [ingest] max_line")),
+                            max_line=parse_size(ingest.get("max_line", "1MB"), f"{where}: [ingest] max_line"),
+                            batch_lines=ingest.get("batch_lines", 50_000)),
         keys=KeysConfig(sending_domain=keys.get("sending_domain", "from_header"), aliases=aliases),
         rules=RulesConfig(
             bounce=rules.get("bounce", True), oob=rules.get("oob", True),

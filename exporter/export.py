@@ -40,6 +40,8 @@ MANIFEST_FORMAT = "kumo-suppression-manifest"
 MANIFEST = "manifest.json"
 LOCK = ".export.lock"
 _SNAPSHOT_NAME = re.compile(r"^(?P<domain>.+)\.(?P<ext>json|toml)$")
+# atomic_write's temp files: `.<name>.<random>.tmp`; one left behind was a killed export's
+_TEMP_NAME = re.compile(r"^\..+\.(json|toml)\.[A-Za-z0-9_]+\.tmp$")
 
 
 class ExportError(Exception):
@@ -295,8 +297,14 @@ def _write_domain(store: Store, path: Path, fmt: str, domain: str, generated_at:
 
 def _remove_strays(directory: Path, fmt: str, domains: dict, result: ExportResult) -> None:
     """Snapshot files of domains with no active entries (or in the other format) go:
-    kumod must stop suppressing for them. Other files are left alone."""
+    kumod must stop suppressing for them, and so do temp files a killed export left.
+    Other files are left alone."""
     for entry in os.scandir(directory):
+        if _TEMP_NAME.match(entry.name) and entry.is_file(follow_symlinks=False):
+            # we hold the export lock, so no other export is writing it: debris of a crash
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+            continue
         m = _SNAPSHOT_NAME.match(entry.name)
         if not m or entry.name == MANIFEST or not entry.is_file(follow_symlinks=False):
             continue

@@ -28,7 +28,6 @@ from .store import ApplyResult, Store, now_ts
 log = logging.getLogger("kumo_suppress.ingest")
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-BATCH_LINES = 50_000
 READ_CHUNK = 1 << 20
 # Records of these types never suppress: a line that plainly is one is counted without
 # being parsed (kumod writes `{"type":"Delivery",...` first), which is most of the log.
@@ -217,13 +216,14 @@ class Ingestor:
     # ------------------------------------------------------------------ streams
     def _ingest_lines(self, lines: _Lines, origin: str, source: str, skip_lines: int,
                       checkpoint_key: str | None, size: int, final: bool, result: IngestResult) -> None:
-        """Lines after `skip_lines`, committed every BATCH_LINES with the checkpoint.
+        """Lines after `skip_lines`, committed every [ingest] batch_lines with the checkpoint.
         `final`: the file is done, so a torn last line will never be completed."""
         pending: list = []
         batch = IngestResult()
         handle, pass_over = self._handle, _PASS_OVER
         by_type = batch.by_type
         lineno = 0
+        batch_lines = self.config.ingest.batch_lines
 
         def checkpoint(complete: bool = False):
             return (checkpoint_key, lineno, complete, size) if checkpoint_key else None
@@ -247,7 +247,7 @@ class Ingestor:
                     log.warning("%s:%d: malformed record skipped: %s", origin, lineno, err)
                 else:
                     handle(record, batch, pending)
-            if lineno % BATCH_LINES == 0:
+            if lineno % batch_lines == 0:
                 self._commit(pending, batch, result, source, checkpoint())
                 by_type = batch.by_type
                 if self.progress:

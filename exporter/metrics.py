@@ -34,7 +34,8 @@ def render(store: Store, now: int | None = None, extra: dict[str, float] | None 
     counters = store.counters()
 
     def labelled(prefix: str, label: str) -> list[tuple[dict, float]]:
-        return sorted(({label: k.split(":", 1)[1]}, v) for k, v in counters.items() if k.startswith(prefix + ":"))
+        return sorted((({label: k.split(":", 1)[1]}, v) for k, v in counters.items() if k.startswith(prefix + ":")),
+                      key=lambda sample: sample[0][label])
 
     family("records_ingested_total", "counter", "Log records ingested, by record type.",
            labelled("records_total", "type"))

@@ -1,0 +1,194 @@
+"""The CLI as an operator uses it: commands, JSON output, exit codes, one-line errors."""
+
+import json
+import sys
+import time
+
+import pytest
+
+import logfactory as f
+
+
+def test_check_json_carries_the_evidence(install):
+    rec = f.bounce("user@example.net")
+    install.ingest([rec])
+    r = install.ok("check", "<User@Example.NET>", "--domain", "EXAMPLE.com.", "--json")
+    entry = json.loads(r.output)
+    assert set(entry) >= {"recipient", "domain", "reason", "source", "first_seen", "last_seen", "expires", "count",
+                          "evidence"}
+    assert (entry["recipient"], entry["domain"], entry["reason"], entry["source"], entry["count"]) == \
+        ("user@example.net", "example.com", "bounce", "log", 1)
+    assert entry["evidence"] == {"type": "Bounce", "message_id": rec["id"], "code": 550, "enhanced_code": "5.1.1",
+                                 "content": "5.1.1 user unknown", "classification": "InvalidRecipient",
+                                 "nodeid": f.NODE_ID}
+
+
+def test_check_exit_codes(install):
+    install.ok("add", "u@example.net", "--domain", "example.com")
+    assert install.run("check", "u@example.net", "--domain", "example.com").exit_code == 0
+    r = install.run("check", "v@example.net", "--domain", "example.com")
+    assert r.exit_code == 1 and "not suppressed" in r.output
+    assert install.run("check", "u@example.net").exit_code == 2, "--domain is required"
+    assert install.run("check", "not-an-address", "--domain", "example.com").exit_code == 2
+
+
+def test_check_cannot_read_store_is_3_not_1(install):
+    install.configure(store={"path": "missing/dir/store.db"})
+    r = install.run("check", "u@example.net", "--domain", "example.com")
+    assert r.exit_code == 3 and "store" in r.stderr
+
+
+def test_add_with_ttl_and_note_then_list_filters(install):
+    install.ok("add", "a@example.net", "--domain", "example.com", "--ttl", "12h", "--note", "ticket 42")
+    install.ok("add", "b@example.net", "--domain", "other.example", "--reason", "complaint")
+    entry = install.check("a@example.net")
+    assert entry["expires"] - entry["first_seen"] == 12 * 3600 and entry["note"] == "ticket 42"
+    listed = json.loads(install.ok("list", "--json", "--domain", "other.example").output)
+    assert [(e["recipient"], e["reason"]) for e in listed] == [("b@example.net", "complaint")]
+    listed = json.loads(install.ok("list", "--json", "--reason", "manual").output)
+    assert [e["recipient"] for e in listed] == ["a@example.net"]
+    assert "a@example.net" in install.ok("list").output
+    assert install.run("add", "x@example.net", "--domain", "example.com", "--reason", "bogus").exit_code == 2
+    assert install.run("add", "x@example.net", "--domain", "example.com", "--ttl", "soon").exit_code == 2
+
+
+def test_remove_leaves_a_tombstone_that_old_logs_respect(install):
+    ts = int(time.time()) - 3600
+    install.ingest([f.bounce("u@example.net", timestamp=ts)])
+    install.ok("remove", "u@example.net", "--domain", "example.com")
+    assert install.check("u@example.net") is None
+    # replay the same old logs from another copy of the segment
+    install.ingest([f.bounce("u@example.net", timestamp=ts - 10)])
+    assert install.check("u@example.net") is None
+
+
+def test_import_dump_roundtrip(install, tmp_path):
+    csv_in = tmp_path / "in.csv"
+    csv_in.write_text("recipient,domain,reason,since,expires\n"
+                      "A@example.net,Example.com,bounce,1790000000,1890000000\n"
+                      "b@example.net,example.com,complaint,2026-11-01T00:00:00Z,\n"
+                      "c@example.net,shop.example\n")
+    assert install.ok("import", csv_in).output.strip() == "imported 3 row(s)"
+    dump = install.ok("dump").output.splitlines()
+    assert dump[0] == "recipient,domain,reason,since,expires"
+    assert "a@example.net,example.com,bounce,1790000000,1890000000" in dump
+    assert "b@example.net,example.com,complaint,1793491200," in dump
+    c = install.check("c@example.net", "shop.example")
+    assert c["reason"] == "manual" and c["expires"] is None and c["source"] == "import"
+    # a dump imports into a fresh store unchanged
+    other = tmp_path / "other"
+    other.mkdir()
+    from conftest import Install
+    second = Install(other)
+    (other / "dump.csv").write_text("\n".join(dump) + "\n")
+    second.ok("import", other / "dump.csv")
+    assert second.ok("dump").output.splitlines() == dump
+
+
+def test_import_is_all_or_nothing(install, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a@example.net,example.com\nnot-an-address,example.com\n")
+    install.ok("init")
+    r = install.run("import", bad)
+    assert r.exit_code == 2 and "bad.csv:2" in r.stderr
+    assert install.check("a@example.net") is None
+
+
+def test_stats_json_counts_by_domain_and_reason(install):
+    install.ingest([f.bounce("a@example.net"), f.bounce("b@example.net", domain="shop.example"),
+                    f.feedback("c@example.net", "news@example.com")])
+    stats = json.loads(install.ok("stats", "--json").output)
+    assert stats["by_domain"] == {"example.com": 2, "shop.example": 1}
+    assert stats["by_reason"] == {"bounce": 2, "complaint": 1}
+    assert stats["last_ingest"] and stats["last_export"] is None
+    install.ok("export")
+    again = json.loads(install.ok("stats", "--json").output)
+    assert again["by_domain"] == stats["by_domain"] and again["last_export"]
+
+
+def test_prune_removes_expired(install):
+    old = int(time.time()) - 30 * 86400 + 1
+    install.ingest([f.expiration("gone@example.net", timestamp=old), f.bounce("live@example.net")])
+    time.sleep(1.5)
+    assert "pruned 1 expired entry" in install.ok("prune").output
+    assert json.loads(install.ok("stats", "--json").output)["entries"] == 1
+
+
+def test_validate_flags_broken_files(install):
+    install.ok("add", "u@example.net", "--domain", "example.com")
+    install.ok("export")
+    assert install.ok("validate").output.strip().endswith("1 valid, 0 invalid")
+    (install.snap_dir / "broken.example.json").write_text('{"format": "kumo-suppression-snapshot"')
+    bad = install.snap_dir / "wrong.example.json"
+    bad.write_text(json.dumps({"format": "kumo-suppression-snapshot", "version": 1, "domain": "wrong.example",
+                               "generated_at": "2026-01-01T00:00:00Z", "count": 2,
+                               "recipients": {"u@x.example": {"reason": "bounce", "since": 1}}}))
+    r = install.run("validate", install.snap_dir)
+    assert r.exit_code == 1
+    assert "FAIL broken.example.json" in r.output and "count is 2" in r.output
+
+
+@pytest.mark.parametrize("config_text,needle", [
+    ("[rules]\nbounce = 'yes'\n", "[rules] bounce"),
+    ("[rulez]\nbounce = true\n", "rulez"),
+    ("[export]\nformat = 'xml'\n", "[export] format"),
+    ("[rules.ttl]\nbounce = 'forever'\n", "[rules.ttl] bounce"),
+    ("[webhook]\nlisten = 'nowhere'\n", "[webhook] listen"),
+    ("not toml at all [", "invalid TOML"),
+])
+def test_config_errors_exit_2_naming_the_key(install, config_text, needle):
+    install.config_path.write_text(config_text)
+    r = install.run("stats")
+    assert r.exit_code == 2
+    assert needle in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_config_discovery_env_then_cwd(install, tmp_path, monkeypatch):
+    from exporter.config import find_config_path
+    monkeypatch.setenv("KUMO_SUPPRESS_CONFIG", str(install.config_path))
+    assert find_config_path(None) == install.config_path
+    monkeypatch.delenv("KUMO_SUPPRESS_CONFIG")
+    monkeypatch.chdir(tmp_path)
+    assert str(find_config_path(None)) == "config.toml"
+
+
+def test_real_process_usage_errors_and_python_dash_m(install):
+    p = install.subprocess("no-such-command")
+    assert p.returncode == 2
+    p = install.subprocess("--help")
+    assert p.returncode == 0 and b"ingest" in p.stdout
+    p = install.subprocess("stats")
+    assert p.returncode == 3 and b"Traceback" not in p.stderr
+
+
+def test_sync_is_ingest_then_export(install):
+    install.segment([f.bounce("u@example.net")])
+    out = install.ok("sync").output
+    assert "ingested 1 records" in out and "written 1" in out
+    assert "u@example.net" in install.snapshot("example.com")["recipients"]
+
+
+def test_metrics_textfile_after_sync(install):
+    install.configure(metrics={"textfile": "metrics/kumo_suppression.prom"})
+    install.segment([f.bounce("u@example.net"), f.delivery("d@example.net")])
+    install.ok("sync")
+    text = (install.root / "metrics" / "kumo_suppression.prom").read_text()
+    assert 'kumo_suppression_records_ingested_total{type="Bounce"} 1' in text
+    assert 'kumo_suppression_suppressions_added_total{reason="bounce"} 1' in text
+    assert "kumo_suppression_last_export_timestamp_seconds" in text
+
+
+def test_backup_is_an_openable_copy(install, tmp_path):
+    install.ok("add", "u@example.net", "--domain", "example.com")
+    target = tmp_path / "backup.db"
+    install.ok("backup", target)
+    import sqlite3
+    with sqlite3.connect(target) as conn:
+        assert conn.execute("SELECT recipient FROM suppressions").fetchall() == [("u@example.net",)]
+    assert install.run("backup", target).exit_code == 3, "never overwrites"
+
+
+def test_cli_has_no_traceback_on_stdin_garbage(install):
+    r = install.run("ingest", "-", input=b"\x00\x01garbage\n{]\n")
+    assert r.exit_code == 0 and "2 malformed" in r.output
+    assert sys.executable

@@ -1,0 +1,167 @@
+"""The store: upserts, refreshes, tombstones, thresholds, history, idempotency."""
+
+import os
+import stat
+
+import pytest
+
+import logfactory as f
+from exporter.config import build_config
+from exporter.records import DomainSource, to_event
+from exporter.rules import decide
+from exporter.store import ApplyResult, Store
+
+NOW = 1_800_000_000
+DAY = 86400
+
+
+@pytest.fixture
+def store(tmp_path):
+    with Store.open(tmp_path / "s.db") as s:
+        yield s
+
+
+def apply(store, record, now=NOW, source="log", **rules):
+    rules_cfg = build_config({"rules": rules}, base=store.path.parent, cfg_path=None).rules
+    event = to_event(record, DomainSource(), "suppressed.kumo_suppression")
+    result = ApplyResult()
+    with store.transaction():
+        store.apply_event(event, decide(event, rules_cfg), source, now, result)
+    return result
+
+
+def test_store_file_is_private_and_wal(tmp_path):
+    with Store.open(tmp_path / "s.db") as s:
+        assert s.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert stat.S_IMODE(os.stat(tmp_path / "s.db").st_mode) == 0o600
+
+
+def test_open_without_create_fails_clearly(tmp_path):
+    from exporter.store import StoreError
+    with pytest.raises(StoreError, match="does not exist"):
+        Store.open(tmp_path / "missing.db", create=False)
+
+
+def test_add_then_refresh_extends_expiry_and_counts(store):
+    r = apply(store, f.bounce("u@example.net", timestamp=NOW - 10 * DAY))
+    assert r.added == {"bounce": 1}
+    entry = store.get("u@example.net", "example.com", NOW)
+    assert (entry["first_seen"], entry["expires"], entry["count"]) == (NOW - 10 * DAY, NOW + 355 * DAY, 1)
+    r = apply(store, f.bounce("u@example.net", timestamp=NOW - DAY, content="newer"))
+    assert r.refreshed == {"bounce": 1}
+    entry = store.get("u@example.net", "example.com", NOW)
+    assert entry["first_seen"] == NOW - 10 * DAY
+    assert entry["last_seen"] == NOW - DAY
+    assert entry["expires"] == NOW + 364 * DAY
+    assert entry["count"] == 2
+    assert entry["evidence"]["content"] == "newer"
+    assert [h["action"] for h in store.history("u@example.net", "example.com")] == ["add", "refresh"]
+
+
+def test_older_event_keeps_newest_evidence(store):
+    apply(store, f.bounce("u@example.net", timestamp=NOW - DAY, content="newest"))
+    apply(store, f.bounce("u@example.net", timestamp=NOW - 5 * DAY, content="older"))
+    entry = store.get("u@example.net", "example.com", NOW)
+    assert entry["evidence"]["content"] == "newest"
+    assert entry["first_seen"] == NOW - 5 * DAY and entry["count"] == 2
+
+
+def test_never_expiring_reason_wins_over_a_shorter_one(store):
+    apply(store, f.feedback("u@example.net", "news@example.com", timestamp=NOW - 2 * DAY))
+    apply(store, f.bounce("u@example.net", timestamp=NOW - DAY))
+    entry = store.get("u@example.net", "example.com", NOW)
+    assert entry["reason"] == "complaint" and entry["expires"] is None
+
+
+def test_same_record_twice_changes_nothing(store):
+    rec = f.bounce(["a@example.net", "b@example.net"])
+    apply(store, rec)
+    before = [dict(r) for r in store.conn.execute("SELECT * FROM suppressions ORDER BY recipient")]
+    r = apply(store, rec, now=NOW + 60)
+    assert r.duplicates == 2 and not r.added and not r.refreshed
+    after = [dict(r) for r in store.conn.execute("SELECT * FROM suppressions ORDER BY recipient")]
+    assert before == after
+
+
+def test_tombstone_blocks_older_events_but_not_newer(store):
+    apply(store, f.bounce("u@example.net", timestamp=NOW - 3 * DAY))
+    assert store.remove("u@example.net", "example.com", NOW - DAY)
+    assert store.get("u@example.net", "example.com", NOW) is None
+    # replaying old logs must not undo the operator's decision
+    r = apply(store, f.bounce("u@example.net", timestamp=NOW - 2 * DAY))
+    assert r.tombstoned == 1 and store.get("u@example.net", "example.com", NOW) is None
+    # a bounce after the removal is news
+    apply(store, f.bounce("u@example.net", timestamp=NOW - 3600))
+    assert store.get("u@example.net", "example.com", NOW)["reason"] == "bounce"
+    actions = [h["action"] for h in store.history("u@example.net", "example.com")]
+    assert actions == ["add", "remove", "add"]
+
+
+def test_manual_add_clears_tombstone(store):
+    store.remove("u@example.net", "example.com", NOW - 10)
+    store.add_manual("u@example.net", "example.com", "manual", None, "asked by the customer", NOW)
+    entry = store.get("u@example.net", "example.com", NOW)
+    assert (entry["reason"], entry["source"], entry["expires"], entry["note"]) == ("manual", "manual", None,
+                                                                                  "asked by the customer")
+
+
+def test_expired_entry_no_longer_suppresses_and_is_re_added_fresh(store):
+    apply(store, f.expiration("u@example.net", timestamp=NOW - 29 * DAY))
+    assert store.get("u@example.net", "example.com", NOW)
+    assert store.get("u@example.net", "example.com", NOW + 2 * DAY) is None
+    apply(store, f.expiration("u@example.net", timestamp=NOW + DAY), now=NOW + 2 * DAY)
+    entry = store.get("u@example.net", "example.com", NOW + 2 * DAY)
+    assert entry["first_seen"] == NOW + DAY and entry["count"] == 1
+
+
+def test_event_whose_suppression_is_already_over_is_not_added(store):
+    r = apply(store, f.expiration("u@example.net", timestamp=NOW - 40 * DAY))
+    assert r.stale == 1 and store.get("u@example.net", "example.com", NOW) is None
+
+
+def test_expiration_threshold_within_window(store):
+    rules = dict(expiration_threshold=3, expiration_window="10d")
+    apply(store, f.expiration("u@example.net", timestamp=NOW - 20 * DAY), **rules)
+    apply(store, f.expiration("u@example.net", timestamp=NOW - 5 * DAY), **rules)
+    r = apply(store, f.expiration("u@example.net", timestamp=NOW - 4 * DAY), **rules)
+    assert r.below_threshold == 1, "the first strike is outside the window"
+    assert store.get("u@example.net", "example.com", NOW) is None
+    apply(store, f.expiration("u@example.net", timestamp=NOW - 3 * DAY), **rules)
+    assert store.get("u@example.net", "example.com", NOW)["reason"] == "expiration"
+
+
+def test_recipient_domain_entry_suppresses_everyone_there(store):
+    store.add_manual("@bad.example", "example.com", "manual", None, None, NOW)
+    assert store.get("anyone@bad.example", "example.com", NOW)["recipient"] == "@bad.example"
+    assert store.get("anyone@good.example", "example.com", NOW) is None
+    assert store.get("anyone@bad.example", "other.example", NOW) is None
+
+
+def test_prune_drops_expired_with_history(store):
+    apply(store, f.expiration("old@example.net", timestamp=NOW - 29 * DAY))
+    apply(store, f.bounce("live@example.net", timestamp=NOW - DAY))
+    assert store.prune(NOW + 2 * DAY) == 1
+    assert store.conn.execute("SELECT COUNT(*) FROM suppressions").fetchone()[0] == 1
+    assert store.history("old@example.net", "example.com")[-1]["action"] == "expire"
+
+
+def test_generation_bumps_only_on_exported_changes(store):
+    apply(store, f.bounce("u@example.net", timestamp=NOW - 3 * DAY))
+    g1 = store.domain_generations()["example.com"]
+    # a refresh that moves expires changes the snapshot
+    apply(store, f.bounce("u@example.net", timestamp=NOW - DAY))
+    g2 = store.domain_generations()["example.com"]
+    assert g2 > g1
+    # an older event changes nothing a snapshot shows (since stays, expires stays)
+    apply(store, f.bounce("u@example.net", timestamp=NOW - 2 * DAY))
+    assert store.domain_generations()["example.com"] == g2
+
+
+def test_migrate_is_idempotent_and_refuses_newer_schema(tmp_path):
+    from exporter.store import StoreError
+    Store.open(tmp_path / "s.db").close()
+    Store.open(tmp_path / "s.db").close()
+    with Store.open(tmp_path / "s.db") as s:
+        s.conn.execute("PRAGMA user_version=99")
+    with pytest.raises(StoreError, match="newer"):
+        Store.open(tmp_path / "s.db")
