@@ -1,0 +1,860 @@
+--[[
+kumo-suppression: per-sending-domain suppression list, enforced in kumod.
+
+The Python side (`kumo-suppress`) learns suppressions from kumod's logs and exports one
+snapshot file per sending domain (`<dir>/<domain>.json` or `.toml`). This module reads
+those snapshots in-process and stops mail to suppressed (recipient, sending domain)
+pairs at injection time.
+
+Usage (at the TOP LEVEL of init.lua, while the policy loads, and BEFORE the queue
+helper (policy-extras.queue) sets up its get_queue_config handler: get_queue_config
+handlers run in registration order and the queue helper answers for every queue):
+
+  local kumo = require 'kumo'
+  local suppression = require 'suppression'
+  local sup = suppression:new {
+    config = '/etc/kumo-suppression/config.toml', -- reads [policy], [keys], [export]
+    -- optional overrides (they win over the config file):
+    -- snapshot_dir = '/var/lib/kumo-suppression/snapshots',
+    -- format = 'json',                 -- 'json' | 'toml'
+    -- sending_domain = 'from_header',  -- 'from_header' | 'sender' | 'meta:NAME'
+    -- check_interval = '5 seconds',    -- how soon a new export is noticed
+    -- smtp_action = 'bounce',          -- 'reject' | 'bounce' | 'drop' | 'shadow'
+    -- http_action = 'reject',
+    -- reject_code = 550,               -- 5xx
+    -- reject_text = '5.7.1 recipient suppressed for {domain}: {reason} since {since}',
+    --                                  -- also {recipient}; since is YYYY-MM-DD (UTC)
+    -- queue = 'suppressed.kumo_suppression',
+    -- domain_meta = 'x_suppression_domain',
+    -- name = 'default',                -- memoize caches: user.kumo_suppression.<name>.*
+    -- cache_capacity = 1024,           -- file versions remembered (>= number of domains)
+  }
+  local queue_module = require 'policy-extras.queue'   -- AFTER suppression:new
+  local queue_helper = queue_module:setup { '/opt/kumomta/etc/policy/queues.toml' }
+
+  kumo.on('smtp_server_message_received', function(msg, conn_meta)
+    queue_helper:apply(msg)
+    sup:check_smtp(msg, conn_meta)
+  end)
+  kumo.on('http_message_generated', function(msg) queue_helper:apply(msg); sup:check_http(msg) end)
+  -- with sending_domain = 'sender', refuse a suppressed RCPT TO before DATA:
+  kumo.on('smtp_server_mail_from', function(sender, conn_meta) sup:mail_from(sender, conn_meta) end)
+  kumo.on('smtp_server_rcpt_to', function(rcpt, conn_meta) sup:rcpt_to(rcpt, conn_meta) end)
+
+  local entry = sup:lookup('user@example.net', 'example.com') -- {reason=, since=, expires=} or nil
+
+What new() registers (and nothing else; the message handlers are the operator's):
+  * a get_queue_config handler that answers ONLY for its own queue (default
+    `suppressed.kumo_suppression`, a name that can never be a real domain) with a
+    custom_lua protocol, and returns nothing for every other queue;
+  * the `make.<queue>` constructor: its connection:send() rejects every message with
+    reject_code and the reject text, so kumod logs a Bounce for exactly that recipient.
+  The suppression queue needs nothing in the queue helper's config; a shaping entry is
+  only needed if your shaping rules would otherwise throttle it.
+
+Actions: reject = kumo.reject(code, text) (in smtp_server_message_received this rejects
+the WHOLE SMTP transaction: that is why SMTP defaults to bounce); bounce = accept and
+move the message to the suppression queue; drop = meta queue 'null' (only a Reception is
+logged); shadow = deliver, set meta x_suppressed = reason, log one line.
+A message with several recipients: suppressed ones are removed (msg:set_recipient) and
+listed in meta x_suppressed_recipients; the action applies only when all are suppressed.
+Every checked message gets meta <domain_meta> = the sending-domain key used.
+
+Loading: the snapshot file's version (mtime, size, inode via kumo.fs) is memoized for
+check_interval; the snapshot itself is memoized by (path, version), so no message pays
+file IO and a new export is seen within check_interval. kumod without kumo.fs: the
+version is the file's sha256 from manifest.json, itself memoized for check_interval.
+Snapshot files must be regular files (a symlink is refused). Memoized tables are
+userdata in kumod: this module only indexes them.
+
+Fail open: a missing dir or file means no suppression; an unreadable, corrupt or
+wrong-version snapshot means no suppression for that domain and one kumo.log_error per
+bad file version. Nothing but the deliberate kumo.reject ever escapes check_*; bad
+options are reported by new(), at policy load time.
+]]
+local kumo = require 'kumo'
+
+local mod = {}
+mod.__index = mod
+
+local type, pcall, tostring, tonumber, error, select = type, pcall, tostring, tonumber, error, select
+local lower, sub, find, match, format, byte =
+  string.lower, string.sub, string.find, string.match, string.format, string.byte
+local os_time, os_date = os.time, os.date
+local mtype = math.type
+
+local SNAPSHOT_FORMAT = 'kumo-suppression-snapshot'
+local SNAPSHOT_VERSION = 1
+local MAX_RECIPIENT_LENGTH = 512 -- same limit as exporter/keys.py
+local DEFAULT_QUEUE = 'suppressed.kumo_suppression'
+-- Each domain's snapshot has its own memoize cache holding at most two versions, so a
+-- busy domain re-exported every minute never accumulates old copies of a large list;
+-- the ttl only frees the memory of a domain whose file went away.
+local SNAPSHOT_TTL = '1 day'
+local SNAPSHOT_VERSIONS = 2
+-- per Lua state: bounded, so hostile sending domains cannot grow these tables forever
+local MAX_DOMAINS_PER_STATE = 10000
+
+local DEFAULTS = {
+  format = 'json',
+  sending_domain = 'from_header',
+  check_interval = '5 seconds',
+  smtp_action = 'bounce',
+  http_action = 'reject',
+  reject_code = 550,
+  reject_text = '5.7.1 recipient suppressed for {domain}: {reason} since {since}',
+  domain_meta = 'x_suppression_domain',
+  name = 'default',
+  cache_capacity = 1024,
+}
+
+local ACTIONS = { reject = true, bounce = true, drop = true, shadow = true }
+
+-- module-level registry (per Lua state: kumod loads the policy once per state)
+local CONFIGURED_NAMES, CONFIGURED_QUEUES = {}, {}
+
+-- log helpers: kumo.log_* exist since 2025.03.19; older kumod gets print
+local function log_error(text)
+  local f = kumo.log_error
+  if f then
+    f(text)
+  else
+    print('ERROR ' .. text)
+  end
+end
+local function log_info(text)
+  local f = kumo.log_info
+  if f then
+    f(text)
+  else
+    print(text)
+  end
+end
+
+---------------------------------------------------------------------------- keys
+
+-- Recipient key (PRODUCT.md section 3): strip surrounding whitespace and one pair of
+-- <>, ASCII-lowercase. nil for something that cannot be a recipient (same rules as
+-- exporter/keys.py recipient_key).
+local function recipient_key(address)
+  if type(address) ~= 'string' then
+    return nil
+  end
+  local text = match(address, '^%s*(.-)%s*$')
+  if byte(text, 1) == 60 and byte(text, -1) == 62 and #text >= 2 then -- '<' ... '>'
+    text = sub(text, 2, -2)
+  end
+  if #text > MAX_RECIPIENT_LENGTH or not find(text, '@', 1, true) or byte(text, -1) == 64 then
+    return nil
+  end
+  return lower(text)
+end
+mod.recipient_key = recipient_key
+
+-- Sending-domain key: ASCII-lowercased, one trailing dot removed. nil when empty.
+local function domain_key(domain)
+  if type(domain) ~= 'string' then
+    return nil
+  end
+  local key = lower(match(domain, '^%s*(.-)%s*$'))
+  if byte(key, -1) == 46 then -- '.'
+    key = sub(key, 1, -2)
+  end
+  if key == '' then
+    return nil
+  end
+  return key
+end
+mod.domain_key = domain_key
+
+-- A plain hostname: labels of [a-z0-9-], 1-63 chars, no leading/trailing hyphen, total
+-- <= 253. Only such a domain ever names a file (no '/', '..', NUL, leading dot).
+local function is_plain_hostname(domain)
+  if type(domain) ~= 'string' or domain == '' or #domain > 253 then
+    return false
+  end
+  if find(domain, '[^a-z0-9%.%-]') then
+    return false
+  end
+  local pos = 1
+  while true do
+    local dot = find(domain, '.', pos, true)
+    local label = sub(domain, pos, (dot or 0) - 1)
+    local n = #label
+    if n < 1 or n > 63 or byte(label, 1) == 45 or byte(label, n) == 45 then
+      return false
+    end
+    if not dot then
+      return true
+    end
+    pos = dot + 1
+  end
+end
+mod.is_plain_hostname = is_plain_hostname
+
+function mod.snapshot_filename(domain, fmt)
+  if is_plain_hostname(domain) then
+    return domain .. '.' .. (fmt or 'json')
+  end
+  return nil
+end
+
+---------------------------------------------------------------------------- options
+
+local function opt_error(what, detail)
+  error(format('kumo-suppression: %s: %s', what, detail), 3)
+end
+
+local function check_string(what, v)
+  if type(v) ~= 'string' or v == '' then
+    opt_error(what, 'expected a non-empty string, got ' .. type(v))
+  end
+  return v
+end
+
+local function check_duration(what, v)
+  if mtype(v) == 'integer' and v > 0 then
+    return v .. ' seconds'
+  end
+  if type(v) == 'number' and v > 0 then
+    return format('%d ms', math.floor(v * 1000))
+  end
+  if type(v) ~= 'string' or not match(v, '^%s*%d+%.?%d*%s*%a*%s*$') then
+    opt_error(what, "expected a duration such as '5 seconds', got " .. tostring(v))
+  end
+  if tonumber(match(v, '%d+%.?%d*')) <= 0 then
+    opt_error(what, 'must be positive')
+  end
+  return v
+end
+
+local VALIDATORS = {
+  config = check_string,
+  snapshot_dir = check_string,
+  format = function(what, v)
+    if v ~= 'json' and v ~= 'toml' then
+      opt_error(what, "expected 'json' or 'toml', got " .. tostring(v))
+    end
+    return v
+  end,
+  sending_domain = function(what, v)
+    if v == 'from_header' or v == 'sender' then
+      return v
+    end
+    if type(v) == 'string' and match(v, '^meta:[%w_%-%.]+$') then
+      return v
+    end
+    opt_error(what, "expected 'from_header', 'sender' or 'meta:NAME', got " .. tostring(v))
+  end,
+  check_interval = check_duration,
+  smtp_action = function(what, v)
+    if not ACTIONS[v] then
+      opt_error(what, "expected 'reject', 'bounce', 'drop' or 'shadow', got " .. tostring(v))
+    end
+    return v
+  end,
+  reject_code = function(what, v)
+    if mtype(v) ~= 'integer' or v < 500 or v > 599 then
+      opt_error(what, 'expected an integer 5xx SMTP code, got ' .. tostring(v))
+    end
+    return v
+  end,
+  reject_text = check_string,
+  queue = function(what, v)
+    check_string(what, v)
+    if not match(v, '^[%w_%-%.]+$') then
+      opt_error(what, 'expected a queue domain of letters, digits, _ - and ., got ' .. v)
+    end
+    return v
+  end,
+  domain_meta = check_string,
+  name = function(what, v)
+    if type(v) ~= 'string' or not match(v, '^[%w_%-]+$') then
+      opt_error(what, 'expected a name of letters, digits, _ and -, got ' .. tostring(v))
+    end
+    return v
+  end,
+  cache_capacity = function(what, v)
+    if mtype(v) ~= 'integer' or v < 1 then
+      opt_error(what, 'expected a positive integer, got ' .. tostring(v))
+    end
+    return v
+  end,
+}
+VALIDATORS.http_action = VALIDATORS.smtp_action
+
+-- config file sections/keys this module reads; every other key belongs to Python
+local CONFIG_KEYS = {
+  policy = {
+    smtp_action = 'smtp_action',
+    http_action = 'http_action',
+    reject_code = 'reject_code',
+    reject_text = 'reject_text',
+    check_interval = 'check_interval',
+    queue = 'queue',
+    domain_meta = 'domain_meta',
+  },
+  keys = { sending_domain = 'sending_domain' },
+  export = { dir = 'snapshot_dir', format = 'format' },
+}
+
+local function dirname(path)
+  local dir = match(path, '^(.*)/[^/]*$')
+  if dir == nil then
+    return '.'
+  end
+  if dir == '' then
+    return '/'
+  end
+  return dir
+end
+
+local function load_toml(path)
+  local serde = kumo.serde
+  local loader = (serde and serde.toml_load) or kumo.toml_load
+  if not loader then
+    error('kumo-suppression: this kumod has neither kumo.serde.toml_load nor kumo.toml_load', 3)
+  end
+  local ok, data = pcall(loader, path)
+  if not ok then
+    error(format('kumo-suppression: cannot read config %s: %s', path, tostring(data)), 3)
+  end
+  return data
+end
+
+local function read_config(path)
+  local data = load_toml(path)
+  local out = {}
+  if type(data) ~= 'table' then
+    return out
+  end
+  for section, keys in pairs(CONFIG_KEYS) do
+    local sect = data[section]
+    if sect ~= nil then
+      if type(sect) ~= 'table' then
+        opt_error(path .. ': [' .. section .. ']', 'expected a table')
+      end
+      for key, option in pairs(keys) do
+        local v = sect[key]
+        if v ~= nil then
+          out[option] = VALIDATORS[option](path .. ': ' .. section .. '.' .. key, v)
+        end
+      end
+    end
+  end
+  -- relative paths in the config are relative to the config file's directory
+  local dir = out.snapshot_dir
+  if dir and byte(dir, 1) ~= 47 then
+    out.snapshot_dir = dirname(path) .. '/' .. dir
+  end
+  return out
+end
+
+---------------------------------------------------------------------------- snapshots
+
+local function valid_entry(e)
+  -- entries are MemoizedTable userdata in kumod, tables elsewhere; anything else is junk
+  local te = type(e)
+  if te ~= 'userdata' and te ~= 'table' then
+    return nil
+  end
+  local reason, since, expires = e.reason, e.since, e.expires
+  if type(reason) ~= 'string' or type(since) ~= 'number' then
+    return nil
+  end
+  if expires ~= nil and type(expires) ~= 'number' then
+    return nil
+  end
+  return reason, since, expires
+end
+
+-- the populate function of the snapshot memoize cache: runs once per (path, version),
+-- which makes "one kumo.log_error per bad file version" hold process-wide.
+local function make_loader()
+  return function(path, version)
+    if version == false or version == nil then
+      return false
+    end
+    if sub(version, 1, 2) ~= 'f:' then
+      log_error(format('kumo-suppression: %s is not a regular file (%s); no suppression for it', path, version))
+      return false
+    end
+    local fmt = match(path, '%.(%a+)$')
+    local expected_domain = match(path, '([^/]*)%.%a+$')
+    local serde = kumo.serde
+    local fn
+    if fmt == 'toml' then
+      fn = (serde and serde.toml_load) or kumo.toml_load
+    else
+      fn = (serde and serde.json_load) or kumo.json_load
+    end
+    local ok, doc = pcall(fn, path)
+    local problem
+    if not ok then
+      problem = tostring(doc)
+    elseif type(doc) ~= 'table' then
+      problem = 'not a ' .. SNAPSHOT_FORMAT .. ' document'
+    elseif doc.format ~= SNAPSHOT_FORMAT then
+      problem = 'format is ' .. tostring(doc.format) .. ', expected ' .. SNAPSHOT_FORMAT
+    elseif doc.version ~= SNAPSHOT_VERSION then
+      problem = 'unsupported version ' .. tostring(doc.version)
+    elseif type(doc.recipients) ~= 'table' then
+      problem = 'recipients is not a table'
+    elseif doc.domain ~= nil and doc.domain ~= expected_domain then
+      problem = 'domain is ' .. tostring(doc.domain) .. ', expected ' .. tostring(expected_domain)
+    end
+    if problem then
+      log_error(format('kumo-suppression: bad snapshot %s: %s; no suppression for %s', path, problem,
+        tostring(expected_domain)))
+      return false
+    end
+    -- only the recipients map is kept: one table indexed by recipient key
+    return doc.recipients
+  end
+end
+
+---------------------------------------------------------------------------- new
+
+function mod:new(options)
+  if type(options) ~= 'table' then
+    error('kumo-suppression: new{...} expects a table of options', 2)
+  end
+  for k, v in pairs(options) do
+    local check = VALIDATORS[k]
+    if check == nil then
+      error('kumo-suppression: unknown option ' .. tostring(k), 2)
+    end
+    check('option ' .. k, v)
+  end
+  local o = {}
+  if options.config then
+    o = read_config(options.config)
+  end
+  for k, v in pairs(options) do
+    if k ~= 'config' then
+      o[k] = v
+    end
+  end
+  for k, v in pairs(DEFAULTS) do
+    if o[k] == nil then
+      o[k] = v
+    end
+  end
+  if o.snapshot_dir == nil then
+    error('kumo-suppression: no snapshot directory: pass config = PATH (with [export].dir) or snapshot_dir', 2)
+  end
+  o.snapshot_dir = match(o.snapshot_dir, '^(.-)/*$')
+  if o.snapshot_dir == '' then
+    o.snapshot_dir = '/'
+  end
+  if o.queue == nil then
+    o.queue = DEFAULT_QUEUE
+  end
+  if CONFIGURED_NAMES[o.name] then
+    error(format("kumo-suppression: an instance named '%s' is already configured; pass name = '...'", o.name), 2)
+  end
+  if CONFIGURED_QUEUES[o.queue] then
+    error(format("kumo-suppression: queue '%s' is already used by another instance; pass queue = '...'", o.queue), 2)
+  end
+
+  local self = setmetatable({}, mod)
+  self.options = o
+  self.dir = o.snapshot_dir
+  self.ext = o.format
+  self.code = o.reject_code
+  self.text_template = o.reject_text
+  self.queue = o.queue
+  self.domain_meta = o.domain_meta
+  self.smtp_action = o.smtp_action
+  self.http_action = o.http_action
+  self.source = o.sending_domain
+  self.source_meta = match(o.sending_domain, '^meta:(.+)$')
+  self.paths = {} -- per-state cache: domain key -> snapshot path or false
+  self.npaths = 0
+
+  local prefix = 'user.kumo_suppression.' .. o.name
+  local capacity = o.cache_capacity
+  local loader = make_loader()
+  local loaders, nloaders = {}, 0
+  -- path -> the memoized loader of that one file (a cache per domain: see SNAPSHOT_VERSIONS)
+  local function loader_for(path)
+    local load = loaders[path]
+    if load == nil then
+      if nloaders >= MAX_DOMAINS_PER_STATE then
+        loaders, nloaders = {}, 0
+      end
+      load = kumo.memoize(loader, {
+        name = prefix .. '.snapshot:' .. sub(path, #self.dir + 2),
+        ttl = SNAPSHOT_TTL,
+        capacity = SNAPSHOT_VERSIONS,
+      })
+      loaders[path] = load
+      nloaders = nloaders + 1
+    end
+    return load
+  end
+
+  local get_version
+  local fs = kumo.fs
+  if fs and fs.metadata_for_path then
+    local stat = fs.symlink_metadata_for_path or fs.metadata_for_path
+    get_version = kumo.memoize(function(path)
+      local ok, md = pcall(stat, path)
+      if not ok then
+        return false -- missing: no suppression, nothing to log
+      end
+      local ok2, version = pcall(function()
+        if md.is_symlink then
+          return 'x:symlink'
+        end
+        if not md.is_file then
+          return 'x:' .. (md.is_dir and 'directory' or 'special') .. ':' .. tostring(md.ino)
+        end
+        return format('f:%d:%d:%d', md.mtime.unix_timestamp_millis, md.len, md.ino)
+      end)
+      if not ok2 then
+        return false
+      end
+      return version
+    end, { name = prefix .. '.version', ttl = o.check_interval, capacity = capacity })
+  else
+    -- kumod without kumo.fs: versions come from manifest.json (sha256 per file)
+    local log_once = kumo.memoize(function(text)
+      log_error(text)
+      return true
+    end, { name = prefix .. '.log_once', ttl = SNAPSHOT_TTL, capacity = 64 })
+    local serde = kumo.serde
+    local json_load = (serde and serde.json_load) or kumo.json_load
+    local get_manifest = kumo.memoize(function(dir)
+      local mpath = dir .. '/manifest.json'
+      local ok, doc = pcall(json_load, mpath)
+      if not ok then
+        local text = tostring(doc)
+        -- a missing manifest is just "nothing exported yet"
+        if not find(text, 'No such file', 1, true) and not find(text, 'os error 2', 1, true) then
+          log_once('kumo-suppression: cannot read ' .. mpath .. ': ' .. text)
+        end
+        return false
+      end
+      if type(doc) ~= 'table' or type(doc.domains) ~= 'table' then
+        log_once('kumo-suppression: ' .. mpath .. ' is not a kumo-suppression manifest')
+        return false
+      end
+      local versions = {}
+      for domain, info in pairs(doc.domains) do
+        if type(domain) == 'string' and type(info) == 'table' then
+          local file, sha = info.file, info.sha256
+          if type(sha) == 'string' and (file == nil or type(file) == 'string') then
+            versions[file or domain] = 'f:' .. sha
+          end
+        end
+      end
+      return versions
+    end, { name = prefix .. '.manifest', ttl = o.check_interval, capacity = 16 })
+    local dir = self.dir
+    local base_start = #dir + 2
+    get_version = function(path)
+      local versions = get_manifest(dir)
+      if not versions then
+        return false
+      end
+      return versions[sub(path, base_start)] or false
+    end
+  end
+
+  -- hot path: two memoize hits, no file IO
+  self.snapshot_for = function(path)
+    local version = get_version(path)
+    if not version then
+      return nil
+    end
+    local recipients = loader_for(path)(path, version)
+    if not recipients then
+      return nil
+    end
+    return recipients
+  end
+
+  self:_register_queue()
+  CONFIGURED_NAMES[o.name] = true
+  CONFIGURED_QUEUES[o.queue] = true
+  return self
+end
+
+-- the suppression queue: a get_queue_config handler for it alone, and its constructor
+function mod:_register_queue()
+  local queue = self.queue
+  local constructor = 'make.' .. queue
+  local sup = self
+  kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
+    if domain ~= queue then
+      return -- NOTHING (not nil): the next handler decides
+    end
+    return kumo.make_queue_config {
+      protocol = { custom_lua = { constructor = constructor } },
+    }
+  end)
+  kumo.on(constructor, function(domain, tenant, campaign)
+    local connection = {}
+    function connection:send(msg)
+      local ok, text = pcall(msg.get_meta, msg, 'x_suppression_text')
+      if not ok or type(text) ~= 'string' then
+        local dok, dkey = pcall(msg.get_meta, msg, sup.domain_meta)
+        text = sup:_text(dok and dkey or '?', 'suppressed', nil, nil)
+      end
+      kumo.reject(sup.code, text)
+    end
+    return connection
+  end)
+end
+
+---------------------------------------------------------------------------- lookups
+
+function mod:_path(dkey)
+  local paths = self.paths
+  local path = paths[dkey]
+  if path == nil then
+    path = false
+    if is_plain_hostname(dkey) then
+      path = self.dir .. '/' .. dkey .. '.' .. self.ext
+    end
+    if self.npaths >= MAX_DOMAINS_PER_STATE then
+      self.paths, self.npaths = {}, 0
+      paths = self.paths
+    end
+    paths[dkey] = path
+    self.npaths = self.npaths + 1
+  end
+  return path
+end
+
+-- the active entry for rkey in one snapshot (recipient first, then '@domain'), or nil
+local function find_in(recipients, rkey)
+  local now
+  local reason, since, expires = valid_entry(recipients[rkey])
+  if reason then
+    now = os_time()
+    if expires == nil or expires > now then
+      return reason, since, expires
+    end
+  end
+  local at = match(rkey, '@[^@]*$')
+  if at and at ~= rkey then
+    reason, since, expires = valid_entry(recipients[at])
+    if reason and (expires == nil or expires > (now or os_time())) then
+      return reason, since, expires
+    end
+  end
+  return nil
+end
+
+-- (rkey, dkey are normalized keys) -> reason, since, expires or nil
+function mod:_find(rkey, dkey)
+  local path = self:_path(dkey)
+  if not path then
+    return nil
+  end
+  local recipients = self.snapshot_for(path)
+  if recipients == nil then
+    return nil
+  end
+  return find_in(recipients, rkey)
+end
+
+function mod:_text(dkey, reason, since, recipient)
+  local values = {
+    domain = tostring(dkey),
+    reason = tostring(reason),
+    since = since and os_date('!%Y-%m-%d', math.floor(since)) or 'unknown',
+    recipient = tostring(recipient or ''),
+  }
+  return (self.text_template:gsub('{(%w+)}', values))
+end
+
+-- lookup(recipient, domain) -> {reason=, since=, expires=} (a plain table) or nil
+local function lookup_body(self, recipient, domain)
+  local rkey, dkey = recipient_key(recipient), domain_key(domain)
+  if not rkey or not dkey then
+    return nil
+  end
+  return self:_find(rkey, dkey)
+end
+
+function mod:lookup(recipient, domain)
+  local ok, reason, since, expires = pcall(lookup_body, self, recipient, domain)
+  if not ok or not reason then
+    return nil
+  end
+  return { reason = reason, since = since, expires = expires }
+end
+
+---------------------------------------------------------------------------- messages
+
+local function from_header_domain(msg)
+  local from = msg:from_header()
+  return from and from.domain
+end
+
+function mod:_sending_domain(msg)
+  local source = self.source
+  if source == 'from_header' then
+    local ok, d = pcall(from_header_domain, msg)
+    if ok and type(d) == 'string' and d ~= '' then
+      return domain_key(d)
+    end
+    return domain_key(msg:sender().domain)
+  elseif source == 'sender' then
+    return domain_key(msg:sender().domain)
+  end
+  local v = msg:get_meta(self.source_meta)
+  return domain_key(v)
+end
+
+-- all the work of a check, inside pcall: returns nil (deliver) or the decision
+function mod:_decide(msg)
+  local dkey = self:_sending_domain(msg)
+  if dkey == nil then
+    return nil
+  end
+  msg:set_meta(self.domain_meta, dkey)
+  local path = self:_path(dkey)
+  local recipients = path and self.snapshot_for(path)
+  if not recipients then
+    return nil -- nothing to check against
+  end
+  local list = msg:recipient_list()
+  local n = #list
+  local hits, kept, first = nil, nil, nil
+  for i = 1, n do
+    local email = list[i].email
+    local rkey = recipient_key(email)
+    local reason, since, expires
+    if rkey then
+      reason, since, expires = find_in(recipients, rkey)
+    end
+    if reason then
+      hits = hits or {}
+      hits[#hits + 1] = { recipient = email, reason = reason, since = since, expires = expires }
+      first = first or hits[#hits]
+    else
+      kept = kept or {}
+      kept[#kept + 1] = email
+    end
+  end
+  if hits == nil then
+    return nil
+  end
+  return {
+    domain = dkey,
+    hits = hits,
+    kept = kept,
+    text = self:_text(dkey, first.reason, first.since, first.recipient),
+    reason = first.reason,
+  }
+end
+
+local function describe(hits)
+  local parts = {}
+  for i = 1, #hits do
+    parts[i] = hits[i].recipient .. ' (' .. hits[i].reason .. ')'
+  end
+  return table.concat(parts, ', ')
+end
+
+-- apply the action; returns the reject text when the caller must kumo.reject
+function mod:_apply(msg, d, action)
+  if action == 'shadow' then
+    msg:set_meta('x_suppressed', d.reason)
+    if #d.hits > 1 or d.kept then
+      msg:set_meta('x_suppressed_recipients', d.hits)
+    end
+    log_info(format('kumo-suppression: shadow: would suppress %s for %s', describe(d.hits), d.domain))
+    return nil
+  end
+  if d.kept then
+    -- some recipients remain: drop the suppressed ones, deliver the rest
+    msg:set_recipient(d.kept)
+    msg:set_meta('x_suppressed_recipients', d.hits)
+    return nil
+  end
+  if action == 'reject' then
+    return d.text
+  elseif action == 'bounce' then
+    msg:set_meta('x_suppression_text', d.text)
+    msg:set_meta('queue', self.queue)
+  elseif action == 'drop' then
+    msg:set_meta('queue', 'null')
+  end
+  return nil
+end
+
+local function check_body(self, msg, action)
+  local d = self:_decide(msg)
+  if d == nil then
+    return nil
+  end
+  return self:_apply(msg, d, action)
+end
+
+function mod:_check(msg, action)
+  local ok, reject_text = pcall(check_body, self, msg, action)
+  if not ok then
+    -- never let a broken snapshot or odd message turn into a transient failure
+    pcall(log_error, 'kumo-suppression: check failed, message passed unchecked: ' .. tostring(reject_text))
+    return
+  end
+  if reject_text then
+    kumo.reject(self.code, reject_text) -- deliberately outside the pcall
+  end
+end
+
+function mod:check_smtp(msg, conn_meta)
+  return self:_check(msg, self.smtp_action)
+end
+
+function mod:check_http(msg)
+  return self:_check(msg, self.http_action)
+end
+
+---------------------------------------------------------------------------- RCPT TO
+
+local SENDER_META = 'x_suppression_sender_domain'
+
+function mod:mail_from(sender, conn_meta)
+  pcall(function()
+    local dkey = domain_key(sender.domain) or ''
+    conn_meta:set_meta(SENDER_META, dkey)
+  end)
+end
+
+function mod:rcpt_to(rcpt, conn_meta)
+  if self.source ~= 'sender' then
+    return
+  end
+  local ok, text = pcall(function()
+    local dkey = conn_meta:get_meta(SENDER_META)
+    if type(dkey) ~= 'string' or dkey == '' then
+      return nil
+    end
+    local email = rcpt.email
+    local rkey = recipient_key(email)
+    if not rkey then
+      return nil
+    end
+    local reason, since = self:_find(rkey, dkey)
+    if not reason then
+      return nil
+    end
+    local text = self:_text(dkey, reason, since, email)
+    if self.smtp_action == 'shadow' then
+      log_info(format('kumo-suppression: shadow: would refuse RCPT TO %s for %s (%s)', email, dkey, reason))
+      return nil
+    end
+    return text
+  end)
+  if ok and text then
+    kumo.reject(self.code, text)
+  end
+end
+
+return mod

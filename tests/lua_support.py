@@ -1,0 +1,123 @@
+"""Helpers for the Lua test suites: snapshot/config writers and the module wired into
+this project's kumod stand-in (tests/kumo_standin.py) the way PRODUCT.md section 8 shows."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import tomli_w
+
+from kumo_standin import FakeClock, Kumod
+
+PROJECT = Path(__file__).resolve().parents[1]
+POLICY_DIR = PROJECT / "policy_lua"
+QUEUE = "suppressed.kumo_suppression"
+DAY = 86400
+# a fixed "now" so dates in reject texts are predictable: 2026-11-26T00:00:00Z
+NOW = 1795651200
+
+
+def snapshot_doc(domain: str, recipients: dict, **overrides) -> dict:
+    doc = {"format": "kumo-suppression-snapshot", "version": 1, "domain": domain,
+           "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(NOW)),
+           "count": len(recipients), "recipients": recipients}
+    doc.update(overrides)
+    return doc
+
+
+def write_snapshot(directory: Path, domain: str, recipients: dict, fmt: str = "json",
+                   **overrides) -> Path:
+    """Write <directory>/<domain>.<fmt> atomically (a new inode, like the exporter)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    doc = snapshot_doc(domain, recipients, **overrides)
+    path = directory / f"{domain}.{fmt}"
+    tmp = directory / f".{domain}.{fmt}.tmp"
+    if fmt == "toml":
+        tmp.write_text(tomli_w.dumps(doc))
+    else:
+        tmp.write_text(json.dumps(doc))
+    tmp.replace(path)
+    return path
+
+
+def write_manifest(directory: Path, fmt: str = "json") -> Path:
+    domains = {}
+    for path in sorted(directory.glob(f"*.{fmt}")):
+        if path.name == "manifest.json":
+            continue
+        domain = path.name[: -len(fmt) - 1]
+        domains[domain] = {"file": path.name, "count": 0,
+                           "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    manifest = {"format": "kumo-suppression-manifest", "version": 1,
+                "generated_at": "2026-11-26T00:00:00Z", "domains": domains}
+    out = directory / "manifest.json"
+    out.write_text(json.dumps(manifest))
+    return out
+
+
+def write_config(path: Path, **sections) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(tomli_w.dumps(sections))
+    return path
+
+
+def entry(reason: str = "bounce", since: int = NOW - 10 * DAY, expires: int | None = None) -> dict:
+    e = {"reason": reason, "since": since}
+    if expires is not None:
+        e["expires"] = expires
+    return e
+
+
+_INIT = """
+local kumo = require 'kumo'
+local suppression = require 'suppression'
+sup = suppression:new(__OPTIONS)
+kumo.on('smtp_server_message_received', function(msg, conn_meta) sup:check_smtp(msg, conn_meta) end)
+kumo.on('http_message_generated', function(msg, auth_info) sup:check_http(msg) end)
+"""
+
+_RCPT = """
+local kumo = require 'kumo'
+kumo.on('smtp_server_mail_from', function(sender, conn_meta) sup:mail_from(sender, conn_meta) end)
+kumo.on('smtp_server_rcpt_to', function(rcpt, conn_meta) sup:rcpt_to(rcpt, conn_meta) end)
+"""
+
+
+class Policy:
+    """suppression.lua loaded in a fresh stand-in with the given options."""
+
+    def __init__(self, options: dict, *, with_fs: bool = True, clock: FakeClock | None = None,
+                 rcpt_hooks: bool = False, before: str = "", after: str = "", **kumod_kw):
+        self.k = Kumod(POLICY_DIR, clock=clock or FakeClock(NOW), with_fs=with_fs, **kumod_kw)
+        self.k.lua.globals()["__OPTIONS"] = self.k.to_lua(options)
+        self.k.execute(before + _INIT + (_RCPT if rcpt_hooks else "") + after, "=init.lua")
+
+    @property
+    def clock(self) -> FakeClock:
+        return self.k.clock
+
+    def message(self, recipients, *, from_domain: str = "example.com", sender: str | None = None,
+                from_header: str | None | bool = True, meta: dict | None = None):
+        if from_header is True:
+            from_header = f"News <news@{from_domain}>"
+        elif from_header is False:
+            from_header = None
+        return self.k.make_message(sender or f"bounces@{from_domain}", recipients,
+                                   from_header=from_header, meta=meta)
+
+    def http(self, recipients, **kw):
+        msg = self.message(recipients, **kw)
+        return self.k.http_inject(msg), msg
+
+    def smtp(self, recipients, **kw):
+        msg = self.message(recipients, **kw)
+        return self.k.smtp_transaction([msg]), msg
+
+    def lookup(self, recipient, domain):
+        fn = self.k.eval("function(a, b) return sup:lookup(a, b) end")
+        ok, *values = self.k.pcall(fn, recipient, domain)
+        assert ok is True, f"sup:lookup raised: {values}"
+        return self.k.from_lua(values[0]) if values else None

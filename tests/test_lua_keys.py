@@ -1,0 +1,42 @@
+"""The Lua module's key normalization against the shared vectors (PRODUCT.md section 3).
+tests/test_keys.py checks the same file against exporter/keys.py."""
+
+import json
+
+import pytest
+
+from kumo_standin import Kumod
+from lua_support import POLICY_DIR, PROJECT
+
+VECTORS = json.loads((PROJECT / "tests" / "vectors" / "normalization.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def lua():
+    k = Kumod(POLICY_DIR)
+    k.execute("suppression = require 'suppression'")
+    return k
+
+
+def _call(lua, fn, *args):
+    return lua.eval(f"suppression.{fn}")(*args)
+
+
+@pytest.mark.parametrize("case", VECTORS["recipient_key"], ids=lambda c: repr(c["input"]))
+def test_recipient_key(lua, case):
+    assert _call(lua, "recipient_key", case["input"]) == case["expected"]
+
+
+@pytest.mark.parametrize("case", VECTORS["domain_key"], ids=lambda c: repr(c["input"]))
+def test_domain_key(lua, case):
+    assert _call(lua, "domain_key", case["input"]) == case["expected"]
+
+
+@pytest.mark.parametrize("case", VECTORS["snapshot_filename_json"], ids=lambda c: repr(c["input"])[:40])
+def test_snapshot_filename(lua, case):
+    assert _call(lua, "snapshot_filename", case["input"], "json") == case["expected"]
+
+
+def test_vectors_cover_the_tricky_cases():
+    inputs = {c["input"] for c in VECTORS["recipient_key"]}
+    assert "<<user@example.net>>" in inputs and "ÜSER@Exämple.NET" in inputs

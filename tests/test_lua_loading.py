@@ -1,0 +1,275 @@
+"""Snapshot loading: memoize + version check, reloads, manifest fallback, fail-open,
+one log_error per bad file version, TOML, no file IO on the hot path."""
+
+import json
+import os
+
+import pytest
+
+from lua_support import DAY, NOW, Policy, entry, write_manifest, write_snapshot
+
+
+@pytest.fixture
+def snap(tmp_path):
+    d = tmp_path / "snapshots"
+    write_snapshot(d, "example.com", {"first@example.net": entry()})
+    return d
+
+
+def policy(snap, **kw):
+    options = {"snapshot_dir": str(snap)}
+    options.update(kw.pop("options", {}))
+    return Policy(options, **kw)
+
+
+def rejected(p, rcpt, domain="example.com"):
+    return p.http(rcpt, from_domain=domain)[0].rejected
+
+
+# ----------------------------------------------------------------------- reloads
+
+def test_new_export_seen_after_check_interval_not_before(snap):
+    p = policy(snap)
+    assert rejected(p, "first@example.net") and not rejected(p, "second@example.net")
+    write_snapshot(snap, "example.com", {"first@example.net": entry(), "second@example.net": entry()})
+    p.clock.advance(4)
+    assert not rejected(p, "second@example.net"), "version is memoized for check_interval"
+    p.clock.advance(2)
+    assert rejected(p, "second@example.net")
+
+
+def test_custom_check_interval(snap):
+    p = policy(snap, options={"check_interval": "1 minute"})
+    assert rejected(p, "first@example.net")
+    write_snapshot(snap, "example.com", {"second@example.net": entry()})
+    p.clock.advance(30)
+    assert not rejected(p, "second@example.net")
+    p.clock.advance(31)
+    assert rejected(p, "second@example.net") and not rejected(p, "first@example.net")
+
+
+def test_file_removed_means_no_suppression(snap):
+    p = policy(snap)
+    assert rejected(p, "first@example.net")
+    (snap / "example.com.json").unlink()
+    p.clock.advance(6)
+    assert not rejected(p, "first@example.net")
+    assert p.k.errors_logged == []
+
+
+def test_file_appearing_later_is_picked_up(tmp_path):
+    d = tmp_path / "later"
+    p = Policy({"snapshot_dir": str(d)})
+    assert not rejected(p, "first@example.net")
+    write_snapshot(d, "example.com", {"first@example.net": entry()})
+    p.clock.advance(6)
+    assert rejected(p, "first@example.net")
+
+
+def test_unchanged_file_is_loaded_once(snap):
+    p = policy(snap)
+    for _ in range(3):
+        for i in range(20):
+            rejected(p, f"r{i}@example.net")
+        p.clock.advance(6)
+    stats = p.k.memo_stats("user.kumo_suppression.default.snapshot:example.com.json")
+    assert stats["populated"] == 1, stats
+    assert p.k.memo_stats("user.kumo_suppression.default.version")["populated"] == 3
+
+
+def test_a_domain_keeps_at_most_two_snapshot_versions(snap):
+    """A busy domain re-exported every minute must not pile up copies of its list."""
+    p = policy(snap)
+    for i in range(6):
+        write_snapshot(snap, "example.com", {f"v{i}@example.net": entry()})
+        os.utime(snap / "example.com.json", (1_700_000_000 + i, 1_700_000_000 + i))
+        p.clock.advance(6)
+        assert rejected(p, f"v{i}@example.net")
+    stats = p.k.memo_stats("user.kumo_suppression.default.snapshot:example.com.json")
+    assert stats["populated"] == 6
+    assert stats["size"] <= 2 and stats["evicted"] >= 4
+
+
+def test_warm_checks_do_no_file_io(snap):
+    p = policy(snap)
+    rejected(p, "first@example.net")
+    p.k.io_paths.clear()
+    for i in range(50):
+        rejected(p, f"r{i}@example.net")
+        rejected(p, "first@example.net")
+    assert p.k.io_paths == []
+    p.clock.advance(6)
+    rejected(p, "first@example.net")
+    assert p.k.io_paths == [str(snap / "example.com.json")], "one stat per check_interval"
+
+
+def test_memo_names_follow_instance_name(snap):
+    p = policy(snap, options={"name": "node_a", "queue": "held.node_a"})
+    rejected(p, "first@example.net")
+    names = p.k.memo_names()
+    assert "user.kumo_suppression.node_a.snapshot:example.com.json" in names
+    assert "user.kumo_suppression.node_a.version" in names
+
+
+# ----------------------------------------------------------------------- manifest fallback
+
+def test_without_kumo_fs_manifest_gives_the_version(snap):
+    write_manifest(snap)
+    p = policy(snap, with_fs=False)
+    assert p.k.eval("require('kumo').fs") is None
+    assert rejected(p, "first@example.net")
+    write_snapshot(snap, "example.com", {"second@example.net": entry()})
+    p.clock.advance(6)
+    assert not rejected(p, "second@example.net"), "manifest unchanged: old version still used"
+    write_manifest(snap)
+    p.clock.advance(6)
+    assert rejected(p, "second@example.net") and not rejected(p, "first@example.net")
+    assert p.k.errors_logged == []
+
+
+def test_without_kumo_fs_no_manifest_fails_open_quietly(snap):
+    p = policy(snap, with_fs=False)
+    assert not rejected(p, "first@example.net")
+    p.clock.advance(6)
+    assert not rejected(p, "first@example.net")
+    assert p.k.errors_logged == []
+
+
+def test_without_kumo_fs_domain_missing_from_manifest(snap):
+    write_manifest(snap)
+    write_snapshot(snap, "other.example", {"first@example.net": entry()})  # not in the manifest
+    p = policy(snap, with_fs=False)
+    assert not rejected(p, "first@example.net", domain="other.example")
+
+
+def test_without_kumo_fs_corrupt_manifest_logs_once(snap):
+    (snap / "manifest.json").write_text("{not json")
+    p = policy(snap, with_fs=False)
+    for _ in range(5):
+        assert not rejected(p, "first@example.net")
+        p.clock.advance(6)
+    assert len(p.k.errors_logged) == 1, p.k.errors_logged
+
+
+def test_without_kumo_fs_manifest_read_once_per_interval(snap):
+    write_manifest(snap)
+    p = policy(snap, with_fs=False)
+    rejected(p, "first@example.net")
+    p.k.io_paths.clear()
+    for i in range(30):
+        rejected(p, f"r{i}@example.net")
+    assert p.k.io_paths == []
+
+
+# ----------------------------------------------------------------------- fail open
+
+BAD_FILES = {
+    "empty": b"",
+    "corrupt_json": b'{"format": "kumo-suppression-snapshot", "version": 1',
+    "not_an_object": b"[1, 2, 3]",
+    "wrong_format": json.dumps({"format": "other", "version": 1, "recipients": {}}).encode(),
+    "wrong_version": json.dumps({"format": "kumo-suppression-snapshot", "version": 2,
+                                 "recipients": {"first@example.net": entry()}}).encode(),
+    "recipients_not_table": json.dumps({"format": "kumo-suppression-snapshot", "version": 1,
+                                        "recipients": "first@example.net"}).encode(),
+    "wrong_domain": json.dumps({"format": "kumo-suppression-snapshot", "version": 1,
+                                "domain": "evil.example",
+                                "recipients": {"first@example.net": entry()}}).encode(),
+    "binary": b"\xff\xfe\x00garbage",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_FILES))
+def test_bad_file_fails_open_with_one_error_per_version(snap, kind):
+    (snap / "example.com.json").write_bytes(BAD_FILES[kind])
+    p = policy(snap)
+    for _ in range(3):
+        for flow in ("http", "smtp"):
+            r, msg = getattr(p, flow)("first@example.net")
+            assert r.ok if flow == "http" else r.accepted
+            assert "queue" not in msg.meta
+        p.clock.advance(6)
+    errors = p.k.errors_logged
+    assert len(errors) == 1, errors
+    assert "example.com.json" in errors[0]
+    # a new bad version: one more error; then a good one: suppression is back
+    (snap / "example.com.json").unlink()
+    (snap / "example.com.json").write_bytes(BAD_FILES[kind] + b" ")
+    p.clock.advance(6)
+    rejected(p, "first@example.net")
+    rejected(p, "first@example.net")
+    assert len(p.k.errors_logged) == 2
+    write_snapshot(snap, "example.com", {"first@example.net": entry()})
+    p.clock.advance(6)
+    assert rejected(p, "first@example.net")
+
+
+def test_directory_where_file_should_be(snap):
+    (snap / "example.com.json").unlink()
+    (snap / "example.com.json").mkdir()
+    p = policy(snap)
+    assert not rejected(p, "first@example.net")
+    p.clock.advance(6)
+    assert not rejected(p, "first@example.net")
+    assert len(p.k.errors_logged) == 1
+
+
+def test_symlink_is_refused(snap, tmp_path):
+    outside = tmp_path / "outside"
+    write_snapshot(outside, "example.com", {"first@example.net": entry()})
+    (snap / "example.com.json").unlink()
+    os.symlink(outside / "example.com.json", snap / "example.com.json")
+    p = policy(snap)
+    assert not rejected(p, "first@example.net")
+    assert len(p.k.errors_logged) == 1 and "regular file" in p.k.errors_logged[0]
+
+
+def test_missing_dir_fails_open_quietly(tmp_path):
+    p = Policy({"snapshot_dir": str(tmp_path / "nope")})
+    r, msg = p.smtp("first@example.net")
+    assert r.accepted and "queue" not in msg.meta
+    assert p.http("first@example.net")[0].ok
+    assert p.k.errors_logged == [] and p.lookup("first@example.net", "example.com") is None
+
+
+def test_wrong_field_types_are_ignored_not_crashes(snap):
+    write_snapshot(snap, "example.com", {
+        "good@example.net": entry(),
+        "str@example.net": "bounce",
+        "num@example.net": 42,
+        "list@example.net": [1, 2],
+        "noreason@example.net": {"since": NOW},
+        "badreason@example.net": {"reason": 5, "since": NOW},
+        "badsince@example.net": {"reason": "bounce", "since": "yesterday"},
+        "badexpires@example.net": {"reason": "bounce", "since": NOW, "expires": "never"},
+        "@bad.example": {"reason": ["x"], "since": NOW},
+    })
+    p = policy(snap)
+    assert rejected(p, "good@example.net")
+    for r in ("str", "num", "list", "noreason", "badreason", "badsince", "badexpires"):
+        assert not rejected(p, f"{r}@example.net"), r
+    assert not rejected(p, "x@bad.example")
+    assert p.k.errors_logged == []
+
+
+def test_nothing_but_reject_escapes_a_broken_message(snap):
+    p = policy(snap)
+    # a message whose From is unparseable and whose sender has no domain
+    msg = p.k.make_message("<>", ["first@example.net"], from_header="not an address")
+    assert p.k.http_inject(msg).ok
+    assert p.k.smtp_transaction([msg]).accepted
+
+
+# ----------------------------------------------------------------------- TOML
+
+def test_toml_snapshots(tmp_path):
+    d = tmp_path / "toml"
+    write_snapshot(d, "example.com", {"first@example.net": entry("complaint", NOW - DAY),
+                                      "@bad.example": entry("manual", NOW - DAY)}, fmt="toml")
+    write_snapshot(d, "example.com", {"json@example.net": entry()}, fmt="json")  # ignored
+    p = Policy({"snapshot_dir": str(d), "format": "toml"})
+    r, _ = p.http("first@example.net")
+    assert r.rejected and "complaint" in r.text
+    assert rejected(p, "a@bad.example")
+    assert not rejected(p, "json@example.net")
+    assert p.k.io_paths[0].endswith("example.com.toml") and all("json" not in x for x in p.k.io_paths)

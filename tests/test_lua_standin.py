@@ -1,0 +1,126 @@
+"""Self-tests of tests/kumo_standin.py: the kumod behaviours the module's tests rely on."""
+
+import pytest
+
+from kumo_standin import FakeClock, Kumod, LuaError
+
+
+@pytest.fixture
+def k():
+    return Kumod(clock=FakeClock(1_000_000))
+
+
+def test_kumo_is_a_module_not_a_global_and_no_debug(k):
+    assert k.eval("kumo") is None
+    assert k.eval("require('kumo') ~= nil") is True
+    assert k.eval("debug") is None and k.eval("python") is None
+
+
+def test_single_handler_events_error_on_second_registration(k):
+    k.execute("local kumo = require 'kumo'; kumo.on('http_message_generated', function() end)")
+    with pytest.raises(LuaError, match="already has a handler"):
+        k.execute("local kumo = require 'kumo'; kumo.on('http_message_generated', function() end)")
+
+
+def test_get_queue_config_chain_stops_at_return_nil(k):
+    k.execute("""
+      local kumo = require 'kumo'
+      kumo.on('get_queue_config', function(domain) if domain == 'mine' then return nil end end)
+      kumo.on('get_queue_config', function(domain) return kumo.make_queue_config { egress_pool = 'p' } end)
+    """)
+    m = k.make_message("a@example.com", ["x@gmail.com"])
+    assert k.deliver_via_queue(m).kind == "Smtp"        # first handler returned nothing
+    m = k.make_message("a@example.com", ["x@mine"])
+    out = k.deliver_via_queue(m)
+    assert out.kind == "QueueError" and "QueueConfig" in out.error  # `return nil` is a value
+
+
+def test_memoize_returns_userdata_proxies(k):
+    k.execute("""
+      local kumo = require 'kumo'
+      calls = 0
+      f = kumo.memoize(function(a) calls = calls + 1; return {x = a, nested = {1, 2}} end,
+                       {name = 'user.t', ttl = '5 seconds', capacity = 2})""")
+    assert k.eval("type(f('a'))") == "userdata"
+    assert k.eval("f('a').nested[2]") == 2 and k.eval("#f('a').nested") == 2
+    for expr in ("rawget(f('a'), 'x')", "next(f('a'))", "table.concat(f('a').nested)"):
+        with pytest.raises(LuaError):
+            k.eval(expr)
+    assert k.eval("calls") == 1
+    k.clock.advance(5)
+    k.eval("f('a')")
+    assert k.eval("calls") == 2, "ttl expired"
+    k.eval("f('b')"); k.eval("f('c')")
+    assert k.memo_stats("user.t")["evicted"] == 1 and k.memo_stats("user.t")["size"] == 2
+
+
+def test_memoize_refuses_userdata_results_and_does_not_cache_errors(k):
+    k.execute("""
+      local kumo = require 'kumo'
+      g = kumo.memoize(function() return kumo.time.now() end, {name = 'user.u', ttl = '1 minute', capacity = 5})
+      n = 0
+      h = kumo.memoize(function() n = n + 1; error('boom') end, {name = 'user.e', ttl = '1 minute', capacity = 5})""")
+    with pytest.raises(LuaError, match="cannot memoize"):
+        k.eval("g()")
+    for _ in range(2):
+        with pytest.raises(LuaError):
+            k.eval("h()")
+    assert k.eval("n") == 2
+
+
+def test_os_time_follows_clock(k):
+    assert k.eval("os.time()") == 1_000_000
+    k.clock.advance(10.5)
+    assert k.eval("os.time()") == 1_000_010
+    assert k.eval("os.date('!%Y-%m-%d')") == "1970-01-12"
+
+
+def test_errors_are_userdata_and_reject_is_an_object(k, tmp_path):
+    assert k.eval("(function() local ok, e = pcall(require('kumo').fs.metadata_for_path, '/nonexistent') "
+                  "return type(e) .. ' ' .. tostring(e) end)()").startswith("userdata No such file")
+    with pytest.raises(LuaError, match="concatenate"):
+        k.eval("(function() local ok, e = pcall(require('kumo').fs.metadata_for_path, '/nonexistent') "
+               "return 'x' .. e end)()")
+    k.execute("local kumo = require 'kumo'; kumo.on('http_message_generated', function(msg) "
+              "local ok, e = pcall(kumo.reject, 550, 'no'); if ok then return end; error(e) end)")
+    assert k.http_inject(k.make_message("a@example.com", ["x@y.example"])).code == 550
+
+
+def test_fs_metadata(k, tmp_path):
+    f = tmp_path / "f.json"
+    f.write_text("{}")
+    k.lua.globals()["P"] = str(f)
+    assert k.eval("require('kumo').fs.metadata_for_path(P).len") == 2
+    assert k.eval("type(require('kumo').fs.metadata_for_path(P).mtime.unix_timestamp_millis)") == "number"
+    with pytest.raises(LuaError, match="unknown field"):
+        k.eval("require('kumo').fs.metadata_for_path(P).path")
+    assert Kumod(with_fs=False).eval("require('kumo').fs") is None
+
+
+def test_message_objects(k):
+    m = k.make_message("<b@Example.com>", ["u@x.example", "v@y.example"], from_header='"N" <n@Example.com>',
+                       meta={"a": 1})
+    k.lua.globals()["M"] = m.ud
+    assert k.eval("M:sender().domain") == "Example.com"
+    assert k.eval("tostring(M:recipient_list()[2])") == "v@y.example"
+    assert k.eval("type(M:recipient())") == "table"
+    assert k.eval("M:from_header().domain") == "Example.com"
+    with pytest.raises(LuaError, match="call it with"):
+        k.eval("M.get_meta('a')")
+    with pytest.raises(LuaError, match="expected a string"):
+        k.execute("M:set_recipient({M:recipient_list()[1]})")
+    k.execute("M:set_recipient({'w@z.example'}); M:set_meta('t', {1, 2})")
+    assert m.recipients == ["w@z.example"] and m.meta["t"] == [1, 2]
+    bad = k.make_message("b@example.com", ["u@x.example"], from_header="nonsense")
+    k.lua.globals()["B"] = bad.ud
+    with pytest.raises(LuaError):
+        k.eval("B:from_header()")
+
+
+def test_smtp_reject_of_one_message_rejects_the_transaction(k):
+    k.execute("local kumo = require 'kumo'; kumo.on('smtp_server_message_received', function(msg) "
+              "if msg:recipient().user == 'bad' then kumo.reject(550, 'no') end end)")
+    good = k.make_message("a@example.com", ["good@x.example"])
+    bad = k.make_message("a@example.com", ["bad@x.example"])
+    assert k.smtp_transaction([good]).accepted
+    assert k.smtp_transaction([good, bad]).rejected
