@@ -397,5 +397,23 @@ def backup(ctx: Context, target):
     click.echo(f"backup written: {target}")
 
 
+@cli.command()
+@pass_ctx
+def run(ctx: Context):
+    """Scheduler: ingest and export every [schedule] interval, prune daily, the webhook
+    receiver too when [webhook].enabled. SIGTERM/SIGINT stop it cleanly (exit 0)."""
+    from .daemon import run as run_daemon
+    sys.exit(run_daemon(ctx.config))
+
+
+@cli.command()
+@pass_ctx
+def serve(ctx: Context):
+    """Webhook receiver only: POST /v1/events, GET /healthz, /metrics and
+    /v1/suppressions/{domain}/{recipient} on [webhook].listen."""
+    from .webhook import serve as serve_webhook
+    sys.exit(serve_webhook(ctx.config))
+
+
 def main() -> None:
     cli(prog_name="kumo-suppress")
