@@ -80,6 +80,11 @@ class Store:
         self.conn = conn
         self.path = path
         self.db = sqlite_utils.Database(conn)
+        # per transaction: domains whose generation to bump at commit (one UPSERT each,
+        # not one per event), and whether any tombstone exists (most stores have none,
+        # so most events skip the tombstone lookup)
+        self._dirty: set[str] = set()
+        self._tombstones: bool | None = None
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -94,18 +99,34 @@ class Store:
                 os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
             except OSError as err:
                 raise StoreError(f"{path}: cannot create store: {err.strerror}") from None
-        try:
-            conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None,
-                                   check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
-            store = cls(conn, path)
-            store.migrate()
-        except sqlite3.DatabaseError as err:
-            raise StoreError(f"{path}: cannot open store: {err}") from None
-        return store
+        deadline = time.monotonic() + busy_timeout
+        while True:
+            conn = None
+            try:
+                conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None,
+                                       check_same_thread=False)
+                conn.row_factory = sqlite3.Row
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                # 32 MB page cache (default 2 MB): ingestion inserts event keys and history at
+                # random places in big b-trees; bounded, so memory stays flat with input size
+                conn.execute("PRAGMA cache_size=-32768")
+                conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+                store = cls(conn, path)
+                store.migrate()
+                return store
+            except sqlite3.OperationalError as err:
+                # switching a new file to WAL, or another process's WAL checkpoint on close,
+                # can answer "locked" without waiting on busy_timeout: retry until it is up
+                if conn is not None:
+                    conn.close()
+                if "locked" not in str(err) or time.monotonic() >= deadline:
+                    raise StoreError(f"{path}: cannot open store: {err}") from None
+                time.sleep(0.05)
+            except sqlite3.DatabaseError as err:
+                if conn is not None:
+                    conn.close()
+                raise StoreError(f"{path}: cannot open store: {err}") from None
 
     def close(self) -> None:
         self.conn.close()
@@ -124,11 +145,20 @@ class Store:
             self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as err:
             raise StoreError(f"{self.path}: {err}") from None
+        self._dirty.clear()
+        self._tombstones = None
         try:
             yield self.conn
+            if self._dirty:
+                self.conn.executemany(
+                    "INSERT INTO domains(domain, generation) VALUES (?, 1) "
+                    "ON CONFLICT(domain) DO UPDATE SET generation = generation + 1",
+                    [(d,) for d in self._dirty])
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
+        finally:
+            self._dirty.clear()
         try:
             self.conn.execute("COMMIT")
         except sqlite3.OperationalError as err:
@@ -143,6 +173,8 @@ class Store:
         if version == SCHEMA_VERSION:
             return
         with self.transaction():
+            if self.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+                return     # another process migrated it while we waited for the lock
             db = self.db
             db["suppressions"].create({
                 "domain": str, "recipient": str, "reason": str, "source": str,
@@ -208,8 +240,8 @@ class Store:
 
     # ------------------------------------------------------------------ writes
     def _bump(self, domain: str) -> None:
-        self.conn.execute("INSERT INTO domains(domain, generation) VALUES (?, 1) "
-                          "ON CONFLICT(domain) DO UPDATE SET generation = generation + 1", (domain,))
+        """The domain's snapshot changed: its generation goes up when the transaction commits."""
+        self._dirty.add(domain)
 
     def _history(self, now: int, action: str, domain: str, recipient: str, reason: str | None,
                  source: str | None, event_time: int | None, expires: int | None, detail: str | None = None) -> None:
@@ -231,9 +263,11 @@ class Store:
                 result.duplicates += 1
                 continue
             domain = event.domain
-            tomb = conn.execute("SELECT removed_at FROM tombstones WHERE domain = ? AND recipient = ?",
-                                (domain, recipient)).fetchone()
-            if tomb is not None and event.timestamp <= tomb[0]:
+            if self._tombstones is None:
+                self._tombstones = conn.execute("SELECT EXISTS(SELECT 1 FROM tombstones)").fetchone()[0] == 1
+            tomb = self._tombstones and conn.execute(
+                "SELECT removed_at FROM tombstones WHERE domain = ? AND recipient = ?", (domain, recipient)).fetchone()
+            if tomb and event.timestamp <= tomb[0]:
                 result.tombstoned += 1   # an operator removed it after this event happened
                 continue
             if expires_new is not None and expires_new <= now:
