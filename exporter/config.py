@@ -48,6 +48,7 @@ _DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*$")
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
                "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
 _SIZE = re.compile(r"^\s*([0-9]+)\s*([A-Za-z]*)\s*$")
+MAX_DURATION = 100 * 365 * 86400.0
 
 
 def parse_duration(text: str | int | float, what: str = "duration") -> float:
@@ -58,7 +59,10 @@ def parse_duration(text: str | int | float, what: str = "duration") -> float:
     unit = m and _UNITS.get(m.group(2).lower())
     if not m or unit is None:
         raise ConfigError(f"{what}: cannot read {text!r} as a duration (like \"30s\", \"12h\", \"30d\")")
-    return float(m.group(1)) * unit
+    seconds = float(m.group(1)) * unit
+    if not seconds <= MAX_DURATION:     # also inf: "9999...9d" would overflow timestamps
+        raise ConfigError(f"{what}: {text!r} is longer than 100 years (use \"never\" for a lifetime)")
+    return seconds
 
 
 def parse_lifetime(text: str, what: str = "ttl") -> int | None:
@@ -233,6 +237,8 @@ def load_config(path: str | os.PathLike | None) -> Config:
             raise ConfigError(f"{cfg_path}: config is not UTF-8 text") from None
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{cfg_path}: invalid TOML: {err}") from None
+        except RecursionError:
+            raise ConfigError(f"{cfg_path}: invalid TOML: nested too deeply") from None
         base = cfg_path.resolve().parent
     _validate(raw, where)
     return build_config(raw, base, cfg_path, where)

@@ -23,6 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import islice
 from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterable
@@ -70,15 +71,25 @@ def iso_now(now: float) -> str:
     return dt.datetime.fromtimestamp(int(now), dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _plain(text: str) -> bool:
+    """True when JSON (and TOML) write `text` between quotes as it is, no escaping:
+    printable ASCII without a quote or a backslash (nearly every address)."""
+    return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
+
+
 def _toml_string(text: str) -> str:
+    if _plain(text):
+        return f'"{text}"'
     # JSON's escapes (\" \\ \n \uXXXX) are TOML basic-string escapes too; TOML also
     # forbids a raw DEL.
     return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 def _json_entry(recipient: str, reason: str, since: int, expires: int | None) -> str:
-    tail = f',"expires":{expires}' if expires is not None else ""
-    return f'{json.dumps(recipient, ensure_ascii=False)}:{{"reason":"{reason}","since":{since}{tail}}}'
+    key = f'"{recipient}"' if _plain(recipient) else json.dumps(recipient, ensure_ascii=False)
+    if expires is None:
+        return f'{key}:{{"reason":"{reason}","since":{since}}}'
+    return f'{key}:{{"reason":"{reason}","since":{since},"expires":{expires}}}'
 
 
 def _toml_entry(recipient: str, reason: str, since: int, expires: int | None) -> str:
@@ -104,19 +115,13 @@ def write_snapshot(fh, fmt: str, domain: str, generated_at: str, count: int,
         fh.write(b"\n[recipients]\n")
         entry, sep, close = _toml_entry, "\n", "\n"
     first = True
-    chunk: list[str] = []
-    for row in rows:
-        text = entry(*row)
-        chunk.append(text if first else sep + text)
+    rows = iter(rows)
+    while batch := list(islice(rows, 4096)):
+        data = sep.join([entry(*row) for row in batch])
+        data = (data if first else sep + data).encode()
         first = False
-        if len(chunk) >= 4096:
-            data = "".join(chunk).encode()
-            entries.update(data)
-            fh.write(data)
-            chunk.clear()
-    data = "".join(chunk).encode()
-    entries.update(data)
-    fh.write(data)
+        entries.update(data)
+        fh.write(data)
     fh.write(close.encode() if not (fmt == "toml" and first) else b"")
     return entries.hexdigest()
 
@@ -129,10 +134,12 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, write: Callable, mode: int = 0o644, gid: int | None = None):
+def atomic_write(path: Path, write: Callable, mode: int = 0o644, gid: int | None = None,
+                 sync_dir: bool = True):
     """write(fh) into a temp file beside `path`, fsync, rename over it, fsync the dir, and
     return what write returned; when it returns None the temp file is dropped instead.
-    A failure leaves the old file untouched."""
+    A failure leaves the old file untouched. `sync_dir=False`: the caller fsyncs the
+    directory itself, once for many files (export: before the manifest)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -151,7 +158,8 @@ def atomic_write(path: Path, write: Callable, mode: int = 0o644, gid: int | None
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    if sync_dir:
+        _fsync_dir(path.parent)
     return value
 
 
@@ -211,7 +219,11 @@ def export_snapshots(store: Store, config: Config, now: float | None = None,
         except KeyError:
             raise ExportError(f"[export] group {config.export.group!r}: no such group") from None
     try:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o755)
+        if not directory.is_dir():
+            directory.mkdir(parents=True, exist_ok=True, mode=0o755)
+            # mkdir's mode is cut by the umask (0077 would give 0700): kumod, another
+            # user, must be able to list and read it
+            os.chmod(directory, 0o755)
         with export_lock(directory):
             result = _export(store, directory, fmt, gid, now, progress)
     except OSError as err:
@@ -275,6 +287,8 @@ def _export(store: Store, directory: Path, fmt: str, gid: int | None, now: int,
         domains[domain] = entry
         result.entries += count
     result.domains = len(domains)
+    if result.written:                 # the snapshots' renames are durable before the manifest's
+        _fsync_dir(directory)
     _remove_strays(directory, fmt, domains, result)
     manifest = {"format": MANIFEST_FORMAT, "version": 1, "store_id": store.store_id,
                 "snapshot_format": fmt, "generated_at": generated_at, "domains": domains}
@@ -292,7 +306,7 @@ def _write_domain(store: Store, path: Path, fmt: str, domain: str, generated_at:
         out = _Hashing(fh)
         entries = write_snapshot(out, fmt, domain, generated_at, count, store.iter_snapshot(domain, now))
         return None if entries == entries_sha else (out.sha.hexdigest(), entries)
-    return atomic_write(path, write, gid=gid)
+    return atomic_write(path, write, gid=gid, sync_dir=False)
 
 
 def _remove_strays(directory: Path, fmt: str, domains: dict, result: ExportResult) -> None:

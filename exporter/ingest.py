@@ -9,6 +9,8 @@ twice and skips nothing; the per-event keys make a re-read harmless anyway.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import stat
@@ -29,6 +31,7 @@ log = logging.getLogger("kumo_suppress.ingest")
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 READ_CHUNK = 1 << 20
+ZSTD_FEED = 256            # compressed bytes per decompress call (bounds a zstd bomb's output)
 # Records of these types never suppress: a line that plainly is one is counted without
 # being parsed (kumod writes `{"type":"Delivery",...` first), which is most of the log.
 _TYPE_PREFIX = b'{"type":"'
@@ -87,6 +90,32 @@ class IngestResult:
         return text
 
 
+@contextlib.contextmanager
+def ingest_lock(store_path: Path):
+    """One file ingest at a time per store (cron overlap, `run` plus a manual ingest): the
+    second waits for the first, then finds its segments done, so the result is exactly
+    one run's. (The webhook's records need no lock: they carry no checkpoint.)"""
+    lock = Path(store_path).with_name(Path(store_path).name + ".ingest.lock")
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o600)
+    except OSError:
+        yield      # cannot lock here; _commit's checkpoint check still keeps counts exact
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("%s: another ingest is running; waiting for it", store_path)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+class _Superseded(Exception):
+    """Another process advanced this segment's checkpoint while we read it."""
+
+
 def is_done(st: os.stat_result) -> bool:
     """kumod marks a closed segment by clearing every write bit."""
     return stat.S_IMODE(st.st_mode) & 0o222 == 0
@@ -112,22 +141,39 @@ class _Lines:
             return
         dobj = zstandard.ZstdDecompressor().decompressobj()
         fed = False                 # has the current frame's decompressor seen input?
+        pending: list[bytes] = []   # small outputs gathered into chunks of ~READ_CHUNK
+        size = 0
         while data:
-            try:
-                out = dobj.decompress(data)
-            except zstandard.ZstdError:
-                self.truncated = True
-                return
-            fed = True
-            if out:
-                yield out
-            if dobj.eof:            # a segment may hold several frames
-                data = dobj.unused_data
-                dobj = zstandard.ZstdDecompressor().decompressobj()
-                fed = False
-                if data:
-                    continue
+            pos, restart = 0, False
+            while pos < len(data):
+                # a few hundred compressed bytes per call: zstd expands at most ~32768:1
+                # (RLE blocks), so even a hostile stream yields a bounded piece at a time
+                piece = data[pos:pos + ZSTD_FEED]
+                pos += len(piece)
+                try:
+                    out = dobj.decompress(piece)
+                except zstandard.ZstdError:
+                    self.truncated = True
+                    if pending:
+                        yield b"".join(pending)
+                    return
+                fed = True
+                if out:
+                    pending.append(out)
+                    size += len(out)
+                    if size >= READ_CHUNK:
+                        yield b"".join(pending)
+                        pending, size = [], 0
+                if dobj.eof:        # a segment may hold several frames
+                    data = dobj.unused_data + data[pos:]
+                    dobj = zstandard.ZstdDecompressor().decompressobj()
+                    fed, restart = False, True
+                    break
+            if restart and data:
+                continue
             data = self.stream.read(READ_CHUNK)
+        if pending:
+            yield b"".join(pending)
         if fed and not dobj.eof:
             self.truncated = True
 
@@ -186,12 +232,18 @@ class Ingestor:
         pending.append((event, decision))
 
     def _commit(self, pending: list, batch: IngestResult, result: IngestResult, source: str,
-                checkpoint: tuple | None = None) -> None:
+                checkpoint: tuple | None = None, expect: int | None = None) -> None:
         """One transaction: the batch's entries, its counters and (for a file) its
-        checkpoint. Then the batch is folded into `result` and emptied."""
+        checkpoint. Then the batch is folded into `result` and emptied.
+        `expect`: the checkpoint this batch starts from; if another process (an
+        overlapping cron run) moved it meanwhile, nothing is written: _Superseded."""
         now = now_ts()
         applied = batch.applied
         with self.store.transaction():
+            if checkpoint is not None and expect is not None:
+                lines_done, complete = self.store.segment_checkpoint(checkpoint[0])
+                if complete or lines_done != expect:
+                    raise _Superseded(checkpoint[0])
             for event, decision in pending:
                 self.store.apply_event(event, decision, source, now, applied)
             if checkpoint is not None:
@@ -223,6 +275,7 @@ class Ingestor:
         handle, pass_over = self._handle, _PASS_OVER
         by_type = batch.by_type
         lineno = 0
+        batch_start = skip_lines    # the checkpoint the current batch continues from
         batch_lines = self.config.ingest.batch_lines
 
         def checkpoint(complete: bool = False):
@@ -247,8 +300,9 @@ class Ingestor:
                     log.warning("%s:%d: malformed record skipped: %s", origin, lineno, err)
                 else:
                     handle(record, batch, pending)
-            if lineno % batch_lines == 0:
-                self._commit(pending, batch, result, source, checkpoint())
+            if lineno % batch_lines == 0 and lineno > skip_lines:
+                self._commit(pending, batch, result, source, checkpoint(), batch_start)
+                batch_start = lineno
                 by_type = batch.by_type
                 if self.progress:
                     self.progress(origin, lineno)
@@ -260,7 +314,7 @@ class Ingestor:
             result.warnings.append(f"{origin}:{lineno + 1}: torn last line skipped")
             log.warning("%s:%d: torn last line skipped", origin, lineno + 1)
         # an open segment's unfinished last line is read next time, from the checkpoint
-        self._commit(pending, batch, result, source, checkpoint(final))
+        self._commit(pending, batch, result, source, checkpoint(final), batch_start)
 
     def ingest_file(self, path: Path, *, require_done: bool, source: str = "log") -> IngestResult:
         """One segment or JSONL file, from its checkpoint on."""
@@ -282,7 +336,12 @@ class Ingestor:
             if complete:
                 return result
             lines = _Lines(fh, self.config.ingest.max_line)
-            self._ingest_lines(lines, str(path), source, skip, key, st.st_size, done, result)
+            try:
+                self._ingest_lines(lines, str(path), source, skip, key, st.st_size, done, result)
+            except _Superseded:
+                # another ingest (cron overlap) is reading this segment: it counts the rest
+                log.info("%s: another ingest is processing this segment; leaving it to that one", path)
+                return result
             result.segments = 1
         return result
 
@@ -303,7 +362,9 @@ class Ingestor:
         return result
 
     def ingest_paths(self, paths: Iterable[str]) -> IngestResult:
-        """`kumo-suppress ingest PATH...`: files (open or done), directories, `-` for stdin."""
+        """`kumo-suppress ingest PATH...`: files (open or done), directories, `-` for stdin.
+        Files take the ingest lock; stdin does not (no checkpoint, and a long-running pipe
+        must not block the scheduler's ingests)."""
         result = IngestResult()
         for p in paths:
             if p == "-":
@@ -311,17 +372,20 @@ class Ingestor:
                 continue
             path = Path(p)
             if path.is_dir():
-                result.merge(self.ingest_dir(path, include_open=self.config.ingest.include_open))
+                with ingest_lock(self.store.path):
+                    result.merge(self.ingest_dir(path, include_open=self.config.ingest.include_open))
             elif path.exists():
-                result.merge(self.ingest_file(path, require_done=False))
+                with ingest_lock(self.store.path):
+                    result.merge(self.ingest_file(path, require_done=False))
             else:
                 raise FileNotFoundError(f"{path}: no such file or directory")
         return result
 
     def ingest_configured(self) -> IngestResult:
         result = IngestResult()
-        for root in self.config.ingest.log_dirs:
-            result.merge(self.ingest_dir(root, include_open=self.config.ingest.include_open))
+        with ingest_lock(self.store.path):
+            for root in self.config.ingest.log_dirs:
+                result.merge(self.ingest_dir(root, include_open=self.config.ingest.include_open))
         return result
 
 

@@ -41,7 +41,7 @@ import time as _time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from lupa import lua54
 

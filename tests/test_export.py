@@ -3,12 +3,10 @@ domain names."""
 
 import hashlib
 import json
-import os
 import stat
 import time
 
 import jsonschema
-import pytest
 
 import logfactory as f
 from exporter.config import load_config

@@ -3,7 +3,7 @@
 import pytest
 
 from kumo_standin import Kumod, LuaError
-from lua_support import NOW, POLICY_DIR, QUEUE, Policy, entry, write_config, write_snapshot
+from lua_support import POLICY_DIR, QUEUE, Policy, entry, write_config, write_snapshot
 
 
 @pytest.fixture
