@@ -81,6 +81,7 @@ local type, pcall, tostring, tonumber, error, select = type, pcall, tostring, to
 local lower, sub, find, match, format, byte =
   string.lower, string.sub, string.find, string.match, string.format, string.byte
 local os_time, os_date = os.time, os.date
+local concat = table.concat
 local mtype = math.type
 
 local SNAPSHOT_FORMAT = 'kumo-suppression-snapshot'
@@ -413,6 +414,50 @@ local function make_loader()
   end
 end
 
+---------------------------------------------------------------------------- reject text
+
+-- "since" as YYYY-MM-DD (UTC), cached per day: os.date is the costly part of a text
+local day_strings, ndays = {}, 0
+local function day_string(since)
+  if type(since) ~= 'number' then
+    return 'unknown'
+  end
+  local day = since // 86400
+  local text = day_strings[day]
+  if text == nil then
+    if ndays >= 4096 then
+      day_strings, ndays = {}, 0
+    end
+    text = os_date('!%Y-%m-%d', math.floor(since))
+    day_strings[day] = text
+    ndays = ndays + 1
+  end
+  return text
+end
+
+local PLACEHOLDERS = { domain = true, reason = true, since = true, recipient = true }
+
+-- reject_text split once into literals and {placeholder} markers; unknown placeholders
+-- stay as written
+local function compile_template(template)
+  local parts, pos = {}, 1
+  while true do
+    local s, e, name = find(template, '{(%w+)}', pos)
+    if not s then
+      break
+    end
+    if s > pos then
+      parts[#parts + 1] = sub(template, pos, s - 1)
+    end
+    parts[#parts + 1] = PLACEHOLDERS[name] and { name } or sub(template, s, e)
+    pos = e + 1
+  end
+  if pos <= #template then
+    parts[#parts + 1] = sub(template, pos)
+  end
+  return parts
+end
+
 ---------------------------------------------------------------------------- new
 
 function mod:new(options)
@@ -462,7 +507,8 @@ function mod:new(options)
   self.dir = o.snapshot_dir
   self.ext = o.format
   self.code = o.reject_code
-  self.text_template = o.reject_text
+  self.text_parts = compile_template(o.reject_text)
+  self.text_buf = {}
   self.queue = o.queue
   self.domain_meta = o.domain_meta
   self.smtp_action = o.smtp_action
@@ -661,14 +707,27 @@ function mod:_find(rkey, dkey)
   return find_in(recipients, rkey)
 end
 
+-- the reject text for one suppressed recipient, built in a reused buffer
 function mod:_text(dkey, reason, since, recipient)
-  local values = {
-    domain = tostring(dkey),
-    reason = tostring(reason),
-    since = since and os_date('!%Y-%m-%d', math.floor(since)) or 'unknown',
-    recipient = tostring(recipient or ''),
-  }
-  return (self.text_template:gsub('{(%w+)}', values))
+  local parts, buf = self.text_parts, self.text_buf
+  local n = #parts
+  for i = 1, n do
+    local part = parts[i]
+    if type(part) == 'table' then
+      local name = part[1]
+      if name == 'domain' then
+        part = tostring(dkey)
+      elseif name == 'reason' then
+        part = tostring(reason)
+      elseif name == 'since' then
+        part = day_string(since)
+      else
+        part = tostring(recipient or '')
+      end
+    end
+    buf[i] = part
+  end
+  return concat(buf, '', 1, n)
 end
 
 -- lookup(recipient, domain) -> {reason=, since=, expires=} (a plain table) or nil
@@ -710,21 +769,36 @@ function mod:_sending_domain(msg)
   return domain_key(v)
 end
 
--- all the work of a check, inside pcall: returns nil (deliver) or the decision
+-- all the work of a check, inside pcall. Returns nothing (deliver as is), or
+-- dkey, reason, since, recipient of the (first) suppressed recipient, plus for a message
+-- with several recipients the list of hits and the recipients to keep. A message with
+-- one recipient, the usual case, allocates nothing here.
 function mod:_decide(msg)
   local dkey = self:_sending_domain(msg)
   if dkey == nil then
-    return nil
+    return
   end
   msg:set_meta(self.domain_meta, dkey)
   local path = self:_path(dkey)
   local recipients = path and self.snapshot_for(path)
   if not recipients then
-    return nil -- nothing to check against
+    return -- nothing to check against
   end
   local list = msg:recipient_list()
   local n = #list
-  local hits, kept, first = nil, nil, nil
+  if n == 1 then
+    local email = list[1].email
+    local rkey = recipient_key(email)
+    if not rkey then
+      return
+    end
+    local reason, since = find_in(recipients, rkey)
+    if reason then
+      return dkey, reason, since, email
+    end
+    return
+  end
+  local hits, kept
   for i = 1, n do
     local email = list[i].email
     local rkey = recipient_key(email)
@@ -735,25 +809,22 @@ function mod:_decide(msg)
     if reason then
       hits = hits or {}
       hits[#hits + 1] = { recipient = email, reason = reason, since = since, expires = expires }
-      first = first or hits[#hits]
     else
       kept = kept or {}
       kept[#kept + 1] = email
     end
   end
   if hits == nil then
-    return nil
+    return
   end
-  return {
-    domain = dkey,
-    hits = hits,
-    kept = kept,
-    text = self:_text(dkey, first.reason, first.since, first.recipient),
-    reason = first.reason,
-  }
+  local first = hits[1]
+  return dkey, first.reason, first.since, first.recipient, hits, kept
 end
 
-local function describe(hits)
+local function describe(hits, recipient, reason)
+  if hits == nil then
+    return recipient .. ' (' .. reason .. ')'
+  end
   local parts = {}
   for i = 1, #hits do
     parts[i] = hits[i].recipient .. ' (' .. hits[i].reason .. ')'
@@ -762,25 +833,25 @@ local function describe(hits)
 end
 
 -- apply the action; returns the reject text when the caller must kumo.reject
-function mod:_apply(msg, d, action)
+function mod:_apply(msg, action, dkey, reason, since, recipient, hits, kept)
   if action == 'shadow' then
-    msg:set_meta('x_suppressed', d.reason)
-    if #d.hits > 1 or d.kept then
-      msg:set_meta('x_suppressed_recipients', d.hits)
+    msg:set_meta('x_suppressed', reason)
+    if hits then
+      msg:set_meta('x_suppressed_recipients', hits)
     end
-    log_info(format('kumo-suppression: shadow: would suppress %s for %s', describe(d.hits), d.domain))
+    log_info(format('kumo-suppression: shadow: would suppress %s for %s', describe(hits, recipient, reason), dkey))
     return nil
   end
-  if d.kept then
+  if kept then
     -- some recipients remain: drop the suppressed ones, deliver the rest
-    msg:set_recipient(d.kept)
-    msg:set_meta('x_suppressed_recipients', d.hits)
+    msg:set_recipient(kept)
+    msg:set_meta('x_suppressed_recipients', hits)
     return nil
   end
   if action == 'reject' then
-    return d.text
+    return self:_text(dkey, reason, since, recipient)
   elseif action == 'bounce' then
-    msg:set_meta('x_suppression_text', d.text)
+    msg:set_meta('x_suppression_text', self:_text(dkey, reason, since, recipient))
     msg:set_meta('queue', self.queue)
   elseif action == 'drop' then
     msg:set_meta('queue', 'null')
@@ -789,11 +860,11 @@ function mod:_apply(msg, d, action)
 end
 
 local function check_body(self, msg, action)
-  local d = self:_decide(msg)
-  if d == nil then
+  local dkey, reason, since, recipient, hits, kept = self:_decide(msg)
+  if dkey == nil then
     return nil
   end
-  return self:_apply(msg, d, action)
+  return self:_apply(msg, action, dkey, reason, since, recipient, hits, kept)
 end
 
 function mod:_check(msg, action)
