@@ -108,9 +108,6 @@ class Store:
                 conn.row_factory = sqlite3.Row
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
-                # 32 MB page cache (default 2 MB): ingestion inserts event keys and history at
-                # random places in big b-trees; bounded, so memory stays flat with input size
-                conn.execute("PRAGMA cache_size=-32768")
                 conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
                 store = cls(conn, path)
                 store.migrate()
