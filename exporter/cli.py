@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import functools
 import json
 import logging
 import sqlite3
@@ -120,6 +121,16 @@ def _domain(value: str) -> str:
     return key
 
 
+def pair_arguments(command):
+    """RECIPIENT and --domain D, normalized to their keys (as kumod's module computes them)
+    before the command runs."""
+    @functools.wraps(command)
+    def normalized(recipient, domain, **kw):
+        return command(recipient=_rcpt(recipient), domain=_domain(domain), **kw)
+    normalized = click.option("--domain", "-d", required=True, help="Sending domain.")(normalized)
+    return click.argument("recipient")(normalized)
+
+
 def _write_metrics(ctx: Context, store: Store) -> None:
     if ctx.config.metrics.textfile:
         from .metrics import write_textfile
@@ -201,32 +212,29 @@ def sync(ctx: Context):
 
 
 @cli.command()
-@click.argument("recipient")
-@click.option("--domain", "-d", required=True, help="Sending domain.")
+@pair_arguments
 @click.option("--reason", "-r", type=click.Choice(REASONS), default="manual", show_default=True)
 @click.option("--ttl", "-t", default=None, help='Lifetime like "30d" or "never" (default: [rules.ttl] of the reason).')
 @click.option("--note", "-n", default=None, help="Why (kept in the store and its history).")
 @pass_ctx
 def add(ctx: Context, recipient, domain, reason, ttl, note):
     """Suppress RECIPIENT (or @domain, every recipient there) for a sending domain."""
-    rcpt, dom = _rcpt(recipient), _domain(domain)
     lifetime = ctx.config.rules.ttl[reason] if ttl is None else parse_lifetime(ttl, "--ttl")
     with ctx.store() as store:
-        action = store.add_manual(rcpt, dom, reason, lifetime, note, int(time.time()))
-    click.echo(f"{'added' if action == 'add' else 'refreshed'}: {rcpt} for {dom} ({reason})")
+        action = store.add_manual(recipient, domain, reason, lifetime, note, int(time.time()))
+    click.echo(f"{'added' if action == 'add' else 'refreshed'}: {recipient} for {domain} ({reason})")
 
 
 @cli.command()
-@click.argument("recipient")
-@click.option("--domain", "-d", required=True, help="Sending domain.")
+@pair_arguments
 @click.option("--note", "-n", default=None, help="Why (kept in the history).")
 @pass_ctx
 def remove(ctx: Context, recipient, domain, note):
     """Remove a suppression, leaving a tombstone so replayed old logs cannot re-add it."""
-    rcpt, dom = _rcpt(recipient), _domain(domain)
     with ctx.store() as store:
-        removed = store.remove(rcpt, dom, int(time.time()), note)
-    click.echo(f"removed: {rcpt} for {dom}" if removed else f"not suppressed (tombstone recorded): {rcpt} for {dom}")
+        removed = store.remove(recipient, domain, int(time.time()), note)
+    click.echo(f"removed: {recipient} for {domain}" if removed
+               else f"not suppressed (tombstone recorded): {recipient} for {domain}")
 
 
 def _describe(entry: dict) -> str:
@@ -243,18 +251,16 @@ def _describe(entry: dict) -> str:
 
 
 @cli.command()
-@click.argument("recipient")
-@click.option("--domain", "-d", required=True, help="Sending domain.")
+@pair_arguments
 @click.option("--json", "as_json", is_flag=True, help="One JSON object with the entry and its evidence.")
 @pass_ctx
 def check(ctx: Context, recipient, domain, as_json):
     """Exit 0 and show the entry if suppressed, 1 if not."""
-    rcpt, dom = _rcpt(recipient), _domain(domain)
     with ctx.store(create=False) as store:
-        entry = store.get(rcpt, dom, int(time.time()))
+        entry = store.get(recipient, domain, int(time.time()))
     if entry is None:
         if not as_json:
-            click.echo(f"{rcpt} is not suppressed for {dom}")
+            click.echo(f"{recipient} is not suppressed for {domain}")
         sys.exit(EXIT_NEGATIVE)
     click.echo(json.dumps(entry) if as_json else _describe(entry))
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import grp
 import hashlib
 import json
@@ -32,6 +31,7 @@ import tomli_w
 
 from .config import Config
 from .keys import is_plain_hostname, snapshot_filename
+from .locking import exclusive
 from .store import Store
 
 log = logging.getLogger("kumo_suppress.export")
@@ -182,20 +182,9 @@ def read_manifest(directory: Path) -> dict:
     return data if isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT else {}
 
 
-@contextlib.contextmanager
 def export_lock(directory: Path):
-    """One export at a time per snapshot directory (cron overlap, `run` + a manual export):
-    the second waits for the first."""
-    fd = os.open(directory / LOCK, os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.warning("%s: another export is running; waiting for it", directory)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+    """One export at a time per snapshot directory: the second waits for the first."""
+    return exclusive(directory / LOCK, "export", mode=0o644)
 
 
 def _file_state(path: Path) -> tuple[int, int] | None:

@@ -10,7 +10,6 @@ twice and skips nothing; the per-event keys make a re-read harmless anyway.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import stat
@@ -24,6 +23,7 @@ import zstandard
 from .config import Config
 from .records import KNOWN_TYPES, SUPPRESSING_TYPES, DomainSource, MalformedRecord, Skip, check_record, \
     parse_line, to_event
+from .locking import exclusive
 from .rules import decide
 from .store import ApplyResult, Store, now_ts
 
@@ -92,24 +92,16 @@ class IngestResult:
 
 @contextlib.contextmanager
 def ingest_lock(store_path: Path):
-    """One file ingest at a time per store (cron overlap, `run` plus a manual ingest): the
-    second waits for the first, then finds its segments done, so the result is exactly
-    one run's. (The webhook's records need no lock: they carry no checkpoint.)"""
+    """One file ingest at a time per store: the second waits for the first, then finds its
+    segments done, so the result is exactly one run's. (Webhook records need no lock:
+    they carry no checkpoint.)"""
     lock = Path(store_path).with_name(Path(store_path).name + ".ingest.lock")
-    try:
-        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o600)
-    except OSError:
-        yield      # cannot lock here; _commit's checkpoint check still keeps counts exact
-        return
-    try:
+    with contextlib.ExitStack() as stack:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.warning("%s: another ingest is running; waiting for it", store_path)
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            stack.enter_context(exclusive(lock, "ingest"))
+        except OSError:
+            pass   # cannot lock here; _commit's checkpoint check still keeps counts exact
         yield
-    finally:
-        os.close(fd)
 
 
 class _Superseded(Exception):

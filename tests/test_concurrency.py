@@ -5,7 +5,6 @@ state equals a single run's."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +16,7 @@ import pytest
 import tomli_w
 
 import logfactory
+from conftest import free_port
 from test_crash import _cmd, _make_install, _write_corpus, state_of
 
 from exporter.config import load_config
@@ -143,12 +143,6 @@ def test_two_ingests_and_in_process_writer(corpus):
     assert state_of(root / "var" / "suppression.db") == expected
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait_http(url: str, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -168,7 +162,7 @@ def test_webhook_and_concurrent_ingest_share_one_store(corpus):
     expected = _expected_with_hook(corpus, records)
     root = corpus["base"] / "webhook-ingest"
     cfg = _make_install(root, corpus["corpus"])
-    port = _free_port()
+    port = free_port()
     import tomllib
     raw = tomllib.loads(cfg.read_text())
     raw["webhook"] = {"listen": f"127.0.0.1:{port}", "token": "s3cret-token-value"}

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,46 +16,17 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import logfactory  # noqa: E402
-from conftest import Install  # noqa: E402
+from conftest import Daemon, Install, free_port  # noqa: E402
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Runner:
+class Runner(Daemon):
     def __init__(self, install: Install):
-        self.install = install
-        self.log_path = install.root / "run.log"
-        self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "exporter", "-c", str(install.config_path), "run"],
-                                     cwd=install.root, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-
-    def output(self) -> str:
-        if not self.log.closed:
-            self.log.flush()
-        return self.log_path.read_text(errors="replace")
+        super().__init__(install, "run")
 
     def stop(self) -> tuple[int, float]:
         started = time.time()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        self.log.close()
-        return self.proc.returncode, time.time() - started
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
-        self.log.close()
+        code = super().stop()
+        return code, time.time() - started
 
 
 def wait_until(predicate, timeout: float = 15.0, what: str = "condition", runner: Runner | None = None):

@@ -11,7 +11,6 @@ import grp
 import io
 import json
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 
 import logfactory
+from conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -120,18 +120,12 @@ def test_unknown_export_group_is_one_line(install):
 
 # ---------------------------------------------------------------------- webhook
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_webhook_loopback_by_default_and_refuses_open_listen_without_token(install):
     from exporter.config import load_config
     cfg = load_config(install.config_path)
     assert cfg.webhook.host == "127.0.0.1"
     install.ok("init")
-    install.configure(webhook={"listen": f"0.0.0.0:{_free_port()}", "token": ""})
+    install.configure(webhook={"listen": f"0.0.0.0:{free_port()}", "token": ""})
     r = _run(install, "serve", timeout=30)
     assert r.returncode == 2, r.stderr.decode()
     err = r.stderr.decode().strip()
@@ -140,7 +134,7 @@ def test_webhook_loopback_by_default_and_refuses_open_listen_without_token(insta
 
 def test_webhook_token_never_logged(install):
     token = "tok-" + "x7" * 10
-    port = _free_port()
+    port = free_port()
     install.ok("init")
     install.configure(webhook={"listen": f"127.0.0.1:{port}", "token": token})
     proc = subprocess.Popen([sys.executable, "-m", "exporter", "-vv", "-c", str(install.config_path), "serve"],

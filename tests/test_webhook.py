@@ -10,7 +10,6 @@ import os
 import sqlite3
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -21,18 +20,12 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import logfactory  # noqa: E402
-from conftest import Install  # noqa: E402
+from conftest import Daemon, Install, free_port  # noqa: E402
 
 from exporter.store import Store  # noqa: E402
 
 TOKEN = "t0ken-for-tests"
 TIMEOUT = 10
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
@@ -45,29 +38,16 @@ class Server:
         self.token = token
         install.configure(webhook={"enabled": True, "listen": listen or f"127.0.0.1:{self.port}",
                                    "token": token, "max_body": max_body})
-        self.log_path = install.root / "serve.log"
-        self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "exporter", "-c", str(install.config_path), "serve"],
-                                     cwd=install.root, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.daemon = Daemon(install, "serve")
+        self.proc = self.daemon.proc
         if wait:
             self.wait_listening()
 
     def wait_listening(self) -> None:
-        deadline = time.time() + 20
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"serve exited {self.proc.returncode}: {self.output()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise AssertionError("serve did not listen: " + self.output())
+        self.daemon.wait_listening(self.port)
 
     def output(self) -> str:
-        self.log.flush()
-        return self.log_path.read_text(errors="replace")
+        return self.daemon.output()
 
     def conn(self) -> http.client.HTTPConnection:
         return http.client.HTTPConnection("127.0.0.1", self.port, timeout=TIMEOUT)
@@ -96,15 +76,7 @@ class Server:
         return self.request("POST", "/v1/events", body, **kw)
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        self.log.close()
-        return self.proc.returncode
+        return self.daemon.stop()
 
 
 @pytest.fixture
