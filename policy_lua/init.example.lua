@@ -88,5 +88,11 @@ end)
 --   sup:rcpt_to(rcpt, conn_meta)
 -- end)
 
--- The suppression queue needs no entry in queues.toml. If your shaping rules would
--- throttle or route it, add a shaping entry for `suppressed.kumo_suppression`.
+-- The suppression queue needs no entry in queues.toml, but it does need a shaping entry:
+-- the shaping helper's defaults (connection limits and rates meant for real MX hosts)
+-- apply to it too and would hold diverted messages back. Add to your shaping TOML:
+--   ['suppressed.kumo_suppression']
+--   mx_rollup = false
+--   connection_limit = 100
+--   max_deliveries_per_connection = 100000
+--   max_connection_rate = "1000/s"

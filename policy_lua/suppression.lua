@@ -49,8 +49,14 @@ What new() registers (and nothing else; the message handlers are the operator's)
     custom_lua protocol, and returns nothing for every other queue;
   * the `make.<queue>` constructor: its connection:send() rejects every message with
     reject_code and the reject text, so kumod logs a Bounce for exactly that recipient.
-  The suppression queue needs nothing in the queue helper's config; a shaping entry is
-  only needed if your shaping rules would otherwise throttle it.
+  The suppression queue needs nothing in the queue helper's config, but it needs a
+  shaping entry, as KumoMTA's docs say of log-hook queues: the shaping helper's defaults
+  (limits meant for real MX hosts) apply to it too. In your shaping TOML:
+    ['suppressed.kumo_suppression']
+    mx_rollup = false
+    connection_limit = 100
+    max_deliveries_per_connection = 100000
+    max_connection_rate = "1000/s"
 
 Actions: reject = kumo.reject(code, text) (in smtp_server_message_received this rejects
 the WHOLE SMTP transaction: that is why SMTP defaults to bounce); bounce = accept and
