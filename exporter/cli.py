@@ -294,7 +294,8 @@ def _parse_time(value: str, what: str, line: int) -> int:
     try:
         when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise Fail(f"line {line}: {what} {value!r} is neither unix seconds nor an ISO 8601 date", EXIT_USAGE) from None
+        raise Fail(f"line {line}: {what} {value!r} is neither unix seconds nor an ISO 8601 date",
+                   EXIT_USAGE) from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.timezone.utc)
     return int(when.timestamp())
@@ -307,8 +308,20 @@ def import_(ctx: Context, file):
     """Import CSV rows recipient,domain[,reason,since,expires] (`-` for stdin). All rows or
     none: a bad row stops the import, naming its line. An empty expires means never."""
     now = int(time.time())
-    rows = []
+    progress = _progress_printer()
+    # rows stream from the file into one transaction: a bad row rolls it all back
+    try:
+        with ctx.store() as store:
+            count = store.import_rows(_csv_rows(file, ctx.config, now, progress), now)
+    finally:
+        _end_progress(progress)
+    click.echo(f"imported {count} row(s)")
+
+
+def _csv_rows(file, config: Config, now: int, progress):
     for line, row in enumerate(csv.reader(file), start=1):
+        if progress:
+            progress("import", line)
         if not row or (line == 1 and row[0].strip().lower() == "recipient"):
             continue
         if len(row) < 2 or len(row) > 5:
@@ -323,12 +336,9 @@ def import_(ctx: Context, file):
         if len(row) > 4:
             expires = _parse_time(row[4], "expires", line) if row[4].strip() else None
         else:
-            ttl = ctx.config.rules.ttl[reason]
+            ttl = config.rules.ttl[reason]
             expires = None if ttl is None else since + ttl
-        rows.append((rcpt, dom, reason, since, expires))
-    with ctx.store() as store:
-        count = store.import_rows(rows, now)
-    click.echo(f"imported {count} row(s)")
+        yield rcpt, dom, reason, since, expires
 
 
 @cli.command()

@@ -192,3 +192,42 @@ def test_cli_has_no_traceback_on_stdin_garbage(install):
     r = install.run("ingest", "-", input=b"\x00\x01garbage\n{]\n")
     assert r.exit_code == 0 and "2 malformed" in r.output
     assert sys.executable
+
+
+def _stderr_on_a_terminal(install, *args, input_bytes=None) -> str:
+    """Run the CLI with its stderr on a pseudo-terminal, as an operator at a shell."""
+    import os
+    import pty
+    import subprocess
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "exporter", "-c", str(install.config_path), *map(str, args)],
+                              stderr=slave, stdout=subprocess.PIPE, input=input_bytes, cwd=install.root, timeout=60)
+        os.close(slave)
+        chunks = []
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(master)
+    assert proc.returncode == 0
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_on_a_terminal_only(install, tmp_path):
+    install.configure(ingest={"batch_lines": 2})
+    install.segment([f.delivery(f"u{i}@example.net") for i in range(10)])
+    shown = _stderr_on_a_terminal(install, "ingest")
+    assert "\r" in shown and "logs/" in shown, repr(shown)
+    csv_in = tmp_path / "rows.csv"
+    csv_in.write_text("".join(f"r{i}@example.net,example.com\n" for i in range(5)))
+    assert "import: 1" in _stderr_on_a_terminal(install, "import", csv_in)
+    # not on a terminal (cron, systemd): no progress lines at all
+    install.segment([f.delivery(f"v{i}@example.net") for i in range(10)])
+    r = install.subprocess("ingest")
+    assert r.returncode == 0 and b"\r" not in r.stderr
