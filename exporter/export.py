@@ -213,6 +213,8 @@ def export_snapshots(store: Store, config: Config, now: float | None = None,
             # mkdir's mode is cut by the umask (0077 would give 0700): kumod, another
             # user, must be able to list and read it
             os.chmod(directory, 0o755)
+            if gid is not None:
+                os.chown(directory, -1, gid)
         with export_lock(directory):
             result = _export(store, directory, fmt, gid, now, progress)
     except OSError as err:

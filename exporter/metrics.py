@@ -7,6 +7,7 @@ figures are the same whichever process ingested the records.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -75,8 +76,17 @@ def render(store: Store, now: int | None = None, extra: dict[str, float] | None 
     return "\n".join(lines) + "\n"
 
 
+STALE_TEMP = 600   # seconds: a temp file this old was left by a killed writer
+
+
 def write_textfile(path: Path, store: Store) -> None:
-    """Atomically, so node_exporter never reads half a file."""
+    """Atomically, so node_exporter never reads half a file; temp files a killed writer
+    left beside it are removed (only old ones: another writer may be at work)."""
     data = render(store).encode()
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda fh: fh.write(data))
+    cutoff = time.time() - STALE_TEMP
+    for temp in path.parent.glob(f".{path.name}.*.tmp"):
+        with contextlib.suppress(OSError):
+            if temp.stat().st_mtime < cutoff:
+                temp.unlink()

@@ -1,6 +1,7 @@
 """The CLI as an operator uses it: commands, JSON output, exit codes, one-line errors."""
 
 import json
+import os
 import sys
 import time
 
@@ -171,8 +172,16 @@ def test_sync_is_ingest_then_export(install):
 def test_metrics_textfile_after_sync(install):
     install.configure(metrics={"textfile": "metrics/kumo_suppression.prom"})
     install.segment([f.bounce("u@example.net"), f.delivery("d@example.net")])
+    metrics_dir = install.root / "metrics"
+    metrics_dir.mkdir()
+    left = metrics_dir / ".kumo_suppression.prom.dead1234.tmp"      # a killed writer's
+    left.write_text("partial")
+    os.utime(left, (time.time() - 3600, time.time() - 3600))
+    fresh = metrics_dir / ".kumo_suppression.prom.live5678.tmp"     # a writer at work now
+    fresh.write_text("partial")
     install.ok("sync")
-    text = (install.root / "metrics" / "kumo_suppression.prom").read_text()
+    assert not left.exists() and fresh.exists()
+    text = (metrics_dir / "kumo_suppression.prom").read_text()
     assert 'kumo_suppression_records_ingested_total{type="Bounce"} 1' in text
     assert 'kumo_suppression_suppressions_added_total{reason="bounce"} 1' in text
     assert "kumo_suppression_last_export_timestamp_seconds" in text
@@ -196,7 +205,6 @@ def test_cli_has_no_traceback_on_stdin_garbage(install):
 
 def _stderr_on_a_terminal(install, *args, input_bytes=None) -> str:
     """Run the CLI with its stderr on a pseudo-terminal, as an operator at a shell."""
-    import os
     import pty
     import subprocess
     master, slave = pty.openpty()

@@ -257,3 +257,14 @@ def test_hostile_recipient_round_trips(install):
     assert install.check(HOSTILE.lower()) is None
     stats = json.loads(install.ok("stats", "--json").output)
     assert stats["entries"] == 1 and stats["tombstones"] == 1
+
+
+def test_export_group_also_owns_a_new_snapshot_dir(install):
+    other = _other_group()
+    if os.geteuid() != 0 or other is None:
+        pytest.skip("giving a directory to another group needs root and a second group")
+    install.configure(export={"group": other.gr_name})
+    install.ok("add", "u@dest.example", "--domain", "example.com")
+    install.ok("export")
+    assert install.snap_dir.stat().st_gid == other.gr_gid
+    assert _mode(install.snap_dir) == 0o755
