@@ -156,6 +156,7 @@ def test_counters_by_type_and_skips(install):
     c = counters(install)
     assert c["records_total:Delivery"] == 2 and c["records_total:TransientFailure"] == 1
     assert c["skipped_total:unknown_type"] == 1 and c["skipped_total:no_domain"] == 1
+    assert c["records_total:other"] == 1 and "records_total:QuantumTeleport" not in c
     assert "1 no domain" in out and "1 unknown type" in out
 
 
