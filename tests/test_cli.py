@@ -239,3 +239,10 @@ def test_progress_on_a_terminal_only(install, tmp_path):
     install.segment([f.delivery(f"v{i}@example.net") for i in range(10)])
     r = install.subprocess("ingest")
     assert r.returncode == 0 and b"\r" not in r.stderr
+
+
+def test_reject_code_must_be_5xx_on_both_sides(install):
+    # the Lua module refuses a 4xx at policy load; the exporter's config check agrees
+    install.configure(policy={"reject_code": 451})
+    r = install.run("stats")
+    assert r.exit_code == 2 and "[policy] reject_code" in r.stderr
