@@ -151,8 +151,11 @@ class MetricsConfig:
 
 @dataclass
 class PolicyConfig:
+    """What the exporter needs of [policy] (the Lua module reads the rest); check_interval
+    is read here too so a value the module would refuse fails `kumo-suppress` first."""
     queue: str = "suppressed.kumo_suppression"
     domain_meta: str = "x_suppression_domain"
+    check_interval: float = 5.0
 
 
 @dataclass
@@ -311,5 +314,6 @@ def build_config(raw: dict, base: Path, cfg_path: Path | None, where: str = "con
                               max_body=parse_size(webhook.get("max_body", "10MB"), f"{where}: [webhook] max_body")),
         metrics=MetricsConfig(textfile=path_of(metrics["textfile"]) if metrics.get("textfile") else None),
         policy=PolicyConfig(queue=policy.get("queue", "suppressed.kumo_suppression"),
-                            domain_meta=policy.get("domain_meta", "x_suppression_domain")),
+                            domain_meta=policy.get("domain_meta", "x_suppression_domain"),
+                            check_interval=dur(policy, "check_interval", "5 seconds", "policy")),
     )

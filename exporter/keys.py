@@ -14,7 +14,8 @@ _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrst
 _WHITESPACE = " \t\n\v\f\r"
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 
-MAX_RECIPIENT_LENGTH = 512
+MAX_RECIPIENT_LENGTH = 512   # bytes of UTF-8, as Lua's # counts them
+MAX_DOMAIN_LENGTH = 253      # bytes: no longer domain can name a snapshot file
 
 
 def ascii_lower(text: str) -> str:
@@ -31,7 +32,7 @@ def recipient_key(address: str) -> str | None:
     if len(text) >= 2 and text[0] == "<" and text[-1] == ">":
         text = text[1:-1]
     key = ascii_lower(text)
-    if "@" not in key or len(key) > MAX_RECIPIENT_LENGTH or key.endswith("@") or not _encodable(key):
+    if "@" not in key or key.endswith("@") or _utf8_length(key) > MAX_RECIPIENT_LENGTH:
         return None
     return key
 
@@ -43,19 +44,18 @@ def domain_key(domain: str) -> str | None:
     key = ascii_lower(domain.strip(_WHITESPACE))
     if key.endswith("."):
         key = key[:-1]
-    if len(key) > MAX_RECIPIENT_LENGTH or not _encodable(key):
+    if _utf8_length(key) > MAX_DOMAIN_LENGTH:
         return None
     return key or None
 
 
-def _encodable(text: str) -> bool:
-    """False for lone surrogates (from JSON \\ud800 escapes): they have no UTF-8 bytes,
-    so no Lua string could ever match them."""
+def _utf8_length(text: str) -> float:
+    """The length Lua sees (bytes); infinite for lone surrogates (from JSON \\ud800
+    escapes): they have no UTF-8 bytes, so no Lua string could ever match them."""
     try:
-        text.encode("utf-8")
+        return len(text.encode("utf-8"))
     except UnicodeEncodeError:
-        return False
-    return True
+        return float("inf")
 
 
 def domain_of_address(address: str) -> str | None:

@@ -241,8 +241,8 @@ def sending_domain(record: dict, source: DomainSource) -> str | None:
     how = source.sending_domain
     if how == "from_header":
         return domain_of_header(_header(record.get("headers"), "From"))
-    if how == "sender":
-        return domain_of_address(_str(record.get("sender")) or "")
+    if how == "sender":   # a return path: aliased, exactly as the Lua module keys it
+        return source.alias(domain_of_address(_str(record.get("sender")) or ""))
     name = how[5:]
     value = meta.get(name) if isinstance(meta, dict) else None
     return domain_key(value) if isinstance(value, str) else None

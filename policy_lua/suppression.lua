@@ -18,6 +18,8 @@ handlers run in registration order and the queue helper answers for every queue)
     -- snapshot_dir = '/var/lib/kumo-suppression/snapshots',
     -- format = 'json',                 -- 'json' | 'toml'
     -- sending_domain = 'from_header',  -- 'from_header' | 'sender' | 'meta:NAME'
+    -- aliases = { ['bounce.example.com'] = 'example.com' }, -- [keys.aliases]: applied to
+    --                                  -- the envelope sender's domain, as the exporter does
     -- check_interval = '5 seconds',    -- how soon a new export is noticed
     -- smtp_action = 'bounce',          -- 'reject' | 'bounce' | 'drop' | 'shadow'
     -- http_action = 'reject',
@@ -27,7 +29,8 @@ handlers run in registration order and the queue helper answers for every queue)
     -- queue = 'suppressed.kumo_suppression',
     -- domain_meta = 'x_suppression_domain',
     -- name = 'default',                -- memoize caches: user.kumo_suppression.<name>.*
-    -- cache_capacity = 1024,           -- file versions remembered (>= number of domains)
+    -- cache_capacity = 100000,         -- file versions remembered (>= number of domains:
+    --                                  -- beyond it, messages would stat their file again)
   }
   local queue_module = require 'policy-extras.queue'   -- AFTER suppression:new
   local queue_helper = queue_module:setup { '/opt/kumomta/etc/policy/queues.toml' }
@@ -70,8 +73,8 @@ Loading: the snapshot file's version (mtime, size, inode via kumo.fs) is memoize
 check_interval; the snapshot itself is memoized by (path, version), so no message pays
 file IO and a new export is seen within check_interval. kumod without kumo.fs: the
 version is the file's sha256 from manifest.json, itself memoized for check_interval.
-Snapshot files must be regular files (a symlink is refused). Memoized tables are
-userdata in kumod: this module only indexes them.
+With kumo.fs, snapshot files must be regular files (a symlink is refused). Memoized
+tables are userdata in kumod: this module only indexes them.
 
 Fail open: a missing dir or file means no suppression; an unreadable, corrupt or
 wrong-version snapshot means no suppression for that domain and one kumo.log_error per
@@ -92,27 +95,30 @@ local mtype = math.type
 
 local SNAPSHOT_FORMAT = 'kumo-suppression-snapshot'
 local SNAPSHOT_VERSION = 1
-local MAX_RECIPIENT_LENGTH = 512 -- same limit as exporter/keys.py
+local MAX_RECIPIENT_LENGTH = 512 -- bytes, same limit as exporter/keys.py
+local MAX_DOMAIN_LENGTH = 253    -- bytes: no longer domain can name a snapshot file
 local DEFAULT_QUEUE = 'suppressed.kumo_suppression'
--- Each domain's snapshot has its own memoize cache holding at most two versions, so a
--- busy domain re-exported every minute never accumulates old copies of a large list;
--- the ttl only frees the memory of a domain whose file went away.
+-- Each domain's snapshot has its own memoize cache holding one version: memoize evicts
+-- only above capacity, so a new version replaces the old one at once and a large list
+-- re-exported every minute is never held twice (one shared cache keyed by (path,
+-- version) would keep every old copy until the ttl). The ttl only frees the memory of
+-- a domain whose file went away. Each cache adds its own series to kumod's metrics.
 local SNAPSHOT_TTL = '1 day'
-local SNAPSHOT_VERSIONS = 2
+local SNAPSHOT_VERSIONS = 1
 -- per Lua state: bounded, so hostile sending domains cannot grow these tables forever
 local MAX_DOMAINS_PER_STATE = 10000
 
 local DEFAULTS = {
   format = 'json',
   sending_domain = 'from_header',
-  check_interval = '5 seconds',
+  check_interval = 5, -- seconds
   smtp_action = 'bounce',
   http_action = 'reject',
   reject_code = 550,
   reject_text = '5.7.1 recipient suppressed for {domain}: {reason} since {since}',
   domain_meta = 'x_suppression_domain',
   name = 'default',
-  cache_capacity = 1024,
+  cache_capacity = 100000,
 }
 
 local ACTIONS = { reject = true, bounce = true, drop = true, shadow = true }
@@ -158,16 +164,17 @@ local function recipient_key(address)
 end
 mod.recipient_key = recipient_key
 
--- Sending-domain key: ASCII-lowercased, one trailing dot removed. nil when empty.
+-- Sending-domain key: ASCII-lowercased, one trailing dot removed. nil when empty or
+-- longer than any domain can be (same rules as exporter/keys.py domain_key).
 local function domain_key(domain)
-  if type(domain) ~= 'string' then
+  if type(domain) ~= 'string' or #domain > 2 * MAX_DOMAIN_LENGTH then
     return nil
   end
   local key = lower(match(domain, '^%s*(.-)%s*$'))
   if byte(key, -1) == 46 then -- '.'
     key = sub(key, 1, -2)
   end
-  if key == '' then
+  if key == '' or #key > MAX_DOMAIN_LENGTH then
     return nil
   end
   return key
@@ -219,20 +226,32 @@ local function check_string(what, v)
   return v
 end
 
+-- the same units as the exporter's config parser; the result (seconds) is what
+-- memoize gets, so no unit is ever read differently by kumod (humantime) and Python
+local DURATION_UNITS = {
+  [''] = 1, s = 1, sec = 1, secs = 1, second = 1, seconds = 1,
+  m = 60, min = 60, mins = 60, minute = 60, minutes = 60,
+  h = 3600, hr = 3600, hrs = 3600, hour = 3600, hours = 3600,
+  d = 86400, day = 86400, days = 86400, w = 604800, week = 604800, weeks = 604800,
+  ms = 0.001, msec = 0.001, millis = 0.001,
+}
+
 local function check_duration(what, v)
-  if mtype(v) == 'integer' and v > 0 then
-    return v .. ' seconds'
+  local seconds
+  if type(v) == 'number' then
+    seconds = v
+  elseif type(v) == 'string' then
+    local num, unit = match(v, '^%s*(%d+%.?%d*)%s*(%a*)%s*$')
+    local scale = num and DURATION_UNITS[lower(unit)]
+    seconds = scale and tonumber(num) * scale
   end
-  if type(v) == 'number' and v > 0 then
-    return format('%d ms', math.floor(v * 1000))
-  end
-  if type(v) ~= 'string' or not match(v, '^%s*%d+%.?%d*%s*%a*%s*$') then
+  if not seconds then
     opt_error(what, "expected a duration such as '5 seconds', got " .. tostring(v))
   end
-  if tonumber(match(v, '%d+%.?%d*')) <= 0 then
+  if seconds <= 0 then
     opt_error(what, 'must be positive')
   end
-  return v
+  return seconds
 end
 
 local VALIDATORS = {
@@ -281,6 +300,20 @@ local VALIDATORS = {
     end
     return v
   end,
+  aliases = function(what, v)
+    if type(v) ~= 'table' then
+      opt_error(what, 'expected a table of return-path domain = sending domain')
+    end
+    local out = {}
+    for from, to in pairs(v) do
+      local fk, tk = domain_key(from), domain_key(to)
+      if not fk or not tk then
+        opt_error(what, 'expected domain names, got ' .. tostring(from) .. ' = ' .. tostring(to))
+      end
+      out[fk] = tk
+    end
+    return out
+  end,
   cache_capacity = function(what, v)
     if mtype(v) ~= 'integer' or v < 1 then
       opt_error(what, 'expected a positive integer, got ' .. tostring(v))
@@ -301,7 +334,7 @@ local CONFIG_KEYS = {
     queue = 'queue',
     domain_meta = 'domain_meta',
   },
-  keys = { sending_domain = 'sending_domain' },
+  keys = { sending_domain = 'sending_domain', aliases = 'aliases' },
   export = { dir = 'snapshot_dir', format = 'format' },
 }
 
@@ -470,18 +503,19 @@ function mod:new(options)
   if type(options) ~= 'table' then
     error('kumo-suppression: new{...} expects a table of options', 2)
   end
+  local given = {}
   for k, v in pairs(options) do
     local check = VALIDATORS[k]
     if check == nil then
       error('kumo-suppression: unknown option ' .. tostring(k), 2)
     end
-    check('option ' .. k, v)
+    given[k] = check('option ' .. k, v)
   end
   local o = {}
-  if options.config then
-    o = read_config(options.config)
+  if given.config then
+    o = read_config(given.config)
   end
-  for k, v in pairs(options) do
+  for k, v in pairs(given) do
     if k ~= 'config' then
       o[k] = v
     end
@@ -521,6 +555,7 @@ function mod:new(options)
   self.http_action = o.http_action
   self.source = o.sending_domain
   self.source_meta = match(o.sending_domain, '^meta:(.+)$')
+  self.aliases = o.aliases or {}
   self.paths = {} -- per-state cache: domain key -> snapshot path or false
   self.npaths = 0
 
@@ -666,14 +701,14 @@ function mod:_path(dkey)
   local paths = self.paths
   local path = paths[dkey]
   if path == nil then
-    path = false
-    if is_plain_hostname(dkey) then
-      path = self.dir .. '/' .. dkey .. '.' .. self.ext
+    if not is_plain_hostname(dkey) then
+      return false -- never cached: hostile names must not fill this table
     end
     if self.npaths >= MAX_DOMAINS_PER_STATE then
       self.paths, self.npaths = {}, 0
       paths = self.paths
     end
+    path = self.dir .. '/' .. dkey .. '.' .. self.ext
     paths[dkey] = path
     self.npaths = self.npaths + 1
   end
@@ -760,6 +795,13 @@ local function from_header_domain(msg)
   return from and from.domain
 end
 
+-- The envelope sender's domain, through [keys.aliases] (return-path domain -> sending
+-- domain), exactly as the exporter keys records whose domain comes from a return path.
+function mod:_return_path_domain(address)
+  local key = domain_key(address.domain)
+  return key and self.aliases[key] or key
+end
+
 function mod:_sending_domain(msg)
   local source = self.source
   if source == 'from_header' then
@@ -767,12 +809,34 @@ function mod:_sending_domain(msg)
     if ok and type(d) == 'string' and d ~= '' then
       return domain_key(d)
     end
-    return domain_key(msg:sender().domain)
+    return self:_return_path_domain(msg:sender())
   elseif source == 'sender' then
-    return domain_key(msg:sender().domain)
+    return self:_return_path_domain(msg:sender())
   end
   local v = msg:get_meta(self.source_meta)
   return domain_key(v)
+end
+
+-- msg:recipient_list() exists since kumod 2025.12.02; before it, msg:recipient() is the
+-- one recipient (and in between it may be an array)
+local function recipient_list(msg)
+  return msg:recipient_list()
+end
+local has_recipient_list = true -- per Lua state; false once this kumod showed it lacks it
+
+local function recipients_of(msg)
+  if has_recipient_list then
+    local ok, list = pcall(recipient_list, msg)
+    if ok and type(list) == 'table' then
+      return list
+    end
+    has_recipient_list = false
+  end
+  local r = msg:recipient()
+  if type(r) == 'table' then
+    return r
+  end
+  return { r }
 end
 
 -- all the work of a check, inside pcall. Returns nothing (deliver as is), or
@@ -790,7 +854,7 @@ function mod:_decide(msg)
   if not recipients then
     return -- nothing to check against
   end
-  local list = msg:recipient_list()
+  local list = recipients_of(msg)
   local n = #list
   if n == 1 then
     local email = list[1].email
@@ -897,40 +961,43 @@ end
 
 local SENDER_META = 'x_suppression_sender_domain'
 
+local function remember_sender_domain(self, sender, conn_meta)
+  conn_meta:set_meta(SENDER_META, self:_return_path_domain(sender) or '')
+end
+
 function mod:mail_from(sender, conn_meta)
-  pcall(function()
-    local dkey = domain_key(sender.domain) or ''
-    conn_meta:set_meta(SENDER_META, dkey)
-  end)
+  pcall(remember_sender_domain, self, sender, conn_meta)
+end
+
+-- the reject text for a suppressed RCPT TO, or nil
+local function rcpt_verdict(self, rcpt, conn_meta)
+  local dkey = conn_meta:get_meta(SENDER_META)
+  if type(dkey) ~= 'string' or dkey == '' then
+    return nil
+  end
+  local email = rcpt.email
+  local rkey = recipient_key(email)
+  if not rkey then
+    return nil
+  end
+  local reason, since = self:_find(rkey, dkey)
+  if not reason then
+    return nil
+  end
+  if self.smtp_action == 'shadow' then
+    log_info(format('kumo-suppression: shadow: would refuse RCPT TO %s for %s (%s)', email, dkey, reason))
+    return nil
+  end
+  return self:_text(dkey, reason, since, email)
 end
 
 function mod:rcpt_to(rcpt, conn_meta)
   if self.source ~= 'sender' then
     return
   end
-  local ok, text = pcall(function()
-    local dkey = conn_meta:get_meta(SENDER_META)
-    if type(dkey) ~= 'string' or dkey == '' then
-      return nil
-    end
-    local email = rcpt.email
-    local rkey = recipient_key(email)
-    if not rkey then
-      return nil
-    end
-    local reason, since = self:_find(rkey, dkey)
-    if not reason then
-      return nil
-    end
-    local text = self:_text(dkey, reason, since, email)
-    if self.smtp_action == 'shadow' then
-      log_info(format('kumo-suppression: shadow: would refuse RCPT TO %s for %s (%s)', email, dkey, reason))
-      return nil
-    end
-    return text
-  end)
+  local ok, text = pcall(rcpt_verdict, self, rcpt, conn_meta)
   if ok and text then
-    kumo.reject(self.code, text)
+    kumo.reject(self.code, text) -- deliberately outside the pcall
   end
 end
 

@@ -135,6 +135,7 @@ def test_validate_flags_broken_files(install):
     ("[export]\nformat = 'xml'\n", "[export] format"),
     ("[rules.ttl]\nbounce = 'forever'\n", "[rules.ttl] bounce"),
     ("[webhook]\nlisten = 'nowhere'\n", "[webhook] listen"),
+    ("[policy]\ncheck_interval = '5 fortnights'\n", "[policy] check_interval"),
     ("not toml at all [", "invalid TOML"),
 ])
 def test_config_errors_exit_2_naming_the_key(install, config_text, needle):

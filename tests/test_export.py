@@ -104,7 +104,8 @@ def test_hostile_sending_domains_never_name_a_file(install, caplog):
         install.ingest([f.bounce("u@example.net", meta={"x_suppression_domain": domain})])
     install.ingest([f.bounce("u@example.net")])
     out = install.ok("export").output
-    assert "6 domain(s) skipped" in out
+    # the 300-character one is no domain at all (over 253 bytes): skipped at ingest
+    assert "5 domain(s) skipped" in out
     assert sorted(p.name for p in install.snap_dir.iterdir() if not p.name.startswith(".")) == \
         ["example.com.json", "manifest.json"]
     assert not (install.root / "etc.json").exists()

@@ -273,3 +273,18 @@ def test_toml_snapshots(tmp_path):
     assert rejected(p, "a@bad.example")
     assert not rejected(p, "json@example.net")
     assert p.k.io_paths[0].endswith("example.com.toml") and all("json" not in x for x in p.k.io_paths)
+
+
+@pytest.mark.parametrize("interval,seconds", [("90s", 90), ("1.5 minutes", 90), ("2M", 120), (90, 90)])
+def test_check_interval_means_what_the_exporter_reads(tmp_path, interval, seconds):
+    """Durations are turned into seconds here, with the exporter's units, so kumod's
+    humantime parser (no decimals, case-sensitive: "2M" is two months there) never sees
+    a string the exporter accepted."""
+    d = tmp_path / "snaps"
+    p = Policy({"snapshot_dir": str(d), "check_interval": interval})
+    assert not rejected(p, "first@example.net")
+    write_snapshot(d, "example.com", {"first@example.net": entry()})
+    p.clock.advance(seconds - 1)
+    assert not rejected(p, "first@example.net")
+    p.clock.advance(2)
+    assert rejected(p, "first@example.net")

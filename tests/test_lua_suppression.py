@@ -326,3 +326,48 @@ def test_two_instances_need_distinct_names_and_queues(snap):
         p.k.execute("require('suppression'):new{ snapshot_dir = '/tmp', name = 'two' }")
     p.k.execute("sup2 = require('suppression'):new{ snapshot_dir = '/tmp', name = 'two', queue = 'held.two' }")
     assert p.k.handler_count("get_queue_config") == 2
+
+
+# ----------------------------------------------------------------------- older kumod, aliases, limits
+
+def test_kumod_without_recipient_list_still_checks(snap):
+    """msg:recipient_list() exists since kumod 2025.12.02; before it, msg:recipient()."""
+    p = policy(snap)
+    check = p.k.eval("""function(msg)
+      local legacy = setmetatable({}, {__index = function(_, key)
+        if key == 'recipient_list' then error('attempt to get an unknown field') end
+        return function(_, ...) return msg[key](msg, ...) end
+      end})
+      sup:check_smtp(legacy)
+    end""")
+    for _ in range(2):
+        msg = p.message(["user@example.net"])
+        outcome = p.k.pcall(check, msg.ud)
+        assert outcome is True, outcome
+        assert msg.meta["queue"] == QUEUE
+    assert p.k.errors_logged == []
+
+
+def test_aliases_map_the_return_path_like_the_exporter(snap):
+    """With sending_domain = "sender", [keys.aliases] maps the return-path domain, as the
+    exporter does for OOB records; the stamped meta carries the mapped key."""
+    aliases = {"Bounce.Example.com": "example.com"}
+    p = policy(snap, sending_domain="sender", aliases=aliases)
+    result, msg = p.http("user@example.net", from_domain="x.example", sender="b@bounce.example.com")
+    assert result.rejected and msg.meta["x_suppression_domain"] == "example.com"
+    # From-header mode: a From domain is never mapped, the sender fallback is
+    p = policy(snap, aliases=aliases)
+    assert p.http("user@example.net", from_header="n@bounce.example.com")[0].ok
+    assert p.http("user@example.net", from_header=False, sender="b@bounce.example.com")[0].rejected
+    # and RCPT TO with the sender source
+    r = Policy({"snapshot_dir": str(snap), "sending_domain": "sender", "aliases": aliases}, rcpt_hooks=True)
+    results, _ = r.k.smtp_session("b@bounce.example.com", ["user@example.net"])
+    assert results[0].status == "rejected"
+
+
+def test_overlong_sending_domains_are_neither_cached_nor_stamped(snap):
+    p = policy(snap, sending_domain="meta:d")
+    for i in range(50):
+        result, msg = p.http("user@example.net", meta={"d": f"{i}" + "x" * 20000})
+        assert result.ok and "x_suppression_domain" not in msg.meta
+    assert p.k.eval("sup.npaths") == 0

@@ -219,3 +219,15 @@ def test_unusable_recipient_fields_are_skipped(recipient):
     rec["recipient"] = recipient
     with pytest.raises(Skip, match="no_recipient"):
         to_event(rec, DomainSource(), QUEUE)
+
+
+def test_sender_source_is_aliased_like_the_lua_module():
+    """With sending_domain = "sender" the return path is the key on both sides, so
+    [keys.aliases] applies to it, as to OOB records."""
+    source = DomainSource(sending_domain="sender", aliases={"bounce.example.com": "example.com"})
+    rec = f.bounce("u@example.net", headers={})
+    rec["sender"] = "b@Bounce.Example.com"
+    assert outcome(rec, source)[1].domain == "example.com"
+    # a From header is never aliased
+    rec = f.bounce("u@example.net", headers={"From": "n@bounce.example.com"})
+    assert outcome(rec, DomainSource(aliases={"bounce.example.com": "example.com"}))[1].domain == "bounce.example.com"
