@@ -24,6 +24,7 @@ from .config import REASONS, Config, ConfigError, find_config_path, load_config,
 from .export import ExportError, export_snapshots, snapshot_files, validate_snapshot_file
 from .ingest import Ingestor
 from .keys import domain_key, recipient_key
+from .records import MAX_TIMESTAMP
 from .store import Store, StoreError
 
 log = logging.getLogger("kumo_suppress")
@@ -50,10 +51,24 @@ class Group(click.Group):
         except (StoreError, ExportError) as err:
             _die(str(err), EXIT_RUNTIME)
         except sqlite3.Error as err:
-            _die(f"store error: {err}", EXIT_RUNTIME)
+            _die(f"{_store_path(ctx)}store error: {err}", EXIT_RUNTIME)
         except OSError as err:
             where = f"{err.filename}: " if err.filename else ""
             _die(f"{where}{err.strerror or err}", EXIT_RUNTIME)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise   # usage errors: click's own message and exit 2
+        except UnicodeDecodeError as err:
+            _die(f"input is not UTF-8 text ({err.reason} at byte {err.start})", EXIT_USAGE)
+        except Exception as err:  # noqa: BLE001 - the contract: one line, never a traceback
+            log.debug("unexpected error", exc_info=True)
+            _die(f"unexpected {type(err).__name__}: {err} (run with -vv for the details)", EXIT_RUNTIME)
+
+
+def _store_path(ctx) -> str:
+    try:
+        return f"{ctx.obj.config.store.path}: "
+    except Exception:  # noqa: BLE001 - only decorates a message
+        return ""
 
 
 def _die(message: str, code: int):
@@ -69,7 +84,12 @@ class Context:
     @property
     def config(self) -> Config:
         if self._config is None:
-            self._config = load_config(find_config_path(self.config_path))
+            path = find_config_path(self.config_path)
+            if path is None:
+                raise ConfigError("no config file: pass -c PATH, set $KUMO_SUPPRESS_CONFIG, or create "
+                                  "./config.toml or /etc/kumo-suppression/config.toml "
+                                  "(config.example.toml documents every key)")
+            self._config = load_config(path)
         return self._config
 
     def store(self, create: bool = True) -> Store:
@@ -287,18 +307,22 @@ def list_(ctx: Context, domain, reason, as_json):
                        f"{_date(entry['first_seen'])}\t{_date(entry['expires'])}")
 
 
-def _parse_time(value: str, what: str, line: int) -> int:
+def _parse_time(value: str, what: str, where: str) -> int:
     value = value.strip()
-    if value.lstrip("-").isdigit():
-        return int(value)
-    try:
-        when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise Fail(f"line {line}: {what} {value!r} is neither unix seconds nor an ISO 8601 date",
-                   EXIT_USAGE) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
-    return int(when.timestamp())
+    if value.isdigit():
+        seconds = int(value)
+    else:
+        try:
+            when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise Fail(f"{where}: {what} {value!r} is neither unix seconds nor an ISO 8601 date",
+                       EXIT_USAGE) from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.timezone.utc)
+        seconds = int(when.timestamp())
+    if not 0 <= seconds < MAX_TIMESTAMP:
+        raise Fail(f"{where}: {what} {value!r} is out of range", EXIT_USAGE)
+    return seconds
 
 
 @cli.command(name="import")
@@ -332,9 +356,10 @@ def _csv_rows(file, config: Config, now: int, progress):
         reason = (row[2].strip() if len(row) > 2 else "") or "manual"
         if reason not in REASONS:
             raise Fail(f"{file.name}:{line}: unknown reason {reason!r} (one of {', '.join(REASONS)})", EXIT_USAGE)
-        since = _parse_time(row[3], "since", line) if len(row) > 3 and row[3].strip() else now
+        where = f"{file.name}:{line}"
+        since = _parse_time(row[3], "since", where) if len(row) > 3 and row[3].strip() else now
         if len(row) > 4:
-            expires = _parse_time(row[4], "expires", line) if row[4].strip() else None
+            expires = _parse_time(row[4], "expires", where) if row[4].strip() else None
         else:
             ttl = config.rules.ttl[reason]
             expires = None if ttl is None else since + ttl

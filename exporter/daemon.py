@@ -7,8 +7,8 @@ next one and missed runs collapse into one. A failing job logs one line; the nex
 goes on. After each job the metrics textfile is written when [metrics].textfile is set.
 When [webhook].enabled, the receiver (webhook.py) runs in the same process.
 
-Every job opens its own Store connection in its worker thread (sqlite3 connections are
-never shared between threads). SIGTERM/SIGINT: the receiver stops accepting and commits
+Every job opens its own Store connection in its worker thread, and the webhook writer
+has its own; no connection is used by two threads at once. SIGTERM/SIGINT: the receiver stops accepting and commits
 what it was handed, no new job starts, a running ingest stops after its next committed
 batch (checkpoint committed with the data, so nothing is half-written or lost), and the
 process exits 0. A job still running after STOP_GRACE seconds is abandoned: SQLite rolls

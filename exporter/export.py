@@ -29,7 +29,7 @@ from typing import Callable, Iterable
 
 import tomli_w
 
-from .config import Config
+from .config import Config, ConfigError
 from .keys import is_plain_hostname, snapshot_filename
 from .locking import exclusive
 from .store import Store
@@ -102,15 +102,13 @@ def write_snapshot(fh, fmt: str, domain: str, generated_at: str, count: int,
     """Stream one snapshot into `fh` (binary); returns the sha256 of its entries alone, so
     an export can tell a real change from a new generated_at."""
     entries = hashlib.sha256()
+    head = {"format": SNAPSHOT_FORMAT, "version": 1, "domain": domain, "generated_at": generated_at,
+            "count": count}
     if fmt == "json":
-        head = {"format": SNAPSHOT_FORMAT, "version": 1, "domain": domain, "generated_at": generated_at,
-                "count": count}
         fh.write(json.dumps(head, ensure_ascii=False, separators=(",", ":"))[:-1].encode())
         fh.write(b',"recipients":{\n')
         entry, sep, close = _json_entry, ",\n", "\n}}\n"
     else:
-        head = {"format": SNAPSHOT_FORMAT, "version": 1, "domain": domain, "generated_at": generated_at,
-                "count": count}
         fh.write(tomli_w.dumps(head).encode())
         fh.write(b"\n[recipients]\n")
         entry, sep, close = _toml_entry, "\n", "\n"
@@ -206,7 +204,8 @@ def export_snapshots(store: Store, config: Config, now: float | None = None,
         try:
             gid = grp.getgrnam(config.export.group).gr_gid
         except KeyError:
-            raise ExportError(f"[export] group {config.export.group!r}: no such group") from None
+            raise ConfigError(f"{config.path or 'config'}: [export] group {config.export.group!r}: "
+                              "no such group") from None
     try:
         if not directory.is_dir():
             directory.mkdir(parents=True, exist_ok=True, mode=0o755)
@@ -341,6 +340,8 @@ def validate_snapshot_file(path: Path) -> list[str]:
         data = tomllib.loads(raw.decode()) if path.suffix == ".toml" else json.loads(raw)
     except (ValueError, UnicodeDecodeError) as err:
         return [f"not valid {path.suffix[1:].upper()}: {err}"]
+    except RecursionError:
+        return [f"not valid {path.suffix[1:].upper()}: nested too deeply"]
     validator = jsonschema.Draft202012Validator(snapshot_schema())
     problems = [f"{'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}"
                 for e in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))[:5]]

@@ -21,7 +21,7 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def render(store: Store, now: int | None = None, extra: dict[str, float] | None = None) -> str:
+def render(store: Store, now: int | None = None) -> str:
     now = int(time.time()) if now is None else now
     lines: list[str] = []
 
@@ -45,6 +45,8 @@ def render(store: Store, now: int | None = None, extra: dict[str, float] | None 
            labelled("refreshed_total", "reason"))
     family("suppressions_removed_total", "counter", "Suppressions removed by an operator.",
            [({}, counters.get("removed_total", 0))])
+    family("suppressions_expired_total", "counter", "Expired suppressions dropped by prune.",
+           [({}, counters.get("expired_total", 0))])
     family("records_skipped_total", "counter", "Suppressing-type records skipped, by why.",
            labelled("skipped_total", "why"))
     family("records_malformed_total", "counter", "Malformed or oversized log lines skipped.",
@@ -71,8 +73,6 @@ def render(store: Store, now: int | None = None, extra: dict[str, float] | None 
         value = state(key)
         if value is not None:
             family(name, "gauge", help_text, [({}, value)])
-    for name, value in (extra or {}).items():
-        lines.append(f"{PREFIX}_{name} {value}")
     return "\n".join(lines) + "\n"
 
 

@@ -90,14 +90,19 @@ def _str(value) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _int(value) -> int | None:
-    if isinstance(value, bool):
+MAX_TIMESTAMP = 2**32       # 2106: beyond it a "timestamp" is milliseconds or garbage
+
+
+def _int(value, limit: int) -> int | None:
+    """A JSON number as an int in [0, limit), else None: an out-of-range value must never
+    reach SQLite (OverflowError) or a date formatter."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value == value and abs(value) < 2**62:
-        return int(value)
-    return None
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            return None
+        value = int(value)
+    return value if 0 <= value < limit else None
 
 
 def _recipients(value) -> list[str]:
@@ -134,17 +139,14 @@ def _header(headers, name: str):
 
 
 def domain_of_header(value: str | None) -> str | None:
-    """The domain of the (first) address of a From header value."""
+    """The domain of the (first) address of a From header value; comments and display
+    names are the address parser's business (`a@b.example (Bob)` -> b.example)."""
     if not value:
         return None
-    value = value[:4096]
-    simple = domain_of_address(value)
-    if simple and "," not in value and '"' not in value:
-        return simple
-    for _name, addr in getaddresses([value]):
+    for _name, addr in getaddresses([value[:4096]]):
         if "@" in addr:
             return domain_of_address(addr)
-    return simple
+    return None
 
 
 _FROM_LINE = re.compile(rb"^from[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.I | re.M)
@@ -171,16 +173,12 @@ def from_of_message(message) -> str | None:
 
 def _enhanced(value) -> str | None:
     if isinstance(value, dict):
-        parts = [_int(value.get(k)) for k in ("class", "subject", "detail")]
+        parts = [_int(value.get(k), 1000) for k in ("class", "subject", "detail")]
         if all(p is not None for p in parts):
             return "%d.%d.%d" % tuple(parts)
     if isinstance(value, str) and re.fullmatch(r"[245]\.\d{1,3}\.\d{1,3}", value):
         return value
     return None
-
-
-def _bare_address(value) -> str | None:
-    return recipient_key(value) if isinstance(value, str) else None
 
 
 def _complainants(report: dict) -> list[str]:
@@ -255,7 +253,7 @@ def to_event(record: dict, source: DomainSource, own_queue: str) -> Event:
         raise Skip("unknown_type" if kind not in KNOWN_TYPES else "not_suppressing")
     if record.get("queue") == own_queue:
         raise Skip("own_queue")  # our own suppression bounces must never feed themselves
-    timestamp = _int(record.get("timestamp"))
+    timestamp = _int(record.get("timestamp"), MAX_TIMESTAMP)
     if timestamp is None or timestamp <= 0:
         raise Skip("no_timestamp")
     report = record.get("feedback_report") if kind == "Feedback" else None
@@ -276,7 +274,7 @@ def to_event(record: dict, source: DomainSource, own_queue: str) -> Event:
     content = _str(response.get("content"))
     return Event(
         type=kind, recipients=recipients, domain=domain, timestamp=timestamp,
-        message_id=_str(record.get("id")), code=_int(response.get("code")),
+        message_id=_str(record.get("id")), code=_int(response.get("code"), 1000),
         enhanced_code=_enhanced(response.get("enhanced_code")),
         content=content[:1000] if content else content,
         classification=_str(record.get("bounce_classification")),

@@ -4,8 +4,8 @@
 The rule that matters most: a failure that blames the sender or a passing condition
 (a mass spam block by one provider, a full mailbox, a DNS outage) must never suppress,
 because it would suppress thousands of good addresses. kumod's classifier says which
-failures those are; most installs run none, so every record says Uncategorized and the
-enhanced status code (RFC 3463) is read instead.
+failures those are; most installs run none, so every record says Uncategorized. Such a
+5xx suppresses unless its enhanced status code (RFC 3463) itself blames the sender.
 """
 
 from __future__ import annotations
@@ -27,29 +27,29 @@ class Decision:
     window: int = 0
 
 
+# RFC 3463 statuses that put the fault on the sender, the message or a passing condition,
+# as the classification a classifier would have given them. Every other uncategorized
+# 5xx suppresses (PRODUCT.md section 5), e.g. X.1.1 bad mailbox, X.2.1 disabled, X.4.4
+# unroutable, and Microsoft's 5.4.1 "Recipient address rejected".
+_SENDER_SIDE = {
+    ("1", "7"): "InvalidSender", ("1", "8"): "InvalidSender",   # bad sender address/domain
+    ("2", "2"): "QuotaIssues",                                  # mailbox full
+    ("2", "3"): "ContentRelated", ("3", "4"): "ContentRelated",  # message too big
+    ("4", "7"): "MessageExpired",                               # delivery time expired
+    ("5", "3"): "TooManyRecipients",
+}
+
+
 def classify_enhanced(enhanced: str | None) -> str | None:
     """The classification an RFC 3463 code implies for an Uncategorized 5xx, or None
-    when it blames the address (or says nothing): those suppress."""
+    when it does not blame the sender: those suppress. X.7.x (security or policy: spam
+    blocks, reputation, authentication) is the mass-block case and never suppresses."""
     if not enhanced:
         return None
     _cls, subject, detail = enhanced.split(".")
-    if subject == "1":          # addressing: bad mailbox/domain suppress, bad sender does not
-        return "InvalidSender" if detail in ("7", "8") else None
-    if subject == "2":          # mailbox: disabled suppresses, full or too big does not
-        return {"2": "QuotaIssues", "3": "ContentRelated", "4": "BadConfiguration"}.get(detail)
-    if subject == "3":          # the receiving system's own trouble
-        return "BadConfiguration" if detail != "4" else "ContentRelated"
-    if subject == "4":          # routing: "unable to route" is a dead domain
-        if detail == "4":
-            return None
-        return "MessageExpired" if detail == "7" else "BadConnection"
-    if subject == "5":          # protocol
-        return "TooManyRecipients" if detail == "3" else "BadConfiguration"
-    if subject == "6":
-        return "ContentRelated"
-    if subject == "7":          # security or policy: blocks, auth, reputation
+    if subject == "7":
         return "PolicyRelated"
-    return None
+    return _SENDER_SIDE.get((subject, detail))
 
 
 def _failure_suppresses(event: Event, rules: RulesConfig) -> bool:

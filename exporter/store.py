@@ -19,11 +19,11 @@ from typing import Iterable, Iterator
 
 import sqlite_utils
 
+from .keys import recipient_domain_entry
 from .records import Event
 from .rules import Decision
 
 SCHEMA_VERSION = 1
-SOURCES = ("log", "webhook", "manual", "import")
 EVIDENCE = ("type", "message_id", "code", "enhanced_code", "content", "classification", "nodeid")
 _EV_COLS = ", ".join(f"ev_{c}" for c in EVIDENCE)
 
@@ -253,10 +253,13 @@ class Store:
         conn = self.conn
         expires_new = None if decision.ttl is None else event.timestamp + decision.ttl
         evidence = event.evidence()
+        seen_at = None if decision.ttl is None else event.timestamp
         for recipient in event.recipients:
             key = event.key(recipient)
+            # `at` NULL for a suppression that never expires: prune never forgets such a key,
+            # so replaying a years-old complaint cannot count it twice
             if conn.execute("INSERT OR IGNORE INTO seen_events(key, at) VALUES (?, ?)",
-                            (key, event.timestamp)).rowcount == 0:
+                            (key, seen_at)).rowcount == 0:
                 result.duplicates += 1
                 continue
             domain = event.domain
@@ -270,18 +273,38 @@ class Store:
             if expires_new is not None and expires_new <= now:
                 result.stale += 1        # its suppression would already be over
                 continue
+            when = event.timestamp
             if decision.threshold > 1:
                 conn.execute("INSERT OR IGNORE INTO strikes(domain, recipient, reason, at, key) "
-                             "VALUES (?, ?, ?, ?, ?)", (domain, recipient, decision.reason, event.timestamp, key))
-                strikes = conn.execute(
-                    "SELECT COUNT(*) FROM strikes WHERE domain = ? AND recipient = ? AND reason = ? "
-                    "AND at > ? AND at <= ?", (domain, recipient, decision.reason,
-                                               event.timestamp - decision.window, event.timestamp)).fetchone()[0]
-                if strikes < decision.threshold:
+                             "VALUES (?, ?, ?, ?, ?)", (domain, recipient, decision.reason, when, key))
+                reached = self._threshold_reached(domain, recipient, decision, when)
+                if reached is None:
                     result.below_threshold += 1
                     continue
-            self._upsert(domain, recipient, decision.reason, source, event.timestamp, expires_new,
-                         evidence, None, now, result)
+                when = reached
+                expires_at = None if decision.ttl is None else when + decision.ttl
+            else:
+                expires_at = expires_new
+            self._upsert(domain, recipient, decision.reason, source, when, expires_at, evidence, None, now, result)
+
+    def _threshold_reached(self, domain: str, recipient: str, decision: Decision, ts: int) -> int | None:
+        """The latest strike of a run of `threshold` strikes, all within `window` of each
+        other, that includes the strike at `ts`; None if there is none. Any window holding
+        `ts` counts, not only the one ending at it: webhook retries and several nodes
+        deliver events out of order, and the outcome must not depend on that order."""
+        times = [r[0] for r in self.conn.execute(
+            "SELECT at FROM strikes WHERE domain = ? AND recipient = ? AND reason = ? AND at > ? AND at < ? "
+            "ORDER BY at", (domain, recipient, decision.reason, ts - decision.window, ts + decision.window))]
+        latest = None
+        end = 0
+        for start, first in enumerate(times):
+            if first > ts:
+                break
+            while end < len(times) and times[end] < first + decision.window:
+                end += 1
+            if end - start >= decision.threshold and times[end - 1] >= ts:
+                latest = times[end - 1]
+        return latest
 
     def _upsert(self, domain: str, recipient: str, reason: str, source: str, when: int,
                 expires: int | None, evidence: dict, note: str | None, now: int,
@@ -304,9 +327,12 @@ class Store:
         keep_reason = row["reason"] if not _expiry_at_least(expires, row["expires"]) else reason
         first_seen = min(row["first_seen"], when)
         newer = when >= row["last_seen"]
-        sets = ["reason = ?", "first_seen = ?", "last_seen = ?", "expires = ?", "count = count + 1",
+        # an operator's add or an import is not an event of the address: it counts once, as
+        # the entry's first; importing the same dump twice must not double the counts
+        seen = 0 if source in ("manual", "import") else 1
+        sets = ["reason = ?", "first_seen = ?", "last_seen = ?", "expires = ?", "count = count + ?",
                 "updated_at = ?"]
-        args: list = [keep_reason, first_seen, max(row["last_seen"], when), new_expires, now]
+        args: list = [keep_reason, first_seen, max(row["last_seen"], when), new_expires, seen, now]
         if newer:
             sets += [f"ev_{c} = ?" for c in EVIDENCE] + ["source = ?"]
             args += ev + [source]
@@ -382,7 +408,7 @@ class Store:
     # ------------------------------------------------------------------ reads
     def get(self, recipient: str, domain: str, now: int) -> dict | None:
         """The active entry for a pair, or for its recipient domain (`@domain`)."""
-        for key in (recipient, "@" + recipient.rpartition("@")[2]):
+        for key in (recipient, recipient_domain_entry(recipient)):
             row = self.conn.execute("SELECT * FROM suppressions WHERE domain = ? AND recipient = ? "
                                     "AND (expires IS NULL OR expires > ?)", (domain, key, now)).fetchone()
             if row is not None:
@@ -445,12 +471,17 @@ class Store:
         }
 
     def backup(self, target: os.PathLike | str) -> None:
+        """A consistent copy (VACUUM INTO) with a store_id of its own: restored later, it
+        must not trust the manifest of the newer store it replaces (its domain
+        generations would climb back to the same numbers with other entries)."""
         target = Path(target)
         if target.exists():
             raise StoreError(f"{target}: already exists")
         try:
             self.conn.execute("VACUUM INTO ?", (str(target),))
             os.chmod(target, 0o600)
+            with contextlib.closing(sqlite3.connect(target)) as copy, copy:
+                copy.execute("UPDATE state SET value = ? WHERE key = 'store_id'", (uuid.uuid4().hex,))
         except sqlite3.Error as err:
             raise StoreError(f"{target}: backup failed: {err}") from None
 

@@ -58,6 +58,7 @@ READ_PREFIX = "/v1/suppressions/"
 RETRY_AFTER = 5                   # seconds, in a 503's Retry-After
 GROUP_MAX_RECORDS = 20_000        # records the writer puts in one transaction at most
 WAIT_MARGIN = 15.0                # a request waits busy_timeout + this for its commit
+IDLE_TIMEOUT = 60.0               # seconds a connection may stay silent
 
 
 def is_loopback(host: str) -> bool:
@@ -96,8 +97,6 @@ class Writer:
         self.store = Store.open(config.store.path, create=True, busy_timeout=config.store.busy_timeout)
         self.ingestor = Ingestor(self.store, config)
         self.thread = threading.Thread(target=self._loop, name="webhook-writer", daemon=True)
-        self.groups = 0
-        self.committed_records = 0
 
     def start(self) -> None:
         self.thread.start()
@@ -136,8 +135,6 @@ class Writer:
         try:
             records = [r for job in group for r in job.records] if len(group) > 1 else group[0].records
             self.ingestor.ingest_records(records, source="webhook")
-            self.groups += 1
-            self.committed_records += len(records)
         except Exception as err:  # noqa: BLE001 - every waiter must get an answer
             if len(group) > 1 and not isinstance(err, (StoreError, sqlite3.Error)):
                 for job in group:          # one bad request must not fail its neighbours
@@ -223,6 +220,9 @@ def _safe(method):
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # a socket read that waits longer ends the connection: an idle keep-alive connection,
+    # or a client that sends less body than its Content-Length, cannot pin a thread
+    timeout = IDLE_TIMEOUT
     server_version = "kumo-suppress"
     server: "WebhookServer"
 

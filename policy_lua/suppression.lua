@@ -26,7 +26,8 @@ handlers run in registration order and the queue helper answers for every queue)
     -- reject_code = 550,               -- 5xx
     -- reject_text = '5.7.1 recipient suppressed for {domain}: {reason} since {since}',
     --                                  -- also {recipient}; since is YYYY-MM-DD (UTC)
-    -- queue = 'suppressed.kumo_suppression',
+    -- queue = 'suppressed.kumo_suppression', -- set it in [policy] rather than here: the
+    --                                  -- exporter reads it there to ignore this queue's bounces
     -- domain_meta = 'x_suppression_domain',
     -- name = 'default',                -- memoize caches: user.kumo_suppression.<name>.*
     -- cache_capacity = 100000,         -- file versions remembered (>= number of domains:

@@ -84,6 +84,8 @@ def test_import_dump_roundtrip(install, tmp_path):
     (other / "dump.csv").write_text("\n".join(dump) + "\n")
     second.ok("import", other / "dump.csv")
     assert second.ok("dump").output.splitlines() == dump
+    second.ok("import", other / "dump.csv")
+    assert second.check("a@example.net")["count"] == 1, "importing twice does not double the counts"
 
 
 def test_import_is_all_or_nothing(install, tmp_path):
@@ -247,3 +249,35 @@ def test_reject_code_must_be_5xx_on_both_sides(install):
     install.configure(policy={"reject_code": 451})
     r = install.run("stats")
     assert r.exit_code == 2 and "[policy] reject_code" in r.stderr
+
+
+@pytest.mark.parametrize("content,needle", [
+    (b"a@example.net,example.com,manual,99999999999999999999999\n", "out of range"),
+    (b"a@example.net,example.com\n\xff\xfe,x\n", "not UTF-8"),
+])
+def test_bad_import_input_is_one_line_exit_2(install, tmp_path, content, needle):
+    install.ok("init")
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(content)
+    r = install.subprocess("import", bad)
+    assert r.returncode == 2, r.stderr
+    assert needle in r.stderr.decode() and r.stderr.count(b"\n") == 1 and b"Traceback" not in r.stderr
+
+
+def test_validate_survives_a_nesting_bomb(install):
+    install.ok("add", "u@example.net", "--domain", "example.com")
+    install.ok("export")
+    (install.snap_dir / "bomb.example.json").write_text("[" * 100_000 + "]" * 100_000)
+    r = install.run("validate")
+    assert r.exit_code == 1 and "FAIL bomb.example.json" in r.output
+
+
+def test_no_config_anywhere_is_exit_2_not_a_store_in_cwd(tmp_path):
+    import subprocess
+    env = {k: v for k, v in os.environ.items() if k != "KUMO_SUPPRESS_CONFIG"}
+    if __import__("pathlib").Path("/etc/kumo-suppression/config.toml").exists():
+        pytest.skip("this machine has /etc/kumo-suppression/config.toml")
+    p = subprocess.run([sys.executable, "-m", "exporter", "init"], cwd=tmp_path, env=env,
+                       capture_output=True, timeout=60)
+    assert p.returncode == 2 and b"no config file" in p.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -171,3 +171,14 @@ def test_webhook_style_records_share_the_path_and_dedupe_with_files(install):
     install.ok("ingest")
     entry = install.check("u@example.net")
     assert entry["count"] == 1 and entry["source"] == "webhook"
+
+
+def test_last_record_without_newline_is_read(install):
+    """A whole last record without its newline (hand-made JSONL, printf into stdin) is
+    a record; only half a line is torn."""
+    data = f.to_jsonl([f.bounce("a@example.net")]) + f.to_jsonl([f.bounce("b@example.net")]).rstrip(b"\n")
+    install.segment(data, compress=False)
+    install.ok("ingest")
+    assert install.check("b@example.net")
+    r = install.ok("ingest", "-", input=f.to_jsonl([f.bounce("c@example.net")]).rstrip(b"\n").decode())
+    assert "malformed" not in r.output and install.check("c@example.net")

@@ -304,3 +304,19 @@ def test_rebuild_from_logs_plus_dump(install):
     after = json.loads(install.ok("list", "--json").output)
     assert sorted((e["domain"], e["recipient"], e["reason"]) for e in after) == \
         sorted((e["domain"], e["recipient"], e["reason"]) for e in before)
+
+
+def test_restored_backup_rewrites_snapshots_instead_of_trusting_the_newer_manifest(install, tmp_path):
+    """After a restore, generations climb back to the numbers the newer store's manifest
+    holds; the backup's own store_id makes the next export rewrite every file."""
+    install.ok("add", "a@x.example", "--domain", "example.com")
+    install.ok("backup", tmp_path / "b.db")
+    install.ok("add", "b@x.example", "--domain", "example.com")
+    install.ok("export")
+    shutil.copyfile(tmp_path / "b.db", install.db)          # restore (exporter stopped)
+    for suffix in ("-wal", "-shm"):
+        Path(str(install.db) + suffix).unlink(missing_ok=True)
+    install.ok("add", "c@x.example", "--domain", "example.com")
+    install.ok("export")
+    recipients = install.snapshot("example.com")["recipients"]
+    assert set(recipients) == {"a@x.example", "c@x.example"}

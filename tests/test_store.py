@@ -165,3 +165,24 @@ def test_migrate_is_idempotent_and_refuses_newer_schema(tmp_path):
         s.conn.execute("PRAGMA user_version=99")
     with pytest.raises(StoreError, match="newer"):
         Store.open(tmp_path / "s.db")
+
+
+@pytest.mark.parametrize("order", [(0, 1), (1, 0)])
+def test_expiration_threshold_does_not_depend_on_arrival_order(store, order):
+    """Webhook retries and several nodes deliver events out of order."""
+    rules = dict(expiration_threshold=2, expiration_window="2d")
+    times = [NOW - DAY, NOW - 3600]
+    for i in order:
+        apply(store, f.expiration("u@example.net", timestamp=times[i]), **rules)
+    entry = store.get("u@example.net", "example.com", NOW)
+    assert entry is not None, "two expirations within the window suppress, whatever their order"
+    assert (entry["first_seen"], entry["last_seen"], entry["expires"], entry["count"]) == \
+        (NOW - 3600, NOW - 3600, NOW - 3600 + 30 * DAY, 1)
+
+
+def test_replayed_never_expiring_event_does_not_count_twice_after_prune(store):
+    rec = f.feedback("u@example.net", "news@example.com", timestamp=NOW - 500 * DAY)
+    apply(store, rec, now=NOW - 499 * DAY)
+    store.prune(NOW)
+    apply(store, rec)
+    assert store.get("u@example.net", "example.com", NOW)["count"] == 1

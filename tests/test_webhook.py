@@ -336,3 +336,29 @@ def test_sigterm_exits_zero(server):
     started = time.time()
     assert server.stop() == 0
     assert time.time() - started < 5
+
+
+def test_a_silent_client_cannot_pin_a_thread(install, monkeypatch):
+    """A client that sends less body than its Content-Length (or idles on keep-alive) is
+    disconnected after the idle timeout (shortened here; 60 s in production)."""
+    import exporter.webhook as webhook
+    from exporter.config import load_config
+    monkeypatch.setattr(webhook.Handler, "timeout", 0.5)
+    port = free_port()
+    install.configure(webhook={"enabled": True, "listen": f"127.0.0.1:{port}", "token": TOKEN})
+    service = webhook.WebhookService(load_config(install.config_path))
+    service.start()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as s:
+            s.sendall(b"POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
+                      + b"\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"type\"")
+            time.sleep(1.5)
+            data = b""
+            while True:          # whatever the server said, it then closed the connection
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        assert not data.startswith(b"HTTP/1.1 200")
+    finally:
+        service.stop()
