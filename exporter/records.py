@@ -138,11 +138,19 @@ def _header(headers, name: str):
     return value if isinstance(value, str) else None
 
 
+# `Name <user@domain>` or a bare `user@domain` with nothing that needs the full parser
+# (quotes, comments, groups, lists): nearly every From header, at a tenth of the cost
+_SIMPLE_FROM = re.compile(r'\s*(?:[^"(),;:<>@\\]*<([^<>()",;:\s@]+@[^<>()",;:\s@]+)>|([^<>()",;:\s@]+@[^<>()",;:\s@]+))\s*')
+
+
 def domain_of_header(value: str | None) -> str | None:
     """The domain of the (first) address of a From header value; comments and display
     names are the address parser's business (`a@b.example (Bob)` -> b.example)."""
     if not value:
         return None
+    simple = _SIMPLE_FROM.fullmatch(value)
+    if simple:
+        return domain_of_address(simple.group(1) or simple.group(2))
     for _name, addr in getaddresses([value[:4096]]):
         if "@" in addr:
             return domain_of_address(addr)

@@ -256,3 +256,12 @@ def test_out_of_range_codes_are_no_codes():
 def test_from_header_comments_and_trailing_tokens(header):
     rec = f.bounce("u@example.net", headers={"From": header})
     assert outcome(rec)[1].domain == "example.com"
+
+
+@pytest.mark.parametrize("header,domain", [
+    ("News <news@Example.com>", "example.com"), ("news@example.com.", "example.com"),
+    ('"News, Inc" <n@example.com>', "example.com"), ("a@x.example, b@y.example", "x.example"),
+    ("Undisclosed recipients:;", None), ("garbage", None)])
+def test_from_header_fast_path_agrees_with_the_parser(header, domain):
+    from exporter.records import domain_of_header
+    assert domain_of_header(header) == domain
