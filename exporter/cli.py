@@ -240,9 +240,13 @@ def sync(ctx: Context):
 def add(ctx: Context, recipient, domain, reason, ttl, note):
     """Suppress RECIPIENT (or @domain, every recipient there) for a sending domain."""
     lifetime = ctx.config.rules.ttl[reason] if ttl is None else parse_lifetime(ttl, "--ttl")
+    now = int(time.time())
     with ctx.store() as store:
-        action = store.add_manual(recipient, domain, reason, lifetime, note, int(time.time()))
-    click.echo(f"{'added' if action == 'add' else 'refreshed'}: {recipient} for {domain} ({reason})")
+        action = store.add_manual(recipient, domain, reason, lifetime, note, now)
+        entry = store.get(recipient, domain, now)
+    # a refresh keeps the later expiry (and its reason): say what the entry now is
+    click.echo(f"{'added' if action == 'add' else 'refreshed'}: {recipient} for {domain}: "
+               f"{entry['reason']}, expires {_date(entry['expires'])}")
 
 
 @cli.command()
