@@ -550,6 +550,8 @@ function mod:new(options)
   self.code = o.reject_code
   self.text_parts = compile_template(o.reject_text)
   self.text_buf = {}
+  self.text_per_recipient = find(o.reject_text, '{recipient}', 1, true) ~= nil
+  self.text_cache, self.ntexts = {}, 0
   self.queue = o.queue
   self.domain_meta = o.domain_meta
   self.smtp_action = o.smtp_action
@@ -750,7 +752,7 @@ function mod:_find(rkey, dkey)
 end
 
 -- the reject text for one suppressed recipient, built in a reused buffer
-function mod:_text(dkey, reason, since, recipient)
+local function build_text(self, dkey, reason, since, recipient)
   local parts, buf = self.text_parts, self.text_buf
   local n = #parts
   for i = 1, n do
@@ -770,6 +772,40 @@ function mod:_text(dkey, reason, since, recipient)
     buf[i] = part
   end
   return concat(buf, '', 1, n)
+end
+
+-- Texts repeat (same domain, reason and day for every message to a suppressed address),
+-- so unless the template names the recipient they are kept per state: a repeat costs
+-- three table reads and allocates nothing. Bounded like the other per-state tables.
+function mod:_text(dkey, reason, since, recipient)
+  if self.text_per_recipient then
+    return build_text(self, dkey, reason, since, recipient)
+  end
+  local day = type(since) == 'number' and since // 86400 or 'unknown'
+  local cache = self.text_cache
+  local by_reason = cache[dkey]
+  local by_day = by_reason and by_reason[reason]
+  local text = by_day and by_day[day]
+  if text then
+    return text
+  end
+  text = build_text(self, dkey, reason, since, recipient)
+  if self.ntexts >= MAX_DOMAINS_PER_STATE then
+    cache = {}
+    self.text_cache, self.ntexts, by_reason = cache, 0, nil
+  end
+  if not by_reason then
+    by_reason = {}
+    cache[dkey] = by_reason
+  end
+  by_day = by_reason[reason]
+  if not by_day then
+    by_day = {}
+    by_reason[reason] = by_day
+  end
+  by_day[day] = text
+  self.ntexts = self.ntexts + 1
+  return text
 end
 
 -- lookup(recipient, domain) -> {reason=, since=, expires=} (a plain table) or nil

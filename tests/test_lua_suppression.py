@@ -371,3 +371,24 @@ def test_overlong_sending_domains_are_neither_cached_nor_stamped(snap):
         result, msg = p.http("user@example.net", meta={"d": f"{i}" + "x" * 20000})
         assert result.ok and "x_suppression_domain" not in msg.meta
     assert p.k.eval("sup.npaths") == 0
+
+
+def test_reject_texts_follow_domain_reason_day_and_recipient(tmp_path):
+    d = tmp_path / "snaps"
+    write_snapshot(d, "example.com", {"a@example.net": entry("bounce", NOW - 10 * DAY),
+                                      "b@example.net": entry("bounce", NOW - 3 * DAY),
+                                      "c@example.net": entry("complaint", NOW - 3 * DAY)})
+    write_snapshot(d, "shop.example", {"a@example.net": entry("bounce", NOW - 10 * DAY)})
+    p = Policy({"snapshot_dir": str(d)})
+    texts = [p.http(r, from_domain=dom)[0].text for r, dom in
+             [("a@example.net", "example.com"), ("b@example.net", "example.com"),
+              ("c@example.net", "example.com"), ("a@example.net", "shop.example"),
+              ("a@example.net", "example.com")]]
+    assert texts == ["5.7.1 recipient suppressed for example.com: bounce since 2026-11-16",
+                     "5.7.1 recipient suppressed for example.com: bounce since 2026-11-23",
+                     "5.7.1 recipient suppressed for example.com: complaint since 2026-11-23",
+                     "5.7.1 recipient suppressed for shop.example: bounce since 2026-11-16",
+                     "5.7.1 recipient suppressed for example.com: bounce since 2026-11-16"]
+    p = Policy({"snapshot_dir": str(d), "reject_text": "5.1.1 {recipient} is suppressed ({reason})"})
+    assert p.http("a@example.net")[0].text == "5.1.1 a@example.net is suppressed (bounce)"
+    assert p.http("b@example.net")[0].text == "5.1.1 b@example.net is suppressed (bounce)"
