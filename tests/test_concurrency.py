@@ -17,7 +17,7 @@ import tomli_w
 
 import logfactory
 from conftest import free_port
-from test_crash import _cmd, _make_install, _write_corpus, state_of
+from test_crash import _cmd, _make_install, reference_run, state_of
 
 from exporter.config import load_config
 from exporter.export import snapshot_files, validate_snapshot_file
@@ -28,15 +28,10 @@ from exporter.store import Store
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     base = tmp_path_factory.mktemp("conc")
-    corpus = base / "corpus"
-    _write_corpus(corpus)
-    cfg = _make_install(base / "ref", corpus)
-    done = subprocess.run(_cmd(cfg, "sync"), capture_output=True, timeout=300)
-    assert done.returncode == 0, done.stderr.decode()
+    corpus, state = reference_run(base, "sync")
     ref_snap = {p.name: json.loads(p.read_text())["recipients"]
                 for p in snapshot_files(base / "ref" / "snapshots")}
-    return {"corpus": corpus, "base": base, "state": state_of(base / "ref" / "var" / "suppression.db"),
-            "snapshots": ref_snap}
+    return {"corpus": corpus, "base": base, "state": state, "snapshots": ref_snap}
 
 
 def _snapshots(directory: Path) -> dict:

@@ -76,6 +76,17 @@ def _make_install(root: Path, corpus: Path) -> Path:
     return cfg
 
 
+def reference_run(base: Path, command: str = "ingest") -> tuple[Path, dict]:
+    """The corpus under base/corpus, and the state one uninterrupted `command` (ingest or
+    sync) leaves in the install base/ref: what every fault-injection test compares with."""
+    corpus = base / "corpus"
+    _write_corpus(corpus)
+    cfg = _make_install(base / "ref", corpus)
+    done = subprocess.run(_cmd(cfg, command), capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()
+    return corpus, state_of(base / "ref" / "var" / "suppression.db")
+
+
 def state_of(db: Path) -> dict:
     """Everything ingestion decides, minus wall-clock columns (updated_at, history.at)."""
     conn = sqlite3.connect(db)
@@ -107,14 +118,9 @@ def state_of(db: Path) -> dict:
 def reference(tmp_path_factory):
     """The corpus, and the state one uninterrupted ingest leaves."""
     base = tmp_path_factory.mktemp("crash")
-    corpus = base / "corpus"
-    _write_corpus(corpus)
-    cfg = _make_install(base / "ref", corpus)
     started = time.monotonic()
-    done = subprocess.run(_cmd(cfg, "ingest"), capture_output=True, timeout=300)
+    corpus, state = reference_run(base)
     duration = time.monotonic() - started
-    assert done.returncode == 0, done.stderr.decode()
-    state = state_of(base / "ref" / "var" / "suppression.db")
     assert state["counters"].get("duplicates_total", 0) == 0
     assert sum(c for *_, c in [(r[7],) for r in state["suppressions"]]) > len(state["suppressions"])
     return {"corpus": corpus, "base": base, "state": state, "duration": duration}

@@ -26,7 +26,7 @@ import pytest
 import tomli_w
 
 import logfactory
-from test_crash import _cmd, _make_install, _write_corpus, state_of
+from test_crash import _cmd, _make_install, reference_run, state_of
 
 from exporter.export import snapshot_files, validate_snapshot_file
 
@@ -101,11 +101,7 @@ def test_disk_full_export_keeps_old_snapshots(install, tmp_path):
 
 
 def test_disk_full_store_then_rerun_equals_one_run(tmp_path):
-    corpus = tmp_path / "corpus"
-    _write_corpus(corpus)
-    ref_cfg = _make_install(tmp_path / "ref", corpus)
-    assert subprocess.run(_cmd(ref_cfg, "ingest"), capture_output=True).returncode == 0
-    ref = state_of(tmp_path / "ref" / "var" / "suppression.db")
+    corpus, ref = reference_run(tmp_path)
     with tmpfs(tmp_path / "storefs", "1m") as fs:
         cfg = _make_install(tmp_path / "inst", corpus)
         import tomllib
@@ -222,11 +218,7 @@ def test_missing_store_check_is_3_not_1(install):
 # ---------------------------------------------------------------------- backup and restore
 
 def test_backup_during_ingest_is_consistent_and_restorable(tmp_path):
-    corpus = tmp_path / "corpus"
-    _write_corpus(corpus)
-    ref_cfg = _make_install(tmp_path / "ref", corpus)
-    assert subprocess.run(_cmd(ref_cfg, "ingest"), capture_output=True).returncode == 0
-    ref = state_of(tmp_path / "ref" / "var" / "suppression.db")
+    corpus, ref = reference_run(tmp_path)
 
     cfg = _make_install(tmp_path / "inst", corpus)
     db = tmp_path / "inst" / "var" / "suppression.db"
