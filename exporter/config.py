@@ -18,6 +18,8 @@ from pathlib import Path
 
 import jsonschema
 
+from .classifier import BounceClassifier, ClassifierError
+
 DEFAULT_SEARCH = (Path("config.toml"), Path("/etc/kumo-suppression/config.toml"))
 
 DEFAULT_IGNORE_CLASSIFICATIONS = (
@@ -119,6 +121,8 @@ class RulesConfig:
     ignore_classifications: frozenset[str] = frozenset(DEFAULT_IGNORE_CLASSIFICATIONS)
     feedback_types: frozenset[str] = frozenset(DEFAULT_FEEDBACK_TYPES)
     ttl: dict[str, int | None] = field(default_factory=dict)
+    # KumoMTA bounce classifier rule files; None when none are configured
+    classifier: BounceClassifier | None = None
 
 
 @dataclass
@@ -247,6 +251,15 @@ def load_config(path: str | os.PathLike | None) -> Config:
     return build_config(raw, base, cfg_path, where)
 
 
+def _classifier(paths: list[Path], where: str) -> BounceClassifier | None:
+    if not paths:
+        return None
+    try:
+        return BounceClassifier(paths)
+    except ClassifierError as err:
+        raise ConfigError(f"{where}: [rules] classifier_files: {err}") from None
+
+
 def build_config(raw: dict, base: Path, cfg_path: Path | None, where: str = "config") -> Config:
     def path_of(value: str) -> Path:
         p = Path(value).expanduser()
@@ -302,7 +315,7 @@ def build_config(raw: dict, base: Path, cfg_path: Path | None, where: str = "con
             expiration_window=int(dur(rules, "expiration_window", "30d", "rules")),
             ignore_classifications=frozenset(rules.get("ignore_classifications", DEFAULT_IGNORE_CLASSIFICATIONS)),
             feedback_types=frozenset(t.lower() for t in rules.get("feedback_types", DEFAULT_FEEDBACK_TYPES)),
-            ttl=ttl),
+            ttl=ttl, classifier=_classifier([path_of(p) for p in rules.get("classifier_files", [])], where)),
         export=ExportConfig(dir=path_of(export.get("dir", "var/snapshots")),
                             format=export.get("format", "json"), group=export.get("group") or None),
         schedule=ScheduleConfig(
