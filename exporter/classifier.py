@@ -51,20 +51,15 @@ def _compile(pattern, where: str) -> re.Pattern:
 
 
 def _read(path: Path) -> dict:
+    if path.suffix not in (".toml", ".json"):
+        raise ClassifierError(f"{path}: classifier files must end in .toml or .json (as kumod requires)")
     try:
         data = path.read_bytes()
     except OSError as err:
         raise ClassifierError(f"{path}: cannot read bounce classifier file: {err.strerror}") from None
     try:
-        if path.suffix == ".json":
-            decoded = json.loads(data)
-        elif path.suffix == ".toml":
-            decoded = tomllib.loads(data.decode("utf-8"))
-        else:
-            raise ClassifierError(f"{path}: classifier files must end in .toml or .json (as kumod requires)")
+        decoded = json.loads(data) if path.suffix == ".json" else tomllib.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as err:
-        if isinstance(err, ClassifierError):
-            raise
         raise ClassifierError(f"{path}: not a bounce classifier file: {err}") from None
     rules = decoded.get("rules") if isinstance(decoded, dict) else None
     if not isinstance(rules, dict) or any(not isinstance(v, list) for v in rules.values()):
