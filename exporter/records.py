@@ -192,21 +192,24 @@ def _complainants(report: dict) -> list[str]:
     kumod's own trace comes first: supplemental_trace is decoded from the X-KumoRef header
     this MTA put on the message, so its recipient is the address this MTA actually sent
     to. original_rcpto_to is whatever the reporting provider chose to write (often
-    nothing, a redacted or rewritten address, or a forwarding alias)."""
+    nothing, a redacted or rewritten address, or a forwarding alias). A trace of a
+    multi-recipient message lists every recipient, but one user complained: then only
+    the provider's own account can say who, and without it no one is suppressed."""
     trace = report.get("supplemental_trace")
-    if isinstance(trace, dict):
-        found = _recipients(trace.get("recipient"))
-        if found:
-            return found
-    found = _recipients(report.get("original_rcpto_to") or report.get("original_rcpt_to"))
-    if found:
-        return found
-    ext = report.get("extensions")
-    if isinstance(ext, dict):
-        for name, value in ext.items():
-            if isinstance(name, str) and name.lower() == "removal-recipient":
-                return _recipients(value)
-    return []
+    traced = _recipients(trace.get("recipient")) if isinstance(trace, dict) else []
+    reported = _recipients(report.get("original_rcpto_to") or report.get("original_rcpt_to"))
+    if not reported:
+        ext = report.get("extensions")
+        if isinstance(ext, dict):
+            for name, value in ext.items():
+                if isinstance(name, str) and name.lower() == "removal-recipient":
+                    reported = _recipients(value)
+                    break
+    if len(traced) == 1:
+        return traced
+    if traced:
+        return [r for r in reported if r in traced]
+    return reported
 
 
 @dataclass(slots=True)

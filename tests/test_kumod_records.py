@@ -202,6 +202,11 @@ CORPUS = [
     ("ARF: trace carrying the module's stamped domain",
      arf(trace={"recipient": "meta@dest.example", "x_suppression_domain": "Tenant.Example"}),
      ("meta@dest.example", "tenant.example", "complaint")),
+    ("ARF: multi-recipient trace, the provider names one",
+     arf(trace={"recipient": ["one@dest.example", "two@dest.example"]}, rcpt_to=["two@dest.example"]),
+     ("two@dest.example", "shop.example", "complaint")),
+    ("ARF: multi-recipient trace and no one named", arf(trace={"recipient": ["one@dest.example",
+                                                                        "two@dest.example"]}), None),
     ("ARF not-spam", arf(trace={"recipient": "ok@dest.example"}, feedback_type="not-spam"), None),
 ]
 IDS = [name for name, _, _ in CORPUS]
