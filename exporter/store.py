@@ -89,10 +89,13 @@ class Store:
     # ------------------------------------------------------------------ opening
     @classmethod
     def open(cls, path: os.PathLike | str, *, create: bool = True, busy_timeout: float = 30.0) -> "Store":
+        """`create=False` (every command but `init`): a missing, empty or foreign file is a
+        StoreError naming the path and `init`, never a new empty store: an empty list
+        exported would make kumod stop suppressing everything."""
         path = Path(path)
-        if not path.exists():
-            if not create:
-                raise StoreError(f"{path}: store does not exist (run `kumo-suppress init`)")
+        if not create:
+            _check_is_store_file(path)
+        elif not path.exists():
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 # 0600 from the first byte: the store holds every address ever bounced
@@ -106,9 +109,10 @@ class Store:
                 conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None,
                                        check_same_thread=False)
                 conn.row_factory = sqlite3.Row
+                conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+                _check_is_store(conn, path, create)
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
-                conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
                 store = cls(conn, path)
                 store.migrate()
                 return store
@@ -124,6 +128,9 @@ class Store:
                 if conn is not None:
                     conn.close()
                 raise StoreError(f"{path}: cannot open store: {err}") from None
+            except StoreError:
+                conn.close()
+                raise
 
     def close(self) -> None:
         self.conn.close()
@@ -484,6 +491,52 @@ class Store:
                 copy.execute("UPDATE state SET value = ? WHERE key = 'store_id'", (uuid.uuid4().hex,))
         except sqlite3.Error as err:
             raise StoreError(f"{target}: backup failed: {err}") from None
+
+
+_SQLITE_HEADER = b"SQLite format 3\0"
+
+
+def _not_a_store(path: Path, why: str) -> StoreError:
+    return StoreError(f"{path}: {why}; not a kumo-suppression store (create one with "
+                      "`kumo-suppress init`, or fix [store].path)")
+
+
+def _check_is_store_file(path: Path) -> None:
+    """Before SQLite touches it (connecting would create a missing file, and WAL mode
+    would write into an empty one)."""
+    try:
+        with open(path, "rb") as fh:
+            header = fh.read(len(_SQLITE_HEADER))
+    except FileNotFoundError:
+        raise StoreError(f"{path}: store does not exist (run `kumo-suppress init` to create it, "
+                         "or fix [store].path)") from None
+    except IsADirectoryError:
+        raise _not_a_store(path, "a directory") from None
+    except OSError as err:
+        raise StoreError(f"{path}: cannot open store: {err.strerror}") from None
+    if not header:
+        raise _not_a_store(path, "empty file")
+    if header != _SQLITE_HEADER:
+        raise _not_a_store(path, "not an SQLite file")
+
+
+def _check_is_store(conn: sqlite3.Connection, path: Path, create: bool) -> None:
+    """An SQLite file is a store when it has our schema version and a store id; `init`
+    may also start one in a fresh (table-less) file, never inside someone else's database."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version == 0:
+        tables = conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]
+        if tables or not create:
+            raise _not_a_store(path, "an SQLite database of something else" if tables else "an empty database")
+        return
+    try:
+        row = conn.execute("SELECT value FROM state WHERE key = 'store_id'").fetchone()
+    except sqlite3.OperationalError as err:
+        if "no such table" not in str(err):
+            raise
+        row = None
+    if row is None:
+        raise _not_a_store(path, "an SQLite database without a store id")
 
 
 def now_ts() -> int:
