@@ -255,12 +255,14 @@ class Store:
             (now, action, domain, recipient, reason, source, event_time, expires, detail))
 
     def apply_event(self, event: Event, decision: Decision, source: str, now: int,
-                    result: ApplyResult) -> None:
-        """Record one suppressing event for each of its recipients. Call inside transaction()."""
+                    result: ApplyResult) -> bool:
+        """Record one suppressing event for each of its recipients. Call inside transaction().
+        False when every recipient's event was seen before: the record is a duplicate."""
         conn = self.conn
         expires_new = None if decision.ttl is None else event.timestamp + decision.ttl
         evidence = event.evidence()
         seen_at = None if decision.ttl is None else event.timestamp
+        new = False
         for recipient in event.recipients:
             key = event.key(recipient)
             # `at` NULL for a suppression that never expires: prune never forgets such a key,
@@ -269,6 +271,7 @@ class Store:
                             (key, seen_at)).rowcount == 0:
                 result.duplicates += 1
                 continue
+            new = True
             domain = event.domain
             if self._tombstones is None:
                 self._tombstones = conn.execute("SELECT EXISTS(SELECT 1 FROM tombstones)").fetchone()[0] == 1
@@ -293,6 +296,7 @@ class Store:
             else:
                 expires_at = expires_new
             self._upsert(domain, recipient, decision.reason, source, when, expires_at, evidence, None, now, result)
+        return new
 
     def _threshold_reached(self, domain: str, recipient: str, decision: Decision, ts: int) -> int | None:
         """The latest strike of a run of `threshold` strikes, all within `window` of each

@@ -70,3 +70,136 @@ def test_init_still_creates_and_an_empty_file_can_be_initialised(install):
     install.db.write_bytes(b"")
     install.ok("init")
     install.ok("add", "w@dest.example", "--domain", "example.com")
+
+
+# ---------------------------------------------------------------------- 1. poison records
+
+NESTED_FROM = "(" * 600 + "x" + ")" * 600 + " news@example.com"
+
+
+def _poison_segment(install, name):
+    """good, surrogate-escaped text, absurdly nested From, good: as raw JSONL lines."""
+    good1 = f.bounce("good1@dest.example", id="g1")
+    surrogate = f.bounce("sur@dest.example", id="s1")
+    nested = f.bounce("nest@dest.example", id="n1", headers={"From": NESTED_FROM})
+    good2 = f.bounce("good2@dest.example", id="g2")
+    lines = [json.dumps(good1), json.dumps(surrogate).replace("5.1.1 user unknown", "bad \\ud800 text"),
+             json.dumps(nested), json.dumps(good2)]
+    assert "\\ud800" in lines[1]
+    return _raw_segment(install.log_dir, lines, name)
+
+
+def _raw_segment(log_dir, lines, name):
+    import zstandard
+    log_dir.mkdir(parents=True, exist_ok=True)
+    path = log_dir / name
+    path.write_bytes(zstandard.ZstdCompressor().compress(("\n".join(lines) + "\n").encode()))
+    os.chmod(path, 0o444)
+    return path
+
+
+def test_poison_records_are_malformed_and_never_stop_the_rest(install):
+    seg = _poison_segment(install, "20261125-010000.000000000")
+    install.segment([f.bounce("later@dest.example")], name="20261125-020000.000000000")
+    r = install.subprocess("sync")
+    err = r.stderr.decode()
+    assert r.returncode == 0, err
+    for rcpt in ("good1@dest.example", "good2@dest.example", "later@dest.example"):
+        assert install.check(rcpt) is not None, f"{rcpt} must be stored despite the poison records"
+    assert install.check("sur@dest.example") is None
+    assert f"{seg}:2: malformed record skipped" in err and "Traceback" not in err
+    counters = json.loads(install.ok("stats", "--json").output)["counters"]
+    assert counters["malformed_total"] >= 1
+    assert "good1@dest.example" in install.snapshot("example.com")["recipients"], "sync exported"
+
+
+def test_a_poison_record_in_a_batch_after_good_ones_commits_the_good_ones(install):
+    from exporter.config import load_config
+    from exporter.ingest import Ingestor
+    from exporter.store import Store
+    cfg = load_config(install.config_path)
+    with Store.open(cfg.store.path, create=False) as store:
+        bad = f.bounce("sur@dest.example", id="s1")
+        bad["id"] = "id-\ud800"                  # a lone surrogate SQLite cannot bind
+        res = Ingestor(store, cfg).ingest_records([f.bounce("a@dest.example"), bad, f.bounce("b@dest.example")])
+        assert res.malformed == 1
+        assert store.get("a@dest.example", "example.com", int(time.time())) is not None
+        assert store.get("b@dest.example", "example.com", int(time.time())) is not None
+        assert store.counters()["records_total:Bounce"] == 2
+
+
+def _post(port: int, body: bytes) -> int:
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    try:
+        conn.request("POST", "/v1/events", body=body, headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
+
+
+def test_webhook_never_answers_a_poison_record_with_5xx(install):
+    port = free_port()
+    install.configure(webhook={"listen": f"127.0.0.1:{port}"})
+    daemon = Daemon(install, "serve")
+    try:
+        daemon.wait_listening(port)
+        good = f.bounce("hook-good@dest.example")
+        nested = f.bounce("hook-nest@dest.example", headers={"From": NESTED_FROM})
+        surrogate = json.dumps(f.bounce("hook-sur@dest.example")).replace("5.1.1 user unknown", "\\udfff")
+        batch = ("[" + ",".join([json.dumps(good), surrogate, json.dumps(nested)]) + "]").encode()
+        assert _post(port, batch) == 200
+        for body in (surrogate.encode(), json.dumps(nested).encode()):
+            status = _post(port, body)
+            assert 200 <= status < 500, status
+        assert _post(port, json.dumps(f.bounce("after@dest.example")).encode()) == 200
+    finally:
+        assert daemon.stop() == 0
+    assert install.check("hook-good@dest.example") is not None
+    assert install.check("after@dest.example") is not None
+    assert "Traceback" not in daemon.output()
+
+
+# ---------------------------------------------------------------------- 13. records from the future
+
+def test_records_dated_beyond_max_future_skew_are_malformed(install):
+    now = int(time.time())
+    install.ingest([f.bounce("soon@dest.example", timestamp=now + 1800),
+                    f.bounce("far@dest.example", timestamp=now + 3 * 3600),
+                    f.bounce("y2106@dest.example", timestamp=2**32 - 10)])
+    assert install.check("soon@dest.example") is not None, "within the default 1h skew"
+    assert install.check("far@dest.example") is None
+    assert install.check("y2106@dest.example") is None
+    counters = json.loads(install.ok("stats", "--json").output)["counters"]
+    assert counters["malformed_total"] == 2
+    install.configure(ingest={"max_future_skew": "4h"})
+    install.ingest([f.bounce("far2@dest.example", timestamp=now + 3 * 3600)])
+    assert install.check("far2@dest.example") is not None
+
+
+def test_a_future_record_cannot_beat_a_later_remove(install):
+    install.ingest([f.bounce("u@dest.example")])
+    install.ok("remove", "u@dest.example", "--domain", "example.com")
+    install.ingest([f.bounce("u@dest.example", timestamp=2**32 - 10)])
+    assert install.check("u@dest.example") is None
+
+
+# ---------------------------------------------------------------------- 15. counters never double
+
+def test_a_record_seen_twice_counts_once_in_records_ingested(install):
+    line = json.dumps(f.bounce("u@dest.example", id="m1")) + "\n"
+    install.ok("ingest", "-", input=line)
+    install.ok("ingest", "-", input=line)
+    counters = json.loads(install.ok("stats", "--json").output)["counters"]
+    assert counters["records_total:Bounce"] == 1
+    assert counters["records_duplicate_total:Bounce"] == 1
+    from exporter.config import load_config
+    from exporter.metrics import render
+    from exporter.store import Store
+    with Store.open(load_config(install.config_path).store.path, create=False) as store:
+        text = render(store)
+    assert 'kumo_suppression_records_ingested_total{type="Bounce"} 1' in text
+    assert 'kumo_suppression_records_duplicate_total{type="Bounce"} 1' in text
+    assert "counted once" in text
