@@ -203,3 +203,25 @@ def test_a_record_seen_twice_counts_once_in_records_ingested(install):
     assert 'kumo_suppression_records_ingested_total{type="Bounce"} 1' in text
     assert 'kumo_suppression_records_duplicate_total{type="Bounce"} 1' in text
     assert "counted once" in text
+
+
+# ---------------------------------------------------------------------- 2. many recipients
+
+def test_recipient_deduplication_is_linear_and_bounded(monkeypatch):
+    """Counted, not timed: every comparison of two recipient keys goes through __eq__."""
+    from exporter import records
+    comparisons = [0]
+
+    class Key(str):
+        __hash__ = str.__hash__
+
+        def __eq__(self, other):
+            comparisons[0] += 1
+            return str.__eq__(self, other)
+
+    real = records.recipient_key
+    monkeypatch.setattr(records, "recipient_key", lambda value: (k := real(value)) and Key(k))
+    many = [f"user{i}@dest.example" for i in range(records.MAX_RECIPIENTS)]
+    found = records._recipients(many + many[:10] + ["extra@dest.example"])
+    assert found == many, "the first MAX_RECIPIENTS, in order, each once"
+    assert comparisons[0] < 2 * len(many), f"{comparisons[0]} key comparisons for {len(many)} recipients"
