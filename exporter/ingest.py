@@ -27,7 +27,7 @@ from .locking import exclusive
 from .records import KNOWN_TYPES, SUPPRESSING_TYPES, DomainSource, MalformedRecord, Skip, check_record, \
     parse_line, to_event
 from .rules import decide
-from .store import ApplyResult, Store, StoreError, now_ts
+from .store import ApplyResult, FileIdentity, Store, StoreError, file_identity, now_ts
 
 log = logging.getLogger("kumo_suppress.ingest")
 
@@ -297,7 +297,7 @@ class Ingestor:
         applied, by_type, duplicated = outcome.applied, outcome.by_type, outcome.duplicate_records
         with store.transaction():
             if checkpoint is not None and expect is not None:
-                lines_done, complete = store.segment_checkpoint(checkpoint[0])
+                lines_done, complete = store.segment_checkpoint(checkpoint[0], checkpoint[3])
                 if complete or lines_done != expect:
                     raise _Superseded(checkpoint[0])
             for event, decision, counted, where in pending:
@@ -349,7 +349,7 @@ class Ingestor:
 
     # ------------------------------------------------------------------ streams
     def _ingest_lines(self, lines: _Lines, origin: str, source: str, skip_lines: int,
-                      checkpoint_key: str | None, size: int, final: bool, result: IngestResult) -> None:
+                      identity: FileIdentity | None, size: int, final: bool, result: IngestResult) -> None:
         """Lines after `skip_lines`, committed every [ingest] batch_lines with the checkpoint.
         `final`: the file is done, so a torn last line will never be completed."""
         pending: list = []
@@ -362,7 +362,7 @@ class Ingestor:
         horizon = self._horizon()
 
         def checkpoint(complete: bool = False):
-            return (checkpoint_key, lineno, complete, size) if checkpoint_key else None
+            return (identity, lineno, complete, size) if identity else None
 
         for line in lines:
             lineno += 1
@@ -392,28 +392,32 @@ class Ingestor:
         if lines.truncated and final:   # an open segment's frame is simply not finished yet
             result.warnings.append(f"{origin}: truncated zstd stream; kept its {lineno} complete line(s)")
             log.warning("%s: truncated zstd stream; kept its %d complete line(s)", origin, lineno)
-        if lines.torn and final:
-            # the last line of a finished input without its newline: a whole record (a
-            # hand-made JSONL file, `printf ... | ingest -`) is read; half of one (kumod
-            # crashed mid-write) is a torn line
-            lineno += 1
+        if lines.torn:
+            # the last line without its newline: a whole record (a hand-made JSONL file,
+            # `printf ... | ingest -`, a file nobody writes any more but still writable)
+            # is read, even from an open file: a writer appends nothing to a line that
+            # already holds a whole JSON object. Half of one is a torn line once the
+            # input is finished (kumod crashed mid-write), else it is read next time.
             try:
                 record = parse_line(lines.tail) if lines.tail else None
             except MalformedRecord:
                 record = None
-            if record is None:
+            if lineno + 1 <= skip_lines:
+                lineno += 1                 # that whole record, read by an earlier run
+            elif record is not None:
+                lineno += 1
+                handle(record, batch, pending, f"{origin}:{lineno}", horizon)
+            elif final:
+                lineno += 1
                 batch.malformed += 1
                 result.warnings.append(f"{origin}:{lineno}: torn last line skipped")
                 log.warning("%s:%d: torn last line skipped", origin, lineno)
-            else:
-                handle(record, batch, pending, f"{origin}:{lineno}", horizon)
         # an open segment's unfinished last line is read next time, from the checkpoint
         self._commit(pending, batch, result, source, checkpoint(final), batch_start)
 
     def ingest_file(self, path: Path, *, require_done: bool, source: str = "log") -> IngestResult:
         """One segment or JSONL file, from its checkpoint on."""
         result = IngestResult()
-        key = str(path.resolve())
         try:
             fh = open(path, "rb")
         except OSError as err:
@@ -426,12 +430,17 @@ class Ingestor:
             if require_done and not done:
                 result.segments_skipped_open = 1
                 return result
-            skip, complete = self.store.segment_checkpoint(key)
+            identity = file_identity(path, fh)
+            if identity is None:
+                result.warnings.append(f"{path}: cannot read")
+                log.warning("%s: cannot read", path)
+                return result
+            skip, complete = self.store.segment_checkpoint(identity, st.st_size)
             if complete:
                 return result
             lines = _Lines(fh, self.config.ingest.max_line)
             try:
-                self._ingest_lines(lines, str(path), source, skip, key, st.st_size, done, result)
+                self._ingest_lines(lines, str(path), source, skip, identity, st.st_size, done, result)
             except _Superseded:
                 # another ingest (cron overlap) is reading this segment: it counts the rest
                 log.info("%s: another ingest is processing this segment; leaving it to that one", path)

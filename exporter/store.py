@@ -8,7 +8,10 @@ that domain's generation, which is how export knows what to rewrite without read
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import hashlib
+import json
 import os
 import sqlite3
 import time
@@ -23,7 +26,7 @@ from .keys import recipient_domain_entry
 from .records import Event
 from .rules import Decision
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 EVIDENCE = ("type", "message_id", "code", "enhanced_code", "content", "classification", "nodeid")
 _EV_COLS = ", ".join(f"ev_{c}" for c in EVIDENCE)
 
@@ -177,8 +180,16 @@ class Store:
         if version == SCHEMA_VERSION:
             return
         with self.transaction():
-            if self.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+            version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+            if version == SCHEMA_VERSION:
                 return     # another process migrated it while we waited for the lock
+            if version == 0:
+                self._create_v1()
+            self._migrate_v1_to_v2()
+            self.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _create_v1(self) -> None:
+        if True:
             db = self.db
             db["suppressions"].create({
                 "domain": str, "recipient": str, "reason": str, "source": str,
@@ -197,7 +208,7 @@ class Store:
                                  pk="key", if_not_exists=True)
             db["domains"].create({"domain": str, "generation": int}, pk="domain", if_not_exists=True)
             db["segments"].create({"path": str, "lines": int, "complete": int, "size": int,
-                                   "updated_at": int}, pk="path", if_not_exists=True)
+                                   "updated_at": int}, pk="path", if_not_exists=True)   # replaced in v2
             db["counters"].create({"name": str, "value": int}, pk="name", if_not_exists=True)
             db["state"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
             self.conn.execute("CREATE INDEX IF NOT EXISTS suppressions_expires ON suppressions(expires)")
@@ -206,7 +217,28 @@ class Store:
             self.conn.execute("CREATE INDEX IF NOT EXISTS strikes_pair ON strikes(domain, recipient, at)")
             self.conn.execute("CREATE INDEX IF NOT EXISTS seen_events_at ON seen_events(at)")
             self.conn.execute("INSERT OR IGNORE INTO state(key, value) VALUES ('store_id', ?)", (uuid.uuid4().hex,))
-            self.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _migrate_v1_to_v2(self) -> None:
+        """v2: a segment's checkpoint belongs to the file's identity (device, inode, a
+        fingerprint of its start), not its path; a strike keeps its evidence, so the
+        entry a threshold produces is the same in any arrival order; seen_events.at is
+        when the event stops mattering (v1 rows hold the event time, which is what v1
+        pruned by)."""
+        conn = self.conn
+        conn.execute("ALTER TABLE strikes ADD COLUMN evidence TEXT")
+        conn.execute("CREATE TABLE segments_v2 (dev INTEGER NOT NULL, ino INTEGER NOT NULL, "
+                     "fingerprint BLOB NOT NULL, fingerprint_len INTEGER NOT NULL, path TEXT, "
+                     "lines INTEGER, complete INTEGER, size INTEGER, updated_at INTEGER, PRIMARY KEY (dev, ino))")
+        for path, lines, complete, size, updated_at in conn.execute(
+                "SELECT path, lines, complete, size, updated_at FROM segments").fetchall():
+            identity = file_identity(Path(path))   # checkpoints of files still there carry over
+            if identity is not None:
+                dev, ino, head, _ = identity
+                conn.execute("INSERT OR REPLACE INTO segments_v2 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                             (dev, ino, hashlib.sha256(head).digest(), len(head), path, lines, complete, size,
+                              updated_at))
+        conn.execute("DROP TABLE segments")
+        conn.execute("ALTER TABLE segments_v2 RENAME TO segments")
 
     # ------------------------------------------------------------------ state
     def get_state(self, key: str) -> str | None:
@@ -231,16 +263,27 @@ class Store:
         return {r[0]: r[1] for r in self.conn.execute("SELECT name, value FROM counters")}
 
     # ------------------------------------------------------------------ segments
-    def segment_checkpoint(self, path: str) -> tuple[int, bool]:
-        row = self.conn.execute("SELECT lines, complete FROM segments WHERE path = ?", (path,)).fetchone()
-        return (row[0], bool(row[1])) if row else (0, False)
+    def segment_checkpoint(self, identity: "FileIdentity", size: int) -> tuple[int, bool]:
+        """(lines consumed, complete) of this file, (0, False) for a file never seen, or
+        one that replaced an earlier one (its inode reused, rewritten in place: other
+        first bytes, or shorter than it was)."""
+        dev, ino, head, _path = identity
+        row = self.conn.execute("SELECT fingerprint, fingerprint_len, lines, complete, size FROM segments "
+                                "WHERE dev = ? AND ino = ?", (dev, ino)).fetchone()
+        if row is None or len(head) < row[1] or hashlib.sha256(head[:row[1]]).digest() != row[0] \
+                or (row[4] or 0) > size:
+            return 0, False
+        return row[2], bool(row[3])
 
-    def set_segment_checkpoint(self, path: str, lines: int, complete: bool, size: int, now: int) -> None:
+    def set_segment_checkpoint(self, identity: "FileIdentity", lines: int, complete: bool, size: int,
+                               now: int) -> None:
+        dev, ino, head, path = identity
         self.conn.execute(
-            "INSERT INTO segments(path, lines, complete, size, updated_at) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT(path) DO UPDATE SET lines = excluded.lines, complete = excluded.complete, "
-            "size = excluded.size, updated_at = excluded.updated_at",
-            (path, lines, int(complete), size, now))
+            "INSERT INTO segments(dev, ino, fingerprint, fingerprint_len, path, lines, complete, size, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(dev, ino) DO UPDATE SET fingerprint = excluded.fingerprint, "
+            "fingerprint_len = excluded.fingerprint_len, path = excluded.path, lines = excluded.lines, "
+            "complete = excluded.complete, size = excluded.size, updated_at = excluded.updated_at",
+            (dev, ino, hashlib.sha256(head).digest(), len(head), path, lines, int(complete), size, now))
 
     # ------------------------------------------------------------------ writes
     def _bump(self, domain: str) -> None:
@@ -261,14 +304,15 @@ class Store:
         conn = self.conn
         expires_new = None if decision.ttl is None else event.timestamp + decision.ttl
         evidence = event.evidence()
-        seen_at = None if decision.ttl is None else event.timestamp
+        # the key is kept while the event can still matter (until its suppression would
+        # expire) and prune's retention after that; NULL: a suppression that never expires,
+        # whose key prune never forgets, so replaying a years-old complaint counts once
+        keep_until = expires_new
         new = False
         for recipient in event.recipients:
             key = event.key(recipient)
-            # `at` NULL for a suppression that never expires: prune never forgets such a key,
-            # so replaying a years-old complaint cannot count it twice
             if conn.execute("INSERT OR IGNORE INTO seen_events(key, at) VALUES (?, ?)",
-                            (key, seen_at)).rowcount == 0:
+                            (key, keep_until)).rowcount == 0:
                 result.duplicates += 1
                 continue
             new = True
@@ -280,42 +324,50 @@ class Store:
             if tomb and event.timestamp <= tomb[0]:
                 result.tombstoned += 1   # an operator removed it after this event happened
                 continue
+            if decision.threshold > 1:
+                self._strike(domain, recipient, decision, event, key, evidence, source, now, result)
+                continue
             if expires_new is not None and expires_new <= now:
                 result.stale += 1        # its suppression would already be over
                 continue
-            when = event.timestamp
-            if decision.threshold > 1:
-                conn.execute("INSERT OR IGNORE INTO strikes(domain, recipient, reason, at, key) "
-                             "VALUES (?, ?, ?, ?, ?)", (domain, recipient, decision.reason, when, key))
-                reached = self._threshold_reached(domain, recipient, decision, when)
-                if reached is None:
-                    result.below_threshold += 1
-                    continue
-                when = reached
-                expires_at = None if decision.ttl is None else when + decision.ttl
-            else:
-                expires_at = expires_new
-            self._upsert(domain, recipient, decision.reason, source, when, expires_at, evidence, None, now, result)
+            self._upsert(domain, recipient, decision.reason, source, event.timestamp, expires_new, evidence,
+                         None, now, result)
         return new
 
-    def _threshold_reached(self, domain: str, recipient: str, decision: Decision, ts: int) -> int | None:
-        """The latest strike of a run of `threshold` strikes, all within `window` of each
-        other, that includes the strike at `ts`; None if there is none. Any window holding
-        `ts` counts, not only the one ending at it: webhook retries and several nodes
-        deliver events out of order, and the outcome must not depend on that order."""
-        times = [r[0] for r in self.conn.execute(
-            "SELECT at FROM strikes WHERE domain = ? AND recipient = ? AND reason = ? AND at > ? AND at < ? "
-            "ORDER BY at", (domain, recipient, decision.reason, ts - decision.window, ts + decision.window))]
-        latest = None
-        end = 0
-        for start, first in enumerate(times):
-            if first > ts:
-                break
-            while end < len(times) and times[end] < first + decision.window:
-                end += 1
-            if end - start >= decision.threshold and times[end - 1] >= ts:
-                latest = times[end - 1]
-        return latest
+    def _strike(self, domain: str, recipient: str, decision: Decision, event: Event, key: bytes,
+                evidence: dict, source: str, now: int, result: ApplyResult) -> None:
+        """A threshold rule: the entry is made of the *qualifying* strikes, those with at
+        least `threshold` strikes (themselves included) in the `window` up to them. Each
+        strike is applied once, when it first qualifies; since every strike keeps its
+        evidence, the same set of events gives the same entry in any arrival order
+        (webhook retries, several nodes). Only strikes within `window` after the new one
+        can start to qualify because of it."""
+        conn = self.conn
+        ts, window = event.timestamp, decision.window
+        conn.execute("INSERT OR IGNORE INTO strikes(domain, recipient, reason, at, key, evidence) "
+                     "VALUES (?, ?, ?, ?, ?, ?)", (domain, recipient, decision.reason, ts, key, json.dumps(evidence)))
+        rows = conn.execute(
+            "SELECT at, key, evidence FROM strikes WHERE domain = ? AND recipient = ? AND reason = ? "
+            "AND at > ? AND at < ? ORDER BY at", (domain, recipient, decision.reason, ts - window, ts + window)
+        ).fetchall()
+        times = [r[0] for r in rows]
+        qualified = False
+        for at, strike_key, strike_evidence in rows:
+            if at < ts:
+                continue
+            in_window = bisect.bisect_right(times, at) - bisect.bisect_right(times, at - window)
+            # an older strike qualified before this one arrived unless it has just reached the count
+            if in_window < decision.threshold or (strike_key != key and in_window != decision.threshold):
+                continue
+            qualified = True
+            expires = None if decision.ttl is None else at + decision.ttl
+            if expires is not None and expires <= now:
+                result.stale += 1
+                continue
+            ev = evidence if strike_key == key else json.loads(strike_evidence or "{}")
+            self._upsert(domain, recipient, decision.reason, source, at, expires, ev, None, now, result)
+        if not qualified:
+            result.below_threshold += 1
 
     def _upsert(self, domain: str, recipient: str, reason: str, source: str, when: int,
                 expires: int | None, evidence: dict, note: str | None, now: int,
@@ -402,7 +454,9 @@ class Store:
             return row["expires"] is None or row["expires"] > now
 
     def prune(self, now: int, seen_retention: int = 400 * 86400) -> int:
-        """Drop expired entries (with an `expire` history row each) and old event keys."""
+        """Drop expired entries (with an `expire` history row each), the keys of events
+        whose suppression ended more than `seen_retention` ago (a replay could change
+        nothing any more), and strikes that old."""
         with self.transaction():
             rows = self.conn.execute("SELECT domain, recipient, reason, expires FROM suppressions "
                                      "WHERE expires IS NOT NULL AND expires <= ?", (now,)).fetchall()
@@ -541,6 +595,27 @@ def _check_is_store(conn: sqlite3.Connection, path: Path, create: bool) -> None:
         row = None
     if row is None:
         raise _not_a_store(path, "an SQLite database without a store id")
+
+
+FINGERPRINT_BYTES = 4096
+# (device, inode, the file's first FINGERPRINT_BYTES bytes (fewer while it is shorter), path)
+FileIdentity = tuple[int, int, bytes, str]
+
+
+def file_identity(path: Path, fh=None) -> FileIdentity | None:
+    """Who a log file is: a checkpoint follows a file moved or hard-linked elsewhere, and
+    is not inherited by a file that replaces it under the same name (other inode) or
+    rewrites it in place (other first bytes). The store keeps a hash of the first bytes
+    and how many there were, so a file that grows keeps its identity."""
+    try:
+        if fh is None:
+            with open(path, "rb") as own:
+                return file_identity(path, own)
+        st = os.fstat(fh.fileno())
+        head = os.pread(fh.fileno(), FINGERPRINT_BYTES, 0)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, head, str(path)
 
 
 def now_ts() -> int:
