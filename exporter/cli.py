@@ -200,10 +200,10 @@ def _ingest(ctx: Context, store: Store, paths) -> None:
     click.echo(result.summary())
 
 
-def _export(ctx: Context, store: Store) -> None:
+def _export(ctx: Context, store: Store, force: bool) -> None:
     progress = _progress_printer()
     try:
-        result = export_snapshots(store, ctx.config,
+        result = export_snapshots(store, ctx.config, force=force,
                                   progress=(lambda i, n: progress("export", i, n)) if progress else None)
     finally:
         _end_progress(progress)
@@ -221,21 +221,27 @@ def ingest(ctx: Context, paths):
 
 
 @cli.command()
+@click.option("--force", is_flag=True,
+              help="Export even though the snapshot dir was written from another store and most of its "
+                   "snapshots would be removed.")
 @pass_ctx
-def export(ctx: Context):
+def export(ctx: Context, force):
     """Write one snapshot per sending domain; prints written / unchanged / removed."""
     with ctx.store() as store:
-        _export(ctx, store)
+        _export(ctx, store, force)
         _write_metrics(ctx, store)
 
 
 @cli.command()
+@click.option("--force", is_flag=True,
+              help="Export even though the snapshot dir was written from another store and most of its "
+                   "snapshots would be removed.")
 @pass_ctx
-def sync(ctx: Context):
+def sync(ctx: Context, force):
     """Ingest, then export (for cron or a systemd timer)."""
     with ctx.store(create=ctx.first_install()) as store:
         _ingest(ctx, store, ())
-        _export(ctx, store)
+        _export(ctx, store, force)
         _write_metrics(ctx, store)
 
 

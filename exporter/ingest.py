@@ -103,8 +103,10 @@ def ingest_lock(store_path: Path):
     with contextlib.ExitStack() as stack:
         try:
             stack.enter_context(exclusive(lock, "ingest"))
-        except OSError:
-            pass   # cannot lock here; _commit's checkpoint check still keeps counts exact
+        except OSError as err:
+            # cannot lock here (read-only dir; a symlink planted as the lock, never
+            # followed): _commit's checkpoint check still keeps counts exact
+            log.warning("%s: cannot take the ingest lock (%s); going on without it", lock, err.strerror)
         yield
 
 

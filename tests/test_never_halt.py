@@ -336,3 +336,99 @@ def test_threshold_entry_is_the_same_in_any_arrival_order(install, order):
     assert (entry["first_seen"], entry["last_seen"], entry["count"]) == (now - DAY, now - 3600, 2)
     assert entry["expires"] == now - 3600 + 30 * DAY
     assert entry["evidence"]["message_id"] == "e2"
+
+
+# ---------------------------------------------------------------------- 3. another store's manifest
+
+def test_export_from_another_store_that_would_remove_most_snapshots_needs_force(install):
+    for i in range(4):
+        install.ok("add", f"u@dest.example", "--domain", f"d{i}.example")
+    install.ok("export")
+    before = _snapshots(install)
+    install.db.unlink()
+    install.ok("init")                       # a lost store, re-created: empty
+    install.ok("add", "u@dest.example", "--domain", "d0.example")
+    for command in ("export", "sync"):
+        r = install.subprocess(command)
+        err = r.stderr.decode()
+        assert r.returncode == 3, err
+        assert "another store" in err and "--force" in err
+        assert _snapshots(install) == before
+    r = install.subprocess("export", "--force")
+    assert r.returncode == 0, r.stderr.decode()
+    assert sorted(p.name for p in install.snap_dir.iterdir()) == ["d0.example.json", "manifest.json"]
+
+
+# ---------------------------------------------------------------------- 4. files an export never wrote
+
+def test_export_never_touches_files_it_did_not_write(install):
+    install.snap_dir.mkdir()
+    theirs = {"queues.toml": b"[queue.default]\n", "shaping.toml": b"['example.com']\n",
+              "settings.json": b"{}\n", "example.com.toml": b"x = 1\n"}
+    for name, data in theirs.items():
+        (install.snap_dir / name).write_bytes(data)
+    install.ok("add", "u@dest.example", "--domain", "example.com")
+    install.ok("export")
+    install.ok("remove", "u@dest.example", "--domain", "example.com")
+    install.ok("export")
+    for name, data in theirs.items():
+        assert (install.snap_dir / name).read_bytes() == data, name
+    assert not (install.snap_dir / "example.com.json").exists(), "its own file goes"
+
+
+def test_a_domain_named_manifest_never_overwrites_the_manifest(install):
+    install.ok("add", "u@dest.example", "--domain", "manifest")
+    install.ok("add", "u@dest.example", "--domain", "example.com")
+    install.ok("export")
+    manifest = json.loads((install.snap_dir / "manifest.json").read_text())
+    assert manifest["format"] == "kumo-suppression-manifest"
+    assert install.ok("validate").exit_code == 0
+
+
+def test_the_snapshot_dir_holds_only_snapshots_and_the_manifest(install):
+    install.ok("add", "u@dest.example", "--domain", "example.com")
+    install.ok("export")
+    install.ok("sync")
+    assert sorted(p.name for p in install.snap_dir.iterdir()) == ["example.com.json", "manifest.json"]
+
+
+# ---------------------------------------------------------------------- 8. modes and symlinks
+
+def test_a_world_writable_export_dir_is_fixed_with_a_warning(install):
+    install.snap_dir.mkdir()
+    os.chmod(install.snap_dir, 0o777)
+    install.ok("add", "u@dest.example", "--domain", "example.com")
+    r = install.subprocess("export")
+    assert r.returncode == 0
+    assert "writable by group or others" in r.stderr.decode()
+    assert stat.S_IMODE(install.snap_dir.stat().st_mode) == 0o755
+
+
+def test_a_symlinked_lock_file_is_never_followed(install, tmp_path):
+    victim = tmp_path / "victim"
+    lock = install.db.with_name(install.db.name + ".ingest.lock")
+    lock.unlink(missing_ok=True)
+    lock.symlink_to(victim)
+    install.segment([f.bounce("u@dest.example")])
+    r = install.subprocess("ingest")
+    assert r.returncode == 0, r.stderr.decode()
+    assert not victim.exists(), "the lock was followed through the symlink"
+    assert install.check("u@dest.example") is not None
+
+
+# ---------------------------------------------------------------------- 12. the clock steps back
+
+def test_after_the_clock_steps_back_export_rewrites_what_check_sees_active(install):
+    from exporter.config import load_config
+    from exporter.export import export_snapshots
+    from exporter.store import Store
+    cfg = load_config(install.config_path)
+    now = int(time.time())
+    with Store.open(cfg.store.path, create=False) as store:
+        store.add_manual("short@dest.example", "example.com", "manual", 3600, None, now)
+        store.add_manual("long@dest.example", "example.com", "manual", None, None, now)
+        export_snapshots(store, cfg, now=now + 7200)           # the clock ran fast: short expired
+        assert "short@dest.example" not in install.snapshot("example.com")["recipients"]
+        assert store.get("short@dest.example", "example.com", now) is not None   # stepped back
+        export_snapshots(store, cfg, now=now)
+    assert "short@dest.example" in install.snapshot("example.com")["recipients"]
