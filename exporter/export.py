@@ -285,13 +285,19 @@ def _export(store: Store, directory: Path, fmt: str, gid: int | None, now: int,
             progress: Callable[[int, int], None] | None, force: bool) -> ExportResult:
     result = ExportResult()
     old = read_manifest(directory)
-    own_files = _own_files(old)
-    _guard_mass_removal(store, directory, old, own_files, now, force)
+    listed = _own_files(old)
+    _guard_mass_removal(store, directory, old, listed, now, force)
+    generations = store.domain_generations()
+    # the files this export may write are on record before the first is written, so the
+    # export after a killed one may remove them even though no manifest lists them
+    where = str(directory.absolute())
+    planned = {name for name in (snapshot_filename(d, fmt) for d in generations) if name and name != MANIFEST}
+    store.set_export_files(where, planned - store.export_files(where), replace=False)
+    own_files = listed | store.export_files(where)
     usable = old.get("store_id") == store.store_id and old.get("snapshot_format") == fmt
     old_domains = old.get("domains", {}) if usable and isinstance(old.get("domains"), dict) else {}
     generated_at = iso_now(now)
     domains: dict[str, dict] = {}
-    generations = store.domain_generations()
     for i, (domain, generation) in enumerate(sorted(generations.items())):
         if progress:
             progress(i + 1, len(generations))
@@ -350,6 +356,7 @@ def _export(store: Store, directory: Path, fmt: str, gid: int | None, now: int,
     if not usable or domains != old_domains or not (directory / MANIFEST).exists():
         data = json.dumps(manifest, indent=1, sort_keys=True).encode() + b"\n"
         atomic_write(directory / MANIFEST, lambda fh: fh.write(data), gid=gid)
+    store.set_export_files(where, [entry["file"] for entry in domains.values()], replace=True)
     return result
 
 

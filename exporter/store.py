@@ -239,6 +239,10 @@ class Store:
                               updated_at))
         conn.execute("DROP TABLE segments")
         conn.execute("ALTER TABLE segments_v2 RENAME TO segments")
+        # snapshot files an export of this store is about to write, per directory: an
+        # export killed before its manifest must not leave files no export may remove
+        conn.execute("CREATE TABLE export_files (directory TEXT NOT NULL, name TEXT NOT NULL, "
+                     "PRIMARY KEY (directory, name))")
 
     # ------------------------------------------------------------------ state
     def get_state(self, key: str) -> str | None:
@@ -261,6 +265,18 @@ class Store:
 
     def counters(self) -> dict[str, int]:
         return {r[0]: r[1] for r in self.conn.execute("SELECT name, value FROM counters")}
+
+    # ------------------------------------------------------------------ export files
+    def export_files(self, directory: str) -> set[str]:
+        return {r[0] for r in self.conn.execute("SELECT name FROM export_files WHERE directory = ?", (directory,))}
+
+    def set_export_files(self, directory: str, names: Iterable[str], *, replace: bool) -> None:
+        """Remember `names` (before writing them); `replace`: these are all there are."""
+        with self.transaction():
+            if replace:
+                self.conn.execute("DELETE FROM export_files WHERE directory = ?", (directory,))
+            self.conn.executemany("INSERT OR IGNORE INTO export_files(directory, name) VALUES (?, ?)",
+                                  [(directory, n) for n in names])
 
     # ------------------------------------------------------------------ segments
     def segment_checkpoint(self, identity: "FileIdentity", size: int) -> tuple[int, bool]:
