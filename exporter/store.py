@@ -27,6 +27,7 @@ from .records import Event
 from .rules import Decision
 
 SCHEMA_VERSION = 2
+WAL_SIZE_LIMIT = 4 << 20     # bytes of WAL kept after a checkpoint
 EVIDENCE = ("type", "message_id", "code", "enhanced_code", "content", "classification", "nodeid")
 _EV_COLS = ", ".join(f"ev_{c}" for c in EVIDENCE)
 
@@ -116,6 +117,9 @@ class Store:
                 _check_is_store(conn, path, create)
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
+                # a long-lived connection (the webhook writer, `run`) truncates the WAL to
+                # this each time it starts over after a complete checkpoint
+                conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
                 store = cls(conn, path)
                 store.migrate()
                 return store
@@ -136,6 +140,12 @@ class Store:
                 raise
 
     def close(self) -> None:
+        """A TRUNCATE checkpoint first, without waiting: a panel that held a long read
+        transaction made the WAL grow; once no reader needs it any more it shrinks to
+        nothing here instead of staying at its peak size."""
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.execute("PRAGMA busy_timeout=0")
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         self.conn.close()
 
     def __enter__(self):
@@ -554,16 +564,23 @@ class Store:
     def backup(self, target: os.PathLike | str) -> None:
         """A consistent copy (VACUUM INTO) with a store_id of its own: restored later, it
         must not trust the manifest of the newer store it replaces (its domain
-        generations would climb back to the same numbers with other entries)."""
+        generations would climb back to the same numbers with other entries). The copy
+        is created empty, 0600 and exclusively (never through a symlink) before SQLite
+        writes its first byte: another local user must never be able to open it."""
         target = Path(target)
-        if target.exists():
-            raise StoreError(f"{target}: already exists")
+        try:
+            os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600))
+        except FileExistsError:
+            raise StoreError(f"{target}: already exists") from None
+        except OSError as err:
+            raise StoreError(f"{target}: cannot create backup: {err.strerror}") from None
         try:
             self.conn.execute("VACUUM INTO ?", (str(target),))
-            os.chmod(target, 0o600)
             with contextlib.closing(sqlite3.connect(target)) as copy, copy:
                 copy.execute("UPDATE state SET value = ? WHERE key = 'store_id'", (uuid.uuid4().hex,))
         except sqlite3.Error as err:
+            with contextlib.suppress(OSError):
+                os.unlink(target)
             raise StoreError(f"{target}: backup failed: {err}") from None
 
 

@@ -380,9 +380,11 @@ def test_a_domain_named_manifest_never_overwrites_the_manifest(install):
     install.ok("add", "u@dest.example", "--domain", "manifest")
     install.ok("add", "u@dest.example", "--domain", "example.com")
     install.ok("export")
+    r = install.ok("export")
+    assert "written 0" in r.output, "the manifest is not a domain's file, rewritten every time"
     manifest = json.loads((install.snap_dir / "manifest.json").read_text())
     assert manifest["format"] == "kumo-suppression-manifest"
-    assert install.ok("validate").exit_code == 0
+    assert "manifest" not in manifest["domains"]
 
 
 def test_the_snapshot_dir_holds_only_snapshots_and_the_manifest(install):
@@ -432,3 +434,52 @@ def test_after_the_clock_steps_back_export_rewrites_what_check_sees_active(insta
         assert store.get("short@dest.example", "example.com", now) is not None   # stepped back
         export_snapshots(store, cfg, now=now)
     assert "short@dest.example" in install.snapshot("example.com")["recipients"]
+
+
+# ---------------------------------------------------------------------- 7. backup
+
+def test_backup_is_0600_from_its_first_byte(install, tmp_path):
+    from exporter.store import Store
+    install.ok("add", "u@dest.example", "--domain", "example.com")
+    target = tmp_path / "backup.db"
+    modes = set()
+
+    def watch():                   # SQLite calls this while VACUUM INTO writes the copy
+        if target.exists():
+            modes.add(stat.S_IMODE(target.stat().st_mode))
+        return 0
+    old = os.umask(0o022)
+    try:
+        with Store.open(install.db, create=False) as store:
+            store.conn.set_progress_handler(watch, 1)
+            store.backup(target)
+    finally:
+        os.umask(old)
+    assert modes == {0o600}, f"modes seen while the copy was written: {sorted(map(oct, modes))}"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+
+
+def test_backup_never_writes_through_a_symlink(install, tmp_path):
+    victim = tmp_path / "victim"
+    (tmp_path / "backup.db").symlink_to(victim)
+    r = install.subprocess("backup", str(tmp_path / "backup.db"))
+    assert r.returncode == 3 and not victim.exists()
+
+
+# ---------------------------------------------------------------------- 14. the WAL shrinks
+
+def test_the_wal_shrinks_once_a_long_reader_lets_go(install):
+    from exporter.store import Store
+    panel = sqlite3.connect(f"file:{install.db}?mode=ro", uri=True, isolation_level=None)
+    panel.execute("BEGIN")
+    panel.execute("SELECT COUNT(*) FROM suppressions").fetchone()    # holds its snapshot
+    wal = install.db.with_name(install.db.name + "-wal")
+    with Store.open(install.db, create=False) as store:
+        store.import_rows(((f"u{i}@dest.example", "example.com", "manual", 1, None) for i in range(30000)),
+                          int(time.time()))
+    grown = wal.stat().st_size
+    assert grown > 4 << 20
+    panel.execute("COMMIT")                                           # the panel lets go
+    install.ok("add", "x@dest.example", "--domain", "example.com")
+    assert wal.stat().st_size < 1 << 20, f"WAL still {wal.stat().st_size} bytes (was {grown})"
+    panel.close()
