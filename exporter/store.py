@@ -199,34 +199,34 @@ class Store:
             self.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def _create_v1(self) -> None:
-        if True:
-            db = self.db
-            db["suppressions"].create({
-                "domain": str, "recipient": str, "reason": str, "source": str,
-                "first_seen": int, "last_seen": int, "expires": int, "count": int,
-                **{f"ev_{c}": (int if c == "code" else str) for c in EVIDENCE},
-                "note": str, "updated_at": int,
-            }, pk=("domain", "recipient"), not_null={"reason", "source", "first_seen", "last_seen", "count"},
-                if_not_exists=True)
-            db["tombstones"].create({"domain": str, "recipient": str, "removed_at": int, "note": str},
-                                    pk=("domain", "recipient"), if_not_exists=True)
-            db["history"].create({"id": int, "at": int, "action": str, "domain": str, "recipient": str,
-                                  "reason": str, "source": str, "event_time": int, "expires": int,
-                                  "detail": str}, pk="id", if_not_exists=True)
-            db["seen_events"].create({"key": bytes, "at": int}, pk="key", if_not_exists=True)
-            db["strikes"].create({"domain": str, "recipient": str, "reason": str, "at": int, "key": bytes},
-                                 pk="key", if_not_exists=True)
-            db["domains"].create({"domain": str, "generation": int}, pk="domain", if_not_exists=True)
-            db["segments"].create({"path": str, "lines": int, "complete": int, "size": int,
-                                   "updated_at": int}, pk="path", if_not_exists=True)   # replaced in v2
-            db["counters"].create({"name": str, "value": int}, pk="name", if_not_exists=True)
-            db["state"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
-            self.conn.execute("CREATE INDEX IF NOT EXISTS suppressions_expires ON suppressions(expires)")
-            self.conn.execute("CREATE INDEX IF NOT EXISTS suppressions_reason ON suppressions(reason)")
-            self.conn.execute("CREATE INDEX IF NOT EXISTS history_pair ON history(domain, recipient)")
-            self.conn.execute("CREATE INDEX IF NOT EXISTS strikes_pair ON strikes(domain, recipient, at)")
-            self.conn.execute("CREATE INDEX IF NOT EXISTS seen_events_at ON seen_events(at)")
-            self.conn.execute("INSERT OR IGNORE INTO state(key, value) VALUES ('store_id', ?)", (uuid.uuid4().hex,))
+        """The v1 schema: a new store starts as v1 and is migrated like any other."""
+        db = self.db
+        db["suppressions"].create({
+            "domain": str, "recipient": str, "reason": str, "source": str,
+            "first_seen": int, "last_seen": int, "expires": int, "count": int,
+            **{f"ev_{c}": (int if c == "code" else str) for c in EVIDENCE},
+            "note": str, "updated_at": int,
+        }, pk=("domain", "recipient"), not_null={"reason", "source", "first_seen", "last_seen", "count"},
+            if_not_exists=True)
+        db["tombstones"].create({"domain": str, "recipient": str, "removed_at": int, "note": str},
+                                pk=("domain", "recipient"), if_not_exists=True)
+        db["history"].create({"id": int, "at": int, "action": str, "domain": str, "recipient": str,
+                              "reason": str, "source": str, "event_time": int, "expires": int,
+                              "detail": str}, pk="id", if_not_exists=True)
+        db["seen_events"].create({"key": bytes, "at": int}, pk="key", if_not_exists=True)
+        db["strikes"].create({"domain": str, "recipient": str, "reason": str, "at": int, "key": bytes},
+                             pk="key", if_not_exists=True)
+        db["domains"].create({"domain": str, "generation": int}, pk="domain", if_not_exists=True)
+        db["segments"].create({"path": str, "lines": int, "complete": int, "size": int,
+                               "updated_at": int}, pk="path", if_not_exists=True)   # replaced in v2
+        db["counters"].create({"name": str, "value": int}, pk="name", if_not_exists=True)
+        db["state"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
+        self.conn.execute("CREATE INDEX IF NOT EXISTS suppressions_expires ON suppressions(expires)")
+        self.conn.execute("CREATE INDEX IF NOT EXISTS suppressions_reason ON suppressions(reason)")
+        self.conn.execute("CREATE INDEX IF NOT EXISTS history_pair ON history(domain, recipient)")
+        self.conn.execute("CREATE INDEX IF NOT EXISTS strikes_pair ON strikes(domain, recipient, at)")
+        self.conn.execute("CREATE INDEX IF NOT EXISTS seen_events_at ON seen_events(at)")
+        self.conn.execute("INSERT OR IGNORE INTO state(key, value) VALUES ('store_id', ?)", (uuid.uuid4().hex,))
 
     def _migrate_v1_to_v2(self) -> None:
         """v2: a segment's checkpoint belongs to the file's identity (device, inode, a
