@@ -99,11 +99,6 @@ class Context:
         cfg = self.config
         return Store.open(cfg.store.path, create=create, busy_timeout=cfg.store.busy_timeout)
 
-    def first_install(self) -> bool:
-        """`ingest`/`sync` on a machine where the store's directory does not exist yet: a
-        first run, which may create the store. A store lost from its directory is not."""
-        return not self.config.store.path.parent.exists()
-
 
 pass_ctx = click.make_pass_decorator(Context)
 
@@ -215,7 +210,7 @@ def _export(ctx: Context, store: Store, force: bool) -> None:
 @pass_ctx
 def ingest(ctx: Context, paths):
     """Ingest the configured log dirs, or the given files/dirs (`-` reads JSONL from stdin)."""
-    with ctx.store(create=ctx.first_install()) as store:
+    with ctx.store() as store:
         _ingest(ctx, store, paths)
         _write_metrics(ctx, store)
 
@@ -239,7 +234,7 @@ def export(ctx: Context, force):
 @pass_ctx
 def sync(ctx: Context, force):
     """Ingest, then export (for cron or a systemd timer)."""
-    with ctx.store(create=ctx.first_install()) as store:
+    with ctx.store() as store:
         _ingest(ctx, store, ())
         _export(ctx, store, force)
         _write_metrics(ctx, store)
