@@ -21,13 +21,14 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator
 
 from . import csvrows
 from .config import MAX_DURATION, REASONS, Config, ConfigError, load_config, parse_duration
 from .export import ExportResult, export_snapshots
-from .ingest import Ingestor, IngestResult
+from .ingest import Ingestor, IngestResult, planned_files
 from .keys import operator_domain, operator_recipient
 from .records import MAX_TIMESTAMP
 from .store import Store
@@ -48,6 +49,17 @@ class BadRows(ValueError):
         self.problems = problems
         lines = problems + ([f"... and {more} more bad row(s)"] if more else [])
         super().__init__("\n".join(lines))
+
+
+@dataclass
+class IngestProgress:
+    """How far an ingest is: files and bytes done of those it found when it started
+    (sizes then), and the file at hand."""
+    files_total: int
+    bytes_total: int
+    files_done: int = 0
+    bytes_done: int = 0
+    current: str = ""
 
 
 class SuppressionList:
@@ -89,6 +101,15 @@ class SuppressionList:
         note, source, actor, now = _note(note), _source(source), _actor(actor), _now(now)
         self.store.add_manual(rcpt, dom, reason, lifetime, note, now, source=source, actor=actor)
         return self.check(rcpt, dom, now=now)
+
+    def lookup(self, recipient, domain, *, now=None) -> dict:
+        """Both answers as `check --json` prints them: check()'s entry, or {"suppressed":
+        False, recipient, domain}; and in both, the other sending domains that suppress
+        the recipient ("other_domains"), which is what a typo in the domain looks like."""
+        rcpt, dom, now = _recipient(recipient), _domain(domain), _now(now)
+        answer = self.check(rcpt, dom, now=now) or {"suppressed": False, "recipient": rcpt, "domain": dom}
+        answer["other_domains"] = [d for d in self.other_domains(rcpt, now=now) if d != dom]
+        return answer
 
     def check(self, recipient, domain, *, now=None) -> dict | None:
         """The `check --json` object of the entry that suppresses the pair (its own or its
@@ -186,19 +207,40 @@ class SuppressionList:
         return csvrows.write_rows(stream, self.store.iter_entries(_now(now)))
 
     # ------------------------------------------------------------------ jobs
-    def ingest(self, paths: Iterable[str] | None = None, *, progress=None) -> IngestResult:
-        """The configured log dirs, or the given files, directories and `-` (stdin)."""
-        ingestor = Ingestor(self.store, self.config, progress=progress)
-        if paths is None:
-            result = ingestor.ingest_configured()
-        else:
+    def ingest(self, paths: Iterable[str] | None = None, *,
+               progress: Callable[[IngestProgress], None] | None = None) -> IngestResult:
+        """The configured log dirs, or the given files, directories and `-` (stdin).
+        `progress(IngestProgress)` after each committed batch and each file."""
+        if paths is not None:
             paths = [str(p) for p in paths]
             for p in paths:
                 if p != "-" and not Path(p).exists():
                     raise ValueError(f"paths: {p}: no such file or directory")
-            result = ingestor.ingest_paths(paths)
+        ingestor = Ingestor(self.store, self.config, **(self._ingest_progress(paths, progress) if progress else {}))
+        result = ingestor.ingest_configured() if paths is None else ingestor.ingest_paths(paths)
         self._write_metrics()
         return result
+
+    def _ingest_progress(self, paths: list[str] | None, progress: Callable[[IngestProgress], None]) -> dict:
+        """The Ingestor's callbacks that keep an IngestProgress and hand it on."""
+        sizes: dict[Path, int] = {}
+        for path in planned_files(paths, self.config):
+            try:
+                sizes[path] = path.stat().st_size
+            except OSError:
+                sizes[path] = 0
+        state = IngestProgress(len(sizes), sum(sizes.values()))
+
+        def batch_done(origin: str, line: int) -> None:
+            state.current = origin
+            progress(state)
+
+        def file_done(path: Path) -> None:
+            state.files_done += 1
+            state.bytes_done += sizes.get(path, 0)
+            state.current = str(path)
+            progress(state)
+        return {"progress": batch_done, "file_done": file_done}
 
     def ingest_records(self, records: Iterable[dict], *, source="webhook") -> IngestResult:
         """Parsed log records (the webhook's payload), committed in one transaction."""
