@@ -233,11 +233,15 @@ def _stderr_on_a_terminal(install, *args, input_bytes=None) -> str:
 def test_progress_on_a_terminal_only(install, tmp_path):
     install.configure(ingest={"batch_lines": 2})
     install.segment([f.delivery(f"u{i}@example.net") for i in range(10)])
+    install.segment([f.delivery(f"w{i}@example.net") for i in range(10)])
     shown = _stderr_on_a_terminal(install, "ingest")
     assert "\r" in shown and "logs/" in shown, repr(shown)
+    assert "2/2 segments" in shown and "kB" in shown, "with totals: " + repr(shown)
     csv_in = tmp_path / "rows.csv"
     csv_in.write_text("".join(f"r{i}@example.net,example.com\n" for i in range(5)))
-    assert "import: 1" in _stderr_on_a_terminal(install, "import", csv_in)
+    shown = _stderr_on_a_terminal(install, "import", csv_in)
+    assert "import: 1" in shown and "import: 5/5" in shown, repr(shown)
+    assert "export: 1/1" in _stderr_on_a_terminal(install, "export")
     # not on a terminal (cron, systemd): no progress lines at all
     install.segment([f.delivery(f"v{i}@example.net") for i in range(10)])
     r = install.subprocess("ingest")
@@ -396,14 +400,3 @@ def test_verbose_says_which_config_and_store(install):
     assert str(install.config_path).encode() in r.stderr and str(install.db).encode() in r.stderr, r.stderr
     assert install.subprocess("stats").stderr == b""
 
-
-def test_progress_shows_totals_on_a_terminal(install, tmp_path):
-    install.configure(ingest={"batch_lines": 2})
-    install.segment([f.delivery(f"u{i}@example.net") for i in range(10)])
-    install.segment([f.delivery(f"w{i}@example.net") for i in range(10)])
-    shown = _stderr_on_a_terminal(install, "ingest")
-    assert "2/2 segments" in shown and "kB" in shown, repr(shown)
-    csv_in = tmp_path / "rows.csv"
-    csv_in.write_text("".join(f"r{i}@example.net,example.com\n" for i in range(5)))
-    assert "import: 5/5" in _stderr_on_a_terminal(install, "import", csv_in)
-    assert "export: 1/1" in _stderr_on_a_terminal(install, "export")
