@@ -21,7 +21,7 @@ import click
 from . import __version__
 from .config import REASONS, Config, ConfigError, find_config_path, load_config
 from .export import ExportError, snapshot_files, validate_snapshot_file
-from .facade import IngestProgress, SuppressionList
+from .facade import ArgumentError, IngestProgress, SuppressionList
 from .store import StoreError
 
 log = logging.getLogger("kumo_suppress")
@@ -66,7 +66,7 @@ class Group(click.Group):
             raise   # usage errors: click's own message and exit 2
         except UnicodeDecodeError as err:
             _die(f"input is not UTF-8 text ({err.reason} at byte {err.start})", EXIT_USAGE)
-        except ValueError as err:     # the library refused an argument: "<name>: <why>", one per line
+        except ArgumentError as err:     # the library refused an argument: "<name>: <why>", one per line
             _die("\n".join(_option_named(line) for line in str(err).splitlines()), EXIT_USAGE)
         except Exception as err:  # noqa: BLE001 - the contract: one line, never a traceback
             log.debug("unexpected error", exc_info=True)
@@ -236,7 +236,7 @@ def sync(ctx: Context):
 
 @cli.command()
 @pair_arguments
-@click.option("--reason", "-r", type=click.Choice(REASONS), default="manual", show_default=True)
+@click.option("--reason", "-r", default="manual", show_default=True, help=f"One of {', '.join(REASONS)}.")
 @click.option("--ttl", "-t", default=None, help='Lifetime like "30d" or "never" (default: [rules.ttl] of the reason).')
 @click.option("--note", "-n", default=None, help="Why (kept in the store and its history).")
 @pass_ctx
@@ -312,7 +312,7 @@ def check(ctx: Context, recipient, domain, as_json):
 
 @cli.command(name="list")
 @click.option("--domain", "-d", default=None, help="Only this sending domain.")
-@click.option("--reason", "-r", type=click.Choice(REASONS), default=None)
+@click.option("--reason", "-r", default=None, help=f"Only this reason ({', '.join(REASONS)}).")
 @click.option("--json", "as_json", is_flag=True, help="A JSON array of entries (as `check --json`).")
 @pass_ctx
 def list_(ctx: Context, domain, reason, as_json):
