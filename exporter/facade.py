@@ -107,19 +107,25 @@ class SuppressionList:
         return self.check(rcpt, dom, now=now)
 
     def lookup(self, recipient, domain, *, now=None) -> dict:
-        """Both answers as `check --json` prints them: check()'s entry, or {"suppressed":
-        False, recipient, domain}; and in both, the other sending domains that suppress
-        the recipient ("other_domains"), which is what a typo in the domain looks like."""
+        """Both answers as `check --json` prints them: check()'s object, or {"suppressed":
+        False, recipient, domain, other_domains}."""
         rcpt, dom, now = _recipient(recipient), _domain(domain), _now(now)
-        answer = self.check(rcpt, dom, now=now) or {"suppressed": False, "recipient": rcpt, "domain": dom}
-        answer["other_domains"] = [d for d in self.other_domains(rcpt, now=now) if d != dom]
-        return answer
+        return self.check(rcpt, dom, now=now) or {"suppressed": False, "recipient": rcpt, "domain": dom,
+                                                  "other_domains": self._other_domains(rcpt, dom, now)}
 
     def check(self, recipient, domain, *, now=None) -> dict | None:
         """The `check --json` object of the entry that suppresses the pair (its own or its
-        recipient domain's), or None."""
-        entry = self.store.get(_recipient(recipient), _domain(domain), _now(now))
-        return None if entry is None else _suppressed(entry)
+        recipient domain's), with the other sending domains that suppress the recipient
+        ("other_domains"), or None."""
+        rcpt, dom, now = _recipient(recipient), _domain(domain), _now(now)
+        entry = self.store.get(rcpt, dom, now)
+        if entry is None:
+            return None
+        return {**_suppressed(entry), "other_domains": self._other_domains(rcpt, dom, now)}
+
+    def _other_domains(self, recipient: str, domain: str, now: int) -> list[str]:
+        # a typo in the domain looks like this: suppressed, but for another one
+        return [d for d in self.store.suppressing_domains(recipient, now) if d != domain]
 
     def other_domains(self, recipient, *, now=None) -> list[str]:
         """The sending domains that suppress the recipient (or its whole domain)."""
@@ -150,7 +156,8 @@ class SuppressionList:
         return self.store.import_rows(rows, now, source=source, actor=actor)
 
     def entries(self, *, domain=None, recipient=None, reason=None, source=None, now=None) -> Iterator[dict]:
-        """Active entries (as check() shows them) in (domain, recipient) order, streamed."""
+        """Active entries (as check() shows them, without other_domains) in (domain,
+        recipient) order, streamed."""
         filters = _filters(domain, recipient, reason, source)
         return (_suppressed(e) for e in self.store.iter_entries(_now(now), **filters))
 
