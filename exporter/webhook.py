@@ -46,10 +46,11 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
 from .config import Config, ConfigError
+from .facade import ArgumentError, SuppressionList
 from .ingest import Ingestor
 from .keys import domain_key, recipient_key
 from .records import MalformedRecord, check_record
-from .store import Store, StoreError, now_ts
+from .store import Store, StoreError
 
 log = logging.getLogger("kumo_suppress.webhook")
 
@@ -472,7 +473,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._json(400, {"error": f"{rcpt_raw!r} is not an address or @domain"}, route)
             return
         try:
-            entry = self.read_store().get(rcpt, dom, now_ts())
+            entry = SuppressionList(self.server.config, self.read_store()).check(rcpt, dom)
+        except ArgumentError as err:
+            self._json(400, {"error": str(err)}, route)
+            return
         except (StoreError, sqlite3.Error) as err:
             self._drop_store()
             log.warning("read API: store not reachable: %s", err)
