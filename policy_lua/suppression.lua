@@ -237,7 +237,11 @@ local DURATION_UNITS = {
   ms = 0.001, msec = 0.001, millis = 0.001,
 }
 
-local function check_duration(what, v)
+-- kumod turns a ttl into a Rust Duration and adds it to Instant::now(): an absurd value
+-- (inf, NaN, centuries) panics there, so durations are bounded here, at new()
+local MAX_CHECK_INTERVAL = 86400 -- a day: a new export must be noticed the same day
+
+local function check_duration(what, v, max_seconds)
   local seconds
   if type(v) == 'number' then
     seconds = v
@@ -249,10 +253,20 @@ local function check_duration(what, v)
   if not seconds then
     opt_error(what, "expected a duration such as '5 seconds', got " .. tostring(v))
   end
-  if seconds <= 0 then
-    opt_error(what, 'must be positive')
+  if not (seconds > 0) then -- also NaN
+    opt_error(what, 'must be positive, got ' .. tostring(v))
+  end
+  if not (seconds <= max_seconds) then
+    opt_error(what, format('must be at most %d seconds, got %s', max_seconds, tostring(v)))
   end
   return seconds
+end
+
+-- queues kumod itself owns: 'null' discards, '<name>.log_hook' carries log hooks,
+-- '*.kumomta.internal' are the HTTP generator and the deferred SMTP injection queues
+local function is_kumod_internal_queue(name)
+  local key = lower(name)
+  return key == 'null' or match(key, '%.log_hook$') ~= nil or match(key, '%.kumomta%.internal$') ~= nil
 end
 
 local VALIDATORS = {
@@ -273,7 +287,9 @@ local VALIDATORS = {
     end
     opt_error(what, "expected 'from_header', 'sender' or 'meta:NAME', got " .. tostring(v))
   end,
-  check_interval = check_duration,
+  check_interval = function(what, v)
+    return check_duration(what, v, MAX_CHECK_INTERVAL)
+  end,
   smtp_action = function(what, v)
     if not ACTIONS[v] then
       opt_error(what, "expected 'reject', 'bounce', 'drop' or 'shadow', got " .. tostring(v))
@@ -291,6 +307,9 @@ local VALIDATORS = {
     check_string(what, v)
     if not match(v, '^[%w_%-%.]+$') then
       opt_error(what, 'expected a queue domain of letters, digits, _ - and ., got ' .. v)
+    end
+    if is_kumod_internal_queue(v) then
+      opt_error(what, v .. ' is a queue kumod uses itself; pick a name of your own')
     end
     return v
   end,
@@ -393,6 +412,15 @@ end
 
 ---------------------------------------------------------------------------- snapshots
 
+-- mlua hands a u64 above 2^63 (inode numbers on some file systems) to Lua as a float,
+-- which format('%d') refuses: such a number must still give a version string
+local function integer_text(n)
+  if mtype(n) == 'integer' then
+    return format('%d', n)
+  end
+  return format('%.0f', n)
+end
+
 local function valid_entry(e)
   -- entries are MemoizedTable userdata in kumod, tables elsewhere; anything else is junk
   local te = type(e)
@@ -407,6 +435,37 @@ local function valid_entry(e)
     return nil
   end
   return reason, since, expires
+end
+
+-- optional top-level fields: present means the exporter meant something by them, so a
+-- wrong type is a broken file, not a field to ignore
+local TOP_LEVEL_TYPES = { count = 'number', generated_at = 'string', domain = 'string' }
+
+local function top_level_problem(doc)
+  for name, expected in pairs(TOP_LEVEL_TYPES) do
+    local v = doc[name]
+    if v ~= nil and type(v) ~= expected then
+      return format('%s is a %s, expected a %s', name, type(v), expected)
+    end
+  end
+  return nil
+end
+
+-- recipients must be a map of recipient key -> entry. Runs once per file version (in
+-- the populate function), so a broken exporter is reported without costing lookups.
+local function recipients_problem(recipients)
+  if type(recipients) ~= 'table' then
+    return 'recipients is a ' .. type(recipients) .. ', expected a map'
+  end
+  for key, e in pairs(recipients) do
+    if type(key) ~= 'string' then
+      return 'recipients is an array, expected a map of recipient -> entry'
+    end
+    if not valid_entry(e) then
+      return format('entry %q has a wrong field type (reason: string, since: number, expires: number)', key)
+    end
+  end
+  return nil
 end
 
 -- the populate function of the snapshot memoize cache: runs once per (path, version),
@@ -439,10 +498,10 @@ local function make_loader()
       problem = 'format is ' .. tostring(doc.format) .. ', expected ' .. SNAPSHOT_FORMAT
     elseif doc.version ~= SNAPSHOT_VERSION then
       problem = 'unsupported version ' .. tostring(doc.version)
-    elseif type(doc.recipients) ~= 'table' then
-      problem = 'recipients is not a table'
     elseif doc.domain ~= nil and doc.domain ~= expected_domain then
       problem = 'domain is ' .. tostring(doc.domain) .. ', expected ' .. tostring(expected_domain)
+    else
+      problem = top_level_problem(doc) or recipients_problem(doc.recipients)
     end
     if problem then
       log_error(format('kumo-suppression: bad snapshot %s: %s; no suppression for %s', path, problem,
@@ -600,7 +659,8 @@ function mod:new(options)
         if not md.is_file then
           return 'x:' .. (md.is_dir and 'directory' or 'special') .. ':' .. tostring(md.ino)
         end
-        return format('f:%d:%d:%d', md.mtime.unix_timestamp_millis, md.len, md.ino)
+        return 'f:' .. integer_text(md.mtime.unix_timestamp_millis) .. ':' .. integer_text(md.len)
+          .. ':' .. integer_text(md.ino)
       end)
       if not ok2 then
         return false

@@ -54,6 +54,9 @@ MULTI_HANDLER_EVENTS = ("get_queue_config", "throttle_insert_ready_queue",
                         "requeue_message", "get_acl_definition")
 
 
+_I64_MAX = 2**63 - 1
+
+
 class LuaError(Exception):
     """An error that escaped a chunk run with Kumod.execute()."""
 
@@ -823,6 +826,7 @@ class Kumod:
         self.clock = clock or FakeClock()
         self.logs: list[tuple[str, str]] = []
         self.io_paths: list[str] = []      # every path the fakes touched (stat / load)
+        self.fake_inode: int | None = None  # reported by kumo.fs instead of the real inode
         self._msg_ids = 0
         self.lua = lua54.LuaRuntime(unpack_returned_tuples=True, register_eval=False)
         dirs = ([policy_dir] if policy_dir else []) + list(extra_paths)
@@ -870,8 +874,11 @@ class Kumod:
             st = os.stat(path) if follow else os.lstat(path)
         except OSError as err:
             return False, f"{err.strerror} (os error {err.errno})"
+        ino = st.st_ino if self.fake_inode is None else self.fake_inode
+        if ino > _I64_MAX:
+            ino = float(ino)  # mlua converts a u64 that does not fit an i64 to a Lua float
         return True, self.lua.table_from({
-            "len": st.st_size, "size": st.st_size, "ino": st.st_ino, "dev": st.st_dev,
+            "len": st.st_size, "size": st.st_size, "ino": ino, "dev": st.st_dev,
             "mode": st.st_mode, "nlink": st.st_nlink, "uid": st.st_uid, "gid": st.st_gid,
             "is_file": _stat.S_ISREG(st.st_mode), "is_dir": _stat.S_ISDIR(st.st_mode),
             "is_symlink": _stat.S_ISLNK(st.st_mode), "readonly": st.st_mode & 0o222 == 0,

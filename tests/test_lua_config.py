@@ -85,6 +85,16 @@ BAD_OPTIONS = [
     ({"snapshot_dir": "/x", "check_interval": "soon"}, "check_interval"),
     ({"snapshot_dir": "/x", "check_interval": 0}, "check_interval"),
     ({"snapshot_dir": "/x", "queue": "a/b"}, "queue"),
+    ({"snapshot_dir": "/x", "check_interval": "2 days"}, "check_interval: must be at most 86400"),
+    ({"snapshot_dir": "/x", "check_interval": float("inf")}, "check_interval: must be at most"),
+    ({"snapshot_dir": "/x", "check_interval": float("nan")}, "check_interval: must be positive"),
+    ({"snapshot_dir": "/x", "check_interval": "99999999999999999999 days"}, "check_interval"),
+    ({"snapshot_dir": "/x", "queue": "null"}, "queue: null is a queue kumod uses itself"),
+    ({"snapshot_dir": "/x", "queue": "NULL"}, "queue: NULL is a queue kumod uses itself"),
+    ({"snapshot_dir": "/x", "queue": "webhook.log_hook"}, "kumod uses itself"),
+    ({"snapshot_dir": "/x", "queue": "generator.kumomta.internal"}, "kumod uses itself"),
+    ({"snapshot_dir": "/x", "queue": "deferred_smtp_inject.kumomta.internal"}, "kumod uses itself"),
+    ({"snapshot_dir": "/x", "queue": False}, "queue"),
     ({"snapshot_dir": "/x", "name": "a.b"}, "name"),
     ({"snapshot_dir": "/x", "domain_meta": ""}, "domain_meta"),
     ({}, "snapshot"),
@@ -104,6 +114,13 @@ def test_bad_config_values_fail_at_new(world):
         Policy({"config": str(cfg)})
     write_config(cfg, export={"dir": "var/snapshots"}, policy={"reject_code": "550"})
     with pytest.raises(LuaError, match="policy.reject_code"):
+        Policy({"config": str(cfg)})
+
+
+def test_config_queue_null_refused_at_new(world):
+    root, cfg = world
+    write_config(cfg, export={"dir": "var/snapshots"}, policy={"queue": "null"})
+    with pytest.raises(LuaError, match="policy.queue: null is a queue kumod uses itself"):
         Policy({"config": str(cfg)})
 
 

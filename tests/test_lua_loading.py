@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from lua_support import DAY, NOW, Policy, entry, write_manifest, write_snapshot
+from lua_support import DAY, NOW, Policy, entry, snapshot_doc, write_manifest, write_snapshot
 
 
 @pytest.fixture
@@ -232,23 +232,70 @@ def test_missing_dir_fails_open_quietly(tmp_path):
     assert p.k.errors_logged == [] and p.lookup("first@example.net", "example.com") is None
 
 
-def test_wrong_field_types_are_ignored_not_crashes(snap):
-    write_snapshot(snap, "example.com", {
-        "good@example.net": entry(),
-        "str@example.net": "bounce",
-        "num@example.net": 42,
-        "list@example.net": [1, 2],
-        "noreason@example.net": {"since": NOW},
-        "badreason@example.net": {"reason": 5, "since": NOW},
-        "badsince@example.net": {"reason": "bounce", "since": "yesterday"},
-        "badexpires@example.net": {"reason": "bounce", "since": NOW, "expires": "never"},
-        "@bad.example": {"reason": ["x"], "since": NOW},
-    })
+BAD_ENTRIES = {
+    "str": "bounce",
+    "num": 42,
+    "list": [1, 2],
+    "noreason": {"since": NOW},
+    "badreason": {"reason": 5, "since": NOW},
+    "badsince": {"reason": "bounce", "since": "yesterday"},
+    "badexpires": {"reason": "bounce", "since": NOW, "expires": "never"},
+}
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_ENTRIES))
+def test_wrong_entry_field_types_fail_open_and_are_reported_once(snap, bad):
+    write_snapshot(snap, "example.com", {"good@example.net": entry(),
+                                         f"{bad}@example.net": BAD_ENTRIES[bad]})
     p = policy(snap)
-    assert rejected(p, "good@example.net")
-    for r in ("str", "num", "list", "noreason", "badreason", "badsince", "badexpires"):
-        assert not rejected(p, f"{r}@example.net"), r
-    assert not rejected(p, "x@bad.example")
+    for _ in range(3):
+        assert not rejected(p, "good@example.net") and not rejected(p, f"{bad}@example.net")
+    p.clock.advance(6)
+    assert not rejected(p, "good@example.net")
+    assert len(p.k.errors_logged) == 1, p.k.errors_logged
+    assert f"{bad}@example.net" in p.k.errors_logged[0] and "wrong field type" in p.k.errors_logged[0]
+    write_snapshot(snap, "example.com", {"good@example.net": entry()})
+    p.clock.advance(6)
+    assert rejected(p, "good@example.net"), "the next good version suppresses again"
+    assert len(p.k.errors_logged) == 1
+
+
+@pytest.mark.parametrize("recipients,needle", [
+    (["a@example.net"], "recipients is an array"),
+    ([{"reason": "bounce", "since": NOW}], "recipients is an array"),
+    ("a@example.net", "recipients is a string"),
+    (None, "recipients is a nil"),
+])
+def test_recipients_not_a_map_fails_open_and_is_reported_once(snap, recipients, needle):
+    doc = snapshot_doc("example.com", {})
+    doc["recipients"] = recipients
+    (snap / "example.com.json").write_text(json.dumps(doc))
+    p = policy(snap)
+    for _ in range(3):
+        assert not rejected(p, "a@example.net")
+        p.clock.advance(6)
+    assert len(p.k.errors_logged) == 1 and needle in p.k.errors_logged[0], p.k.errors_logged
+
+
+@pytest.mark.parametrize("field,value", [("count", "12"), ("generated_at", 5), ("domain", 7)])
+def test_wrong_top_level_field_type_fails_open_and_is_reported_once(snap, field, value):
+    doc = snapshot_doc("example.com", {"first@example.net": entry()})
+    doc[field] = value
+    (snap / "example.com.json").write_text(json.dumps(doc))
+    p = policy(snap)
+    assert not rejected(p, "first@example.net") and not rejected(p, "first@example.net")
+    assert len(p.k.errors_logged) == 1 and field in p.k.errors_logged[0], p.k.errors_logged
+
+
+def test_inode_above_2_63_still_gives_a_version(snap):
+    """mlua turns such an inode (u64) into a float; the domain must keep suppressing."""
+    p = policy(snap)
+    p.k.fake_inode = 2**64 - 5
+    assert rejected(p, "first@example.net")
+    write_snapshot(snap, "example.com", {"second@example.net": entry()})
+    os.utime(snap / "example.com.json", (1_700_000_000, 1_700_000_000))
+    p.clock.advance(6)
+    assert rejected(p, "second@example.net") and not rejected(p, "first@example.net")
     assert p.k.errors_logged == []
 
 
