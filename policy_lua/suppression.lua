@@ -72,7 +72,8 @@ Every checked message gets meta <domain_meta> = the sending-domain key used.
 
 Loading: the snapshot file's version (mtime, size, inode via kumo.fs) is memoized for
 check_interval; the snapshot itself is memoized by (path, version), so no message pays
-file IO and a new export is seen within check_interval. kumod without kumo.fs: the
+file IO and a new export is seen within check_interval. The number of memoize caches
+does not grow with the number of domains (see SHARED_SNAPSHOT_TTL below). kumod without kumo.fs: the
 version is the file's sha256 from manifest.json, itself memoized for check_interval.
 With kumo.fs, snapshot files must be regular files (a symlink is refused). Memoized
 tables are userdata in kumod: this module only indexes them.
@@ -99,13 +100,24 @@ local SNAPSHOT_VERSION = 1
 local MAX_RECIPIENT_LENGTH = 512 -- bytes, same limit as exporter/keys.py
 local MAX_DOMAIN_LENGTH = 253    -- bytes: no longer domain can name a snapshot file
 local DEFAULT_QUEUE = 'suppressed.kumo_suppression'
--- Each domain's snapshot has its own memoize cache holding one version: memoize evicts
--- only above capacity, so a new version replaces the old one at once and a large list
--- re-exported every minute is never held twice (one shared cache keyed by (path,
--- version) would keep every old copy until the ttl). The ttl only frees the memory of
--- a domain whose file went away. Each cache adds its own series to kumod's metrics.
-local SNAPSHOT_TTL = '1 day'
-local SNAPSHOT_VERSIONS = 1
+-- Snapshot caches. kumod lists every memoize cache in its metrics with ~15 series that
+-- are never removed, so the number of caches must not follow the number of domains.
+-- A cache keyed by (path, version) keeps an old version until its ttl (lruttl prunes
+-- expired entries every 30 s; its eviction is a sampled LRU that need not pick the old
+-- version), so:
+--  * files under LARGE_SNAPSHOT_BYTES (LARGE_SNAPSHOT_ENTRIES by the manifest's count)
+--    share ONE cache whose ttl bounds how long an old version stays (an unchanged file
+--    is re-read once per SHARED_SNAPSHOT_TTL);
+--  * a larger file has a cache of its own with capacity 1: a new version replaces the
+--    old one when it is loaded, so a large list is never held twice for longer than it
+--    takes to notice the new export (check_interval), and is never re-read unchanged.
+-- Caches thus follow the volume of data (at most one per large file; none at all with
+-- the exporter's sharded layout, whose files stay small), not the number of domains.
+local SHARED_SNAPSHOT_TTL = 300 -- seconds
+local LARGE_SNAPSHOT_BYTES = 1048576
+local LARGE_SNAPSHOT_ENTRIES = 10000 -- about 1 MiB of JSON
+local LARGE_SNAPSHOT_TTL = '1 day' -- frees the memory of a large file that went away
+local LOG_ONCE_TTL = '1 day'
 -- per Lua state: bounded, so hostile sending domains cannot grow these tables forever
 local MAX_DOMAINS_PER_STATE = 10000
 
@@ -475,7 +487,8 @@ local function make_loader()
     if version == false or version == nil then
       return false
     end
-    if sub(version, 1, 2) ~= 'f:' then
+    local kind = sub(version, 1, 2)
+    if kind ~= 'f:' and kind ~= 'L:' then
       log_error(format('kumo-suppression: %s is not a regular file (%s); no suppression for it', path, version))
       return false
     end
@@ -624,21 +637,27 @@ function mod:new(options)
   local prefix = 'user.kumo_suppression.' .. o.name
   local capacity = o.cache_capacity
   local loader = make_loader()
-  local loaders, nloaders = {}, 0
-  -- path -> the memoized loader of that one file (a cache per domain: see SNAPSHOT_VERSIONS)
-  local function loader_for(path)
-    local load = loaders[path]
+  local load_shared = kumo.memoize(loader, {
+    name = prefix .. '.snapshots', ttl = SHARED_SNAPSHOT_TTL, capacity = capacity,
+  })
+  local large_loaders, nlarge = {}, 0
+  -- the memoized loader for one version of one file (see SHARED_SNAPSHOT_TTL)
+  local function loader_for(path, version)
+    if sub(version, 1, 2) ~= 'L:' then
+      return load_shared
+    end
+    local load = large_loaders[path]
     if load == nil then
-      if nloaders >= MAX_DOMAINS_PER_STATE then
-        loaders, nloaders = {}, 0
+      if nlarge >= MAX_DOMAINS_PER_STATE then
+        large_loaders, nlarge = {}, 0
       end
       load = kumo.memoize(loader, {
-        name = prefix .. '.snapshot:' .. sub(path, #self.dir + 2),
-        ttl = SNAPSHOT_TTL,
-        capacity = SNAPSHOT_VERSIONS,
+        name = prefix .. '.large_snapshot:' .. sub(path, #self.dir + 2),
+        ttl = LARGE_SNAPSHOT_TTL,
+        capacity = 1,
       })
-      loaders[path] = load
-      nloaders = nloaders + 1
+      large_loaders[path] = load
+      nlarge = nlarge + 1
     end
     return load
   end
@@ -659,8 +678,9 @@ function mod:new(options)
         if not md.is_file then
           return 'x:' .. (md.is_dir and 'directory' or 'special') .. ':' .. tostring(md.ino)
         end
-        return 'f:' .. integer_text(md.mtime.unix_timestamp_millis) .. ':' .. integer_text(md.len)
-          .. ':' .. integer_text(md.ino)
+        local size = md.len
+        return (size >= LARGE_SNAPSHOT_BYTES and 'L:' or 'f:') .. integer_text(md.mtime.unix_timestamp_millis)
+          .. ':' .. integer_text(size) .. ':' .. integer_text(md.ino)
       end)
       if not ok2 then
         return false
@@ -672,7 +692,7 @@ function mod:new(options)
     local log_once = kumo.memoize(function(text)
       log_error(text)
       return true
-    end, { name = prefix .. '.log_once', ttl = SNAPSHOT_TTL, capacity = 64 })
+    end, { name = prefix .. '.log_once', ttl = LOG_ONCE_TTL, capacity = 64 })
     local serde = kumo.serde
     local json_load = (serde and serde.json_load) or kumo.json_load
     local get_manifest = kumo.memoize(function(dir)
@@ -693,9 +713,10 @@ function mod:new(options)
       local versions = {}
       for domain, info in pairs(doc.domains) do
         if type(domain) == 'string' and type(info) == 'table' then
-          local file, sha = info.file, info.sha256
+          local file, sha, count = info.file, info.sha256, info.count
           if type(sha) == 'string' and (file == nil or type(file) == 'string') then
-            versions[file or domain] = 'f:' .. sha
+            local large = type(count) == 'number' and count >= LARGE_SNAPSHOT_ENTRIES
+            versions[file or domain] = (large and 'L:' or 'f:') .. sha
           end
         end
       end
@@ -718,7 +739,7 @@ function mod:new(options)
     if not version then
       return nil
     end
-    local recipients = loader_for(path)(path, version)
+    local recipients = loader_for(path, version)(path, version)
     if not recipients then
       return nil
     end

@@ -11,7 +11,9 @@ correct (see /work/shared/kumomta-facts.md and the KumoMTA sources it cites):
 * `kumo.memoize(fn, {name, ttl, capacity})`: process-wide caches by name, keyed by the
   call's arguments, TTL on the fake clock, LRU capacity. A returned table comes back as a
   `MemoizedTable` USERDATA (index / # / pairs work; rawget, next, table.* and
-  type() == 'table' do not). Userdata results cannot be memoized. Errors are not cached.
+  type() == 'table' do not). Userdata results cannot be memoized. A failed populate is
+  cached for 60 s whatever the ttl, expired entries are pruned every 30 s (lruttl).
+  `metric_series()`: the Prometheus series kumod would list for those caches.
 * `kumo.fs.metadata_for_path` / `symlink_metadata_for_path`: userdata with len/size/ino/
   mtime (a Time userdata with unix_timestamp / unix_timestamp_millis)/is_file/...;
   unknown fields and missing paths raise. `with_fs=False` removes `kumo.fs`.
@@ -55,6 +57,7 @@ MULTI_HANDLER_EVENTS = ("get_queue_config", "throttle_insert_ready_queue",
 
 
 _I64_MAX = 2**63 - 1
+SERIES_PER_MEMOIZE_CACHE = 15
 
 
 class LuaError(Exception):
@@ -340,6 +343,20 @@ end
 
 local CACHES = {}
 S.CACHES = CACHES
+local FAILED_POPULATE_TTL = 60       -- lruttl: a failed populate stays cached 60 s
+local PRUNE_INTERVAL = 30            -- lruttl's prune_expired_caches task runs every 30 s
+local next_prune = OPT.now + PRUNE_INTERVAL
+local function prune_expired()
+  if NOW < next_prune then return end
+  next_prune = NOW + PRUNE_INTERVAL
+  for _, cache in pairs(CACHES) do
+    for e in next, cache.entries do
+      if NOW >= e.expires then
+        e.node[e.key] = nil; cache.entries[e] = nil; cache.count = cache.count - 1
+      end
+    end
+  end
+end
 local NIL = {}                     -- argument key for nil
 local MEMO_FIELDS = {name = true, ttl = true, capacity = true, invalidate_with_epoch = true,
   populate_timeout = true, retry_on_populate_timeout = true, allow_stale_reads = true}
@@ -395,31 +412,38 @@ function kumo.memoize(fn, params)
       node = nxt
     end
     local last = n == 0 and NIL or arg_key((select(n, ...)))
+    prune_expired()
     local e = node[last]
     if e ~= nil and NOW < e.expires then
       cache.hits = cache.hits + 1
       cache.tick = cache.tick + 1; e.used = cache.tick
+      if e.failed then raise(e.failed) end
       return e.value
     end
     cache.misses = cache.misses + 1
     local r = tpack(pcall(fn, ...))
-    if not r[1] then
+    local value, failed
+    if r[1] then
+      if r.n <= 2 then value = r[2] else value = {tunpack(r, 2, r.n)} end  -- several values: one table
+      local ok, err = pcall(check_freezable, value, 0)
+      if not ok then failed = tostring(err) end
+    else
       local err = r[2]
       if mt_of(err) == RejectMT then err = REJ[err].text end   -- a reject becomes a plain error
-      raise('memoize ' .. name .. ': ' .. tostring(err))
+      failed = 'memoize ' .. name .. ': ' .. tostring(err)
     end
-    local value
-    if r.n <= 2 then value = r[2] else value = {tunpack(r, 2, r.n)} end  -- several values: one table
-    check_freezable(value, 0)
-    if type(value) == 'table' then value = proxy_of(value) end
+    if type(value) == 'table' and not failed then value = proxy_of(value) end
     if e == nil then
       if cache.count >= capacity then evict_one() end
       e = {node = node, key = last}
       node[last] = e; cache.entries[e] = true; cache.count = cache.count + 1
     end
-    e.value = value; e.expires = NOW + ttl
+    -- lruttl keeps a failed populate as the entry's state for 60 s, whatever the ttl
+    e.value, e.failed = (not failed) and value or nil, failed
+    e.expires = NOW + (failed and FAILED_POPULATE_TTL or ttl)
     cache.tick = cache.tick + 1; e.used = cache.tick
     cache.populated = cache.populated + 1
+    if failed then raise(failed) end
     return value
   end
 end
@@ -945,6 +969,18 @@ class Kumod:
 
     def memo_names(self) -> list[str]:
         return sorted(self._S.CACHES.keys())
+
+    def metric_series(self) -> int:
+        """Series in kumod's metrics for these caches: lruttl labels 11 metrics by cache
+        name (lookup, evict, expire, hit, miss, insert, populated, error, stale,
+        waiting_populate, cache_size), mod-memoize 4 more; none is ever removed."""
+        return SERIES_PER_MEMOIZE_CACHE * len(self.memo_names())
+
+    def lua_memory_bytes(self) -> int:
+        """Bytes in use by this Lua state after a full collection (memoized data included:
+        the stand-in keeps it in Lua, kumod in Rust)."""
+        return int(self.execute("collectgarbage('collect'); collectgarbage('collect') "
+                                "return collectgarbage('count') * 1024"))
 
     def logged(self, level: str | None = None) -> list[str]:
         return [t for (lv, t) in self.logs if level is None or lv == level]

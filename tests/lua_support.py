@@ -18,6 +18,10 @@ QUEUE = "suppressed.kumo_suppression"
 DAY = 86400
 # a fixed "now" so dates in reject texts are predictable: 2026-11-26T00:00:00Z
 NOW = 1795651200
+# the module's cache policy (policy_lua/suppression.lua): files from this size on get a
+# cache of their own; smaller ones share one whose ttl is SHARED_SNAPSHOT_TTL seconds
+LARGE_SNAPSHOT_BYTES = 1048576
+SHARED_SNAPSHOT_TTL = 300
 
 
 def snapshot_doc(domain: str, recipients: dict, **overrides) -> dict:
@@ -62,6 +66,11 @@ def write_config(path: Path, **sections) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(tomli_w.dumps(sections))
     return path
+
+
+def large_recipients(n: int = 20000) -> dict:
+    """Enough entries for a snapshot file of more than LARGE_SNAPSHOT_BYTES."""
+    return {f"bulk{i}@example.net": entry() for i in range(n)}
 
 
 def entry(reason: str = "bounce", since: int = NOW - 10 * DAY, expires: int | None = None) -> dict:
