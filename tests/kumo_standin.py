@@ -36,8 +36,10 @@ no allocation, so benchmarks measure the module, not the stand-in.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import stat as _stat
 import time as _time
 import tomllib
@@ -578,15 +580,18 @@ local function make_addr(text)
 end
 S.make_addr = make_addr
 
--- From header: a mailbox list; .domain/.user/.email need exactly one mailbox
+-- From header (HeaderAddressList): .list flattens groups; .domain/.user/.email/.name
+-- need exactly one entry that is a mailbox, not a group
 local HDR = setmetatable({}, {__mode = 'k'})
 local HeaderMT = {__name = 'AddressList'}
 HeaderMT.__index = function(u, k)
-  local list = HDR[u]
-  if k == 'list' then return list end
+  local parsed = HDR[u]
+  if k == 'list' then return parsed.list end
   if k == 'domain' or k == 'user' or k == 'email' or k == 'name' then
-    if #list ~= 1 then raise('address list has ' .. #list .. ' entries, expected exactly one mailbox') end
-    return list[1][k]
+    if not parsed.simple then
+      raise(#parsed.list == 0 and 'no addresses' or 'is not a simple single address')
+    end
+    return parsed.list[1][k]
   end
   raise("attempt to get an unknown field '" .. tostring(k) .. "'")
 end
@@ -680,7 +685,7 @@ MessageMT.__index = function(u, k)
 end
 MessageMT.__tostring = function(u) return 'Message: ' .. MSG[u].id end
 
--- from: nil (no header) | false (unparseable) | list of {name, user, domain, email}
+-- from: nil (no header) | false (unparseable) | {simple =, list = {{name, user, domain, email}...}}
 function S.make_message(id, sender, rcpts, from_raw, from, meta)
   local u = new_ud(MessageMT)
   MSG[u] = {id = id, sender = sender, rcpt = rcpts, rcpt_ud = {}, from_raw = from_raw,
@@ -773,37 +778,208 @@ def _ret(value, n: int) -> tuple:
     return (t + (None,) * n)[:n]
 
 
-def _parse_from(value: str | None):
-    """(list of mailboxes) | None (no header) | False (unparseable), ASCII only and simple:
-    `Name <user@domain>`, `user@domain`, several separated by commas outside quotes/<>."""
+# ----------------------------------------------------------------------------- From header
+# msg:from_header() in kumod: mailparsing parses the RAW header value as an RFC 5322
+# address-list (obsolete forms included), decoding RFC 2047 encoded words in display
+# names; the result (crates/message/src/address.rs HeaderAddressList) answers
+# .user/.domain/.email/.name only when it is exactly one mailbox, not a group, and
+# raises otherwise; .list flattens groups. The parser below follows that grammar.
+
+class _FromSyntaxError(ValueError):
+    pass
+
+
+_ATEXT = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~")
+_ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([QqBb])\?([^?\s]*)\?=")
+
+
+def _is_atext(ch: str) -> bool:
+    return ch in _ATEXT or ord(ch) > 127      # RFC 6532: UTF-8 is atext too
+
+
+def _tokens(value: str) -> list[tuple[str, str]]:
+    """(kind, text): atom, quoted, literal, or a special character; CFWS dropped."""
+    out, i, n = [], 0, len(value)
+    while i < n:
+        ch = value[i]
+        if ch in " \t\r\n":
+            i += 1
+        elif ch == "(":
+            depth = 0
+            while i < n:
+                c = value[i]
+                if c == "\\":
+                    i += 1
+                elif c == "(":
+                    depth += 1
+                elif c == ")":
+                    depth -= 1
+                    if depth == 0:
+                        break
+                i += 1
+            if i >= n:
+                raise _FromSyntaxError("unterminated comment")
+            i += 1
+        elif ch == '"':
+            j, text = i + 1, []
+            while j < n and value[j] != '"':
+                if value[j] == "\\" and j + 1 < n:
+                    j += 1
+                text.append(value[j])
+                j += 1
+            if j >= n:
+                raise _FromSyntaxError("unterminated quoted string")
+            out.append(("quoted", "".join(text)))
+            i = j + 1
+        elif ch == "[":
+            j = value.find("]", i)
+            if j < 0:
+                raise _FromSyntaxError("unterminated domain literal")
+            out.append(("literal", value[i:j + 1]))
+            i = j + 1
+        elif _is_atext(ch):
+            j = i
+            while j < n and _is_atext(value[j]):
+                j += 1
+            out.append(("atom", value[i:j]))
+            i = j
+        elif ch in '<>@,;:.':
+            out.append((ch, ch))
+            i += 1
+        else:
+            raise _FromSyntaxError(f"unexpected {ch!r}")
+    return out
+
+
+def _decode_encoded_word(atom: str) -> str | None:
+    m = _ENCODED_WORD.fullmatch(atom)
+    if not m:
+        return None
+    charset, enc, text = m.groups()
+    if enc in "Qq":
+        raw = re.sub(rb"=([0-9A-Fa-f]{2})", lambda x: bytes([int(x.group(1), 16)]),
+                     text.replace("_", " ").encode("ascii", "replace"))
+    else:
+        raw = base64.b64decode(text + "=" * (-len(text) % 4))
+    return raw.decode(charset, "replace")
+
+
+def _phrase_text(words: list[tuple[str, str]]) -> str:
+    """A display name: encoded words decoded and joined without the space between two
+    of them; an obs-phrase '.' stays attached to the word before it."""
+    parts, prev_encoded = [], False
+    for kind, text in words:
+        decoded = _decode_encoded_word(text) if kind == "atom" else None
+        if parts and kind != "." and not (prev_encoded and decoded is not None):
+            parts.append(" ")
+        parts.append(decoded if decoded is not None else text)
+        prev_encoded = decoded is not None
+    return "".join(parts)
+
+
+class _FromParser:
+    def __init__(self, value: str):
+        self.toks = _tokens(value)
+        self.pos = 0
+
+    def peek(self) -> str | None:
+        return self.toks[self.pos][0] if self.pos < len(self.toks) else None
+
+    def take(self, kind: str | None = None) -> tuple[str, str]:
+        if self.pos >= len(self.toks) or (kind and self.toks[self.pos][0] != kind):
+            raise _FromSyntaxError(f"expected {kind or 'more'}")
+        self.pos += 1
+        return self.toks[self.pos - 1]
+
+    def words(self) -> list[tuple[str, str]]:
+        out = []
+        while self.peek() in ("atom", "quoted", "."):   # obs-phrase allows '.'
+            out.append(self.take())
+        return out
+
+    def domain(self) -> str:
+        if self.peek() == "literal":
+            return self.take()[1]
+        parts = [self.take("atom")[1]]
+        while self.peek() == ".":
+            self.take(".")
+            parts.append(self.take("atom")[1])   # a trailing dot is no domain
+        return ".".join(parts)
+
+    @staticmethod
+    def local_part(words: list[tuple[str, str]]) -> str:
+        # word *("." word), obs-local-part included; a phrase of bare words is no local part
+        if not words or len(words) % 2 == 0:
+            raise _FromSyntaxError("bad local part")
+        for i, (kind, _) in enumerate(words):
+            if (i % 2 == 1) != (kind == "."):
+                raise _FromSyntaxError("bad local part")
+        return "".join(text for _, text in words)
+
+    def angle_addr(self) -> tuple[str, str]:
+        self.take("<")
+        if self.peek() == "@":                          # obs-route: @a,@b:
+            while self.peek() in ("@", ","):
+                if self.take()[0] == "@":
+                    self.domain()
+            self.take(":")
+        user = self.local_part(self.words())
+        self.take("@")
+        domain = self.domain()
+        self.take(">")
+        return user, domain
+
+    def mailbox(self, words: list[tuple[str, str]]) -> dict:
+        if self.peek() == "<":
+            user, domain = self.angle_addr()
+            name = _phrase_text(words) if words else None
+        else:
+            user = self.local_part(words)
+            self.take("@")
+            domain = self.domain()
+            name = None
+        return {"name": name, "user": user, "domain": domain, "email": _email(user, domain)}
+
+    def address_list(self) -> dict:
+        entries = []
+        while True:
+            words = self.words()
+            if self.peek() == ":":                      # group: name: [mailbox-list] ;
+                self.take(":")
+                members = []
+                while self.peek() != ";":
+                    members.append(self.mailbox(self.words()))
+                    if self.peek() != ",":
+                        break
+                    self.take(",")
+                self.take(";")
+                entries.append(("group", members))
+            else:
+                entries.append(("mailbox", [self.mailbox(words)]))
+            if self.peek() is None:
+                break
+            self.take(",")
+        simple = len(entries) == 1 and entries[0][0] == "mailbox"
+        return {"simple": simple, "list": [m for _, members in entries for m in members]}
+
+
+def _email(user: str, domain: str) -> str:
+    dot_atom = user and all(part and all(_is_atext(c) for c in part) for part in user.split("."))
+    if dot_atom:
+        return f"{user}@{domain}"
+    quoted = user.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{quoted}"@{domain}'
+
+
+def parse_from_header(value: str | None):
+    """None (no header) | False (kumod's parser raises) | {"simple": bool, "list": [mailbox]}
+    where a mailbox is {name, user, domain, email} as HeaderAddress gives them."""
     if value is None:
         return None
-    parts, depth, quote, cur = [], 0, False, ""
-    for ch in value:
-        if ch == '"':
-            quote = not quote
-        elif not quote and ch == "<":
-            depth += 1
-        elif not quote and ch == ">":
-            depth -= 1
-        if ch == "," and not quote and depth == 0:
-            parts.append(cur)
-            cur = ""
-        else:
-            cur += ch
-    parts.append(cur)
-    out = []
-    for part in parts:
-        part = part.strip()
-        name = None
-        if part.endswith(">") and "<" in part:
-            name = part[:part.rindex("<")].strip().strip('"') or None
-            part = part[part.rindex("<") + 1:-1]
-        user, at, domain = part.rpartition("@")
-        if not at or not user or not domain or " " in domain:
-            return False
-        out.append({"name": name, "user": user, "domain": domain, "email": f"{user}@{domain}"})
-    return out
+    try:
+        return _FromParser(value).address_list()
+    except _FromSyntaxError:
+        return False
 
 
 class Message:
@@ -995,7 +1171,7 @@ class Kumod:
         if isinstance(recipients, str):
             recipients = [recipients]
         self._msg_ids += 1
-        parsed = _parse_from(from_header)
+        parsed = parse_from_header(from_header)
         from_lua = None if parsed is None else (False if parsed is False else self.to_lua(parsed))
         ud = self._S.make_message(f"msg{self._msg_ids}", sender, self.to_lua(list(recipients)),
                                   from_header, from_lua, self.to_lua(meta or {}))

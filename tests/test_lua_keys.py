@@ -6,7 +6,7 @@ import json
 import pytest
 
 from kumo_standin import Kumod
-from lua_support import POLICY_DIR, PROJECT
+from lua_support import POLICY_DIR, PROJECT, Policy
 
 VECTORS = json.loads((PROJECT / "tests" / "vectors" / "normalization.json").read_text())
 
@@ -40,3 +40,18 @@ def test_snapshot_filename(lua, case):
 def test_vectors_cover_the_tricky_cases():
     inputs = {c["input"] for c in VECTORS["recipient_key"]}
     assert "<<user@example.net>>" in inputs and "ÜSER@Exämple.NET" in inputs
+
+
+FALLBACK = "fallback.example"
+
+
+@pytest.mark.parametrize("case", VECTORS["from_header"], ids=lambda c: repr(c["header"]))
+def test_sending_domain_from_the_from_header(tmp_path, case):
+    """`header` is the raw header kumod's msg:from_header() parses (RFC 2047 encoded
+    words in it; `logged` is the same value as kumod logs it, decoded); `domain` is the
+    sending-domain key, null when kumod gives no single From domain (several mailboxes,
+    a group, a parse error): the module then keys by the envelope sender's domain."""
+    p = Policy({"snapshot_dir": str(tmp_path)})
+    result, msg = p.http("user@example.net", sender=f"bounces@{FALLBACK}", from_header=case["header"])
+    assert result.ok
+    assert msg.meta["x_suppression_domain"] == (case["domain"] or FALLBACK)
