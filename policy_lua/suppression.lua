@@ -414,7 +414,8 @@ local function read_config(path)
       end
     end
   end
-  -- relative paths in the config are relative to the config file's directory
+  -- relative paths in the config are relative to the directory of the config path as
+  -- given, symlinks not followed (Lua cannot realpath; the exporter does the same)
   local dir = out.snapshot_dir
   if dir and byte(dir, 1) ~= 47 then
     out.snapshot_dir = dirname(path) .. '/' .. dir

@@ -149,3 +149,21 @@ def test_new_must_run_at_load_time_not_in_handlers(world):
     msg = k.make_message("b@example.com", ["user@example.net"], from_header="a@example.com")
     result = k.http_inject(msg)
     assert result.status == "failed" and "within the event handler" in result.error
+
+
+def test_config_through_a_symlink_resolves_against_the_path_as_given(tmp_path):
+    """kumod's Lua cannot realpath, so relative paths in the config are relative to the
+    directory of the config path as given (symlinks not followed), on both sides."""
+    from exporter.config import load_config
+
+    real, given = tmp_path / "real", tmp_path / "etc"
+    write_config(real / "config.toml", export={"dir": "var/snapshots"})
+    write_snapshot(real / "var" / "snapshots", "example.com", {"target@example.net": entry()})
+    write_snapshot(given / "var" / "snapshots", "example.com", {"given@example.net": entry()})
+    link = given / "config.toml"
+    link.symlink_to(real / "config.toml")
+
+    assert load_config(link).export.dir == given / "var" / "snapshots"
+    p = Policy({"config": str(link)})
+    assert p.http("given@example.net")[0].rejected
+    assert p.http("target@example.net")[0].ok
