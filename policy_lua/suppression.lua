@@ -73,8 +73,8 @@ Every checked message gets meta <domain_meta> = the sending-domain key used.
 Loading: the snapshot file's version (mtime, size, inode via kumo.fs) is memoized for
 check_interval; the snapshot itself is memoized by (path, version), so no message pays
 file IO and a new export is seen within check_interval. The number of memoize caches
-does not grow with the number of domains (see SHARED_SNAPSHOT_TTL below). kumod without kumo.fs: the
-version is the file's sha256 from manifest.json, itself memoized for check_interval.
+does not grow with the number of domains (see "snapshots" below). kumod without
+kumo.fs: the version is the file's sha256 from manifest.json, memoized for check_interval.
 With kumo.fs, snapshot files must be regular files (a symlink is refused). Memoized
 tables are userdata in kumod: this module only indexes them.
 
@@ -82,65 +82,249 @@ Fail open: a missing dir or file means no suppression; an unreadable, corrupt or
 wrong-version snapshot means no suppression for that domain and one kumo.log_error per
 bad file version. Nothing but the deliberate kumo.reject ever escapes check_*; bad
 options are reported by new(), at policy load time.
+
+Reading order: the per-message path first (check_message), then the keys, the snapshots
+(every memoize cache and file format detail), the reject text, the options and new().
 ]]
 local kumo = require 'kumo'
 
 local mod = {}
 mod.__index = mod
 
-local type, pcall, tostring, tonumber, error, select = type, pcall, tostring, tonumber, error, select
+local type, pcall, tostring, tonumber, error, pairs = type, pcall, tostring, tonumber, error, pairs
 local lower, sub, find, match, format, byte =
   string.lower, string.sub, string.find, string.match, string.format, string.byte
 local os_time, os_date = os.time, os.date
 local concat = table.concat
 local mtype = math.type
 
-local SNAPSHOT_FORMAT = 'kumo-suppression-snapshot'
-local SNAPSHOT_VERSION = 1
+local DEFAULT_QUEUE = 'suppressed.kumo_suppression'
 local MAX_RECIPIENT_LENGTH = 512 -- bytes, same limit as exporter/keys.py
 local MAX_DOMAIN_LENGTH = 253    -- bytes: no longer domain can name a snapshot file
-local DEFAULT_QUEUE = 'suppressed.kumo_suppression'
--- Snapshot caches. kumod lists every memoize cache in its metrics with ~15 series that
--- are never removed, so the number of caches must not follow the number of domains.
--- A cache keyed by (path, version) keeps an old version until its ttl (lruttl prunes
--- expired entries every 30 s; its eviction is a sampled LRU that need not pick the old
--- version), so:
---  * files under LARGE_SNAPSHOT_BYTES (LARGE_SNAPSHOT_ENTRIES by the manifest's count)
---    share ONE cache whose ttl bounds how long an old version stays (an unchanged file
---    is re-read once per SHARED_SNAPSHOT_TTL);
---  * a larger file has a cache of its own with capacity 1: a new version replaces the
---    old one when it is loaded, so a large list is never held twice for longer than it
---    takes to notice the new export (check_interval), and is never re-read unchanged.
--- Caches thus follow the volume of data (at most one per large file; none at all with
--- the exporter's sharded layout, whose files stay small), not the number of domains.
-local SHARED_SNAPSHOT_TTL = 300 -- seconds
-local LARGE_SNAPSHOT_BYTES = 1048576
-local LARGE_SNAPSHOT_ENTRIES = 10000 -- about 1 MiB of JSON
-local LARGE_SNAPSHOT_TTL = '1 day' -- frees the memory of a large file that went away
-local LOG_ONCE_TTL = '1 day'
 -- per Lua state: bounded, so hostile sending domains cannot grow these tables forever
 local MAX_DOMAINS_PER_STATE = 10000
 
-local DEFAULTS = {
-  format = 'json',
-  sending_domain = 'from_header',
-  check_interval = 5, -- seconds
-  smtp_action = 'bounce',
-  http_action = 'reject',
-  reject_code = 550,
-  reject_text = '5.7.1 recipient suppressed for {domain}: {reason} since {since}',
-  domain_meta = 'x_suppression_domain',
-  name = 'default',
-  cache_capacity = 100000,
-}
+-- defined further down; declared here so that the per-message path reads first
+local recipient_key, domain_key, sending_domain, recipients_of, suppressed_recipients, describe
+local log_error, log_info
 
-local ACTIONS = { reject = true, bounce = true, drop = true, shadow = true }
+---------------------------------------------------------------------------- the per-message path
 
--- module-level registry (per Lua state: kumod loads the policy once per state)
-local CONFIGURED_NAMES, CONFIGURED_QUEUES = {}, {}
+-- Everything one check does, inside the pcall of mod:_check. Returns the reject text when
+-- the caller must kumo.reject, nothing otherwise.
+local function check_message(self, msg, action)
+  local dkey = sending_domain(self, msg)
+  if dkey == nil then
+    return nil
+  end
+  msg:set_meta(self.domain_meta, dkey)
+  local snapshot = self.snapshots.open(dkey)
+  if snapshot == nil then
+    return nil -- no usable snapshot: nothing to check against
+  end
+  local verdict = suppressed_recipients(self.snapshots, snapshot, recipients_of(msg))
+  if verdict == nil then
+    return nil
+  end
+  if action == 'shadow' then
+    msg:set_meta('x_suppressed', verdict.entry.reason)
+    if verdict.hits then
+      msg:set_meta('x_suppressed_recipients', verdict.hits)
+    end
+    log_info(format('kumo-suppression: shadow: would suppress %s for %s', describe(verdict), dkey))
+    return nil
+  end
+  if verdict.kept then -- some recipients remain: drop the suppressed ones, deliver the rest
+    msg:set_recipient(verdict.kept)
+    msg:set_meta('x_suppressed_recipients', verdict.hits)
+    return nil
+  end
+  if action == 'drop' then
+    msg:set_meta('queue', 'null')
+    return nil
+  end
+  local text = self.reject_text(dkey, verdict.entry, verdict.email)
+  if action == 'reject' then
+    return text
+  end
+  msg:set_meta('x_suppression_text', text) -- bounce: the queue's delivery rejects with it
+  msg:set_meta('queue', self.queue)
+  return nil
+end
+
+-- nil when no recipient is suppressed, else { email =, entry = } of the first suppressed
+-- recipient (entry = its snapshot entry: reason, since, expires) and, for a message with
+-- several recipients, hits = { {recipient =, reason =, since =, expires =}... } and
+-- kept = the other recipients (nil when every one is suppressed). One recipient, the
+-- usual case, allocates nothing unless it is suppressed.
+function suppressed_recipients(snapshots, snapshot, list)
+  local n = #list
+  if n <= 1 then
+    local email = n == 1 and list[1].email or nil
+    local entry = snapshots.find(snapshot, recipient_key(email))
+    return entry and { email = email, entry = entry } or nil
+  end
+  local verdict, hits, kept = nil, {}, {}
+  for i = 1, n do
+    local email = list[i].email
+    local entry = snapshots.find(snapshot, recipient_key(email))
+    if entry then
+      verdict = verdict or { email = email, entry = entry, hits = hits }
+      hits[#hits + 1] = { recipient = email, reason = entry.reason, since = entry.since, expires = entry.expires }
+    else
+      kept[#kept + 1] = email
+    end
+  end
+  if verdict and #kept > 0 then
+    verdict.kept = kept
+  end
+  return verdict
+end
+
+function mod:_check(msg, action)
+  local ok, reject_text = pcall(check_message, self, msg, action)
+  if not ok then
+    -- never let a broken snapshot or odd message turn into a transient failure
+    pcall(log_error, 'kumo-suppression: check failed, message passed unchecked: ' .. tostring(reject_text))
+    return
+  end
+  if reject_text then
+    kumo.reject(self.code, reject_text) -- deliberately outside the pcall
+  end
+end
+
+function mod:check_smtp(msg, conn_meta)
+  return self:_check(msg, self.smtp_action)
+end
+
+function mod:check_http(msg)
+  return self:_check(msg, self.http_action)
+end
+
+function describe(verdict)
+  local hits = verdict.hits
+  if hits == nil then
+    return verdict.email .. ' (' .. verdict.entry.reason .. ')'
+  end
+  local parts = {}
+  for i = 1, #hits do
+    parts[i] = hits[i].recipient .. ' (' .. hits[i].reason .. ')'
+  end
+  return concat(parts, ', ')
+end
+
+-- the active entry for (recipient, sending domain), or nil; never raises
+local function find_entry(self, recipient, domain)
+  local dkey = domain_key(domain)
+  local snapshot = dkey and self.snapshots.open(dkey)
+  if snapshot == nil then
+    return nil
+  end
+  return self.snapshots.find(snapshot, recipient_key(recipient))
+end
+
+-- lookup(recipient, domain) -> {reason=, since=, expires=} (a plain table) or nil
+function mod:lookup(recipient, domain)
+  local ok, entry = pcall(find_entry, self, recipient, domain)
+  if not ok or entry == nil then
+    return nil
+  end
+  return { reason = entry.reason, since = entry.since, expires = entry.expires }
+end
+
+---------------------------------------------------------------------------- RCPT TO
+
+local SENDER_META = 'x_suppression_sender_domain'
+
+function mod:_return_path_domain(address)
+  local key = domain_key(address.domain)
+  return key and self.aliases[key] or key
+end
+
+local function remember_sender_domain(self, sender, conn_meta)
+  conn_meta:set_meta(SENDER_META, self:_return_path_domain(sender) or '')
+end
+
+function mod:mail_from(sender, conn_meta)
+  pcall(remember_sender_domain, self, sender, conn_meta)
+end
+
+-- the reject text for a suppressed RCPT TO, or nil
+local function rcpt_verdict(self, rcpt, conn_meta)
+  local dkey = conn_meta:get_meta(SENDER_META)
+  if type(dkey) ~= 'string' or dkey == '' then
+    return nil
+  end
+  local email = rcpt.email
+  local entry = find_entry(self, email, dkey)
+  if entry == nil then
+    return nil
+  end
+  if self.smtp_action == 'shadow' then
+    log_info(format('kumo-suppression: shadow: would refuse RCPT TO %s for %s (%s)', email, dkey, entry.reason))
+    return nil
+  end
+  return self.reject_text(dkey, entry, email)
+end
+
+function mod:rcpt_to(rcpt, conn_meta)
+  if self.source ~= 'sender' then
+    return
+  end
+  local ok, text = pcall(rcpt_verdict, self, rcpt, conn_meta)
+  if ok and text then
+    kumo.reject(self.code, text) -- deliberately outside the pcall
+  end
+end
+
+---------------------------------------------------------------------------- messages
+
+local function from_header_domain(msg)
+  local from = msg:from_header()
+  return from and from.domain
+end
+
+-- The sending-domain key of a message. The envelope sender's domain goes through
+-- [keys.aliases] (return-path domain -> sending domain), exactly as the exporter keys
+-- records whose domain comes from a return path.
+function sending_domain(self, msg)
+  local source = self.source
+  if source == 'from_header' then
+    local ok, d = pcall(from_header_domain, msg)
+    if ok and type(d) == 'string' and d ~= '' then
+      return domain_key(d)
+    end
+    return self:_return_path_domain(msg:sender())
+  elseif source == 'sender' then
+    return self:_return_path_domain(msg:sender())
+  end
+  return domain_key(msg:get_meta(self.source_meta))
+end
+
+-- msg:recipient_list() exists since kumod 2025.12.02; before it, msg:recipient() is the
+-- one recipient (and in between it may be an array)
+local function recipient_list(msg)
+  return msg:recipient_list()
+end
+local has_recipient_list = true -- per Lua state; false once this kumod showed it lacks it
+
+function recipients_of(msg)
+  if has_recipient_list then
+    local ok, list = pcall(recipient_list, msg)
+    if ok and type(list) == 'table' then
+      return list
+    end
+    has_recipient_list = false
+  end
+  local r = msg:recipient()
+  if type(r) == 'table' then
+    return r
+  end
+  return { r }
+end
 
 -- log helpers: kumo.log_* exist since 2025.03.19; older kumod gets print
-local function log_error(text)
+function log_error(text)
   local f = kumo.log_error
   if f then
     f(text)
@@ -148,7 +332,8 @@ local function log_error(text)
     print('ERROR ' .. text)
   end
 end
-local function log_info(text)
+
+function log_info(text)
   local f = kumo.log_info
   if f then
     f(text)
@@ -159,10 +344,10 @@ end
 
 ---------------------------------------------------------------------------- keys
 
--- Recipient key (PRODUCT.md section 3): strip surrounding whitespace and one pair of
+-- Recipient key: strip surrounding whitespace and one pair of
 -- <>, ASCII-lowercase. nil for something that cannot be a recipient (same rules as
 -- exporter/keys.py recipient_key).
-local function recipient_key(address)
+function recipient_key(address)
   if type(address) ~= 'string' then
     return nil
   end
@@ -179,7 +364,7 @@ mod.recipient_key = recipient_key
 
 -- Sending-domain key: ASCII-lowercased, one trailing dot removed. nil when empty or
 -- longer than any domain can be (same rules as exporter/keys.py domain_key).
-local function domain_key(domain)
+function domain_key(domain)
   if type(domain) ~= 'string' or #domain > 2 * MAX_DOMAIN_LENGTH then
     return nil
   end
@@ -226,7 +411,391 @@ function mod.snapshot_filename(domain, fmt)
   return nil
 end
 
+---------------------------------------------------------------------------- snapshots
+-- Every memoize cache and every detail of the snapshot files lives in this section.
+--
+-- kumod lists every memoize cache in its metrics with ~15 series that are never
+-- removed, so the number of caches must not follow the number of domains. A cache
+-- keyed by (path, version) keeps an old version until its ttl (lruttl prunes expired
+-- entries every 30 s; its eviction is a sampled LRU that need not pick the old
+-- version), so:
+--  * files under LARGE_SNAPSHOT_BYTES (LARGE_SNAPSHOT_ENTRIES by the manifest's count)
+--    share ONE cache whose ttl bounds how long an old version stays (an unchanged file
+--    is re-read once per SHARED_SNAPSHOT_TTL);
+--  * a larger file has a cache of its own with capacity 1: a new version replaces the
+--    old one when it is loaded, so a large list is never held twice for longer than it
+--    takes to notice the new export (check_interval), and is never re-read unchanged.
+-- Caches thus follow the volume of data (at most one per large file), not the number
+-- of domains.
+local SNAPSHOT_FORMAT = 'kumo-suppression-snapshot'
+local SNAPSHOT_VERSION = 1
+local SHARED_SNAPSHOT_TTL = 300 -- seconds
+local LARGE_SNAPSHOT_BYTES = 1048576
+local LARGE_SNAPSHOT_ENTRIES = 10000 -- about 1 MiB of JSON
+local LARGE_SNAPSHOT_TTL = '1 day' -- frees the memory of a large file that went away
+local LOG_ONCE_TTL = '1 day'
+-- a version string: 'f:...' a regular file, 'L:...' a large one, 'x:...' not a file
+local REGULAR, LARGE = 'f:', 'L:'
+
+-- mlua hands a u64 above 2^63 (inode numbers on some file systems) to Lua as a float,
+-- which format('%d') refuses: such a number must still give a version string
+local function integer_text(n)
+  if mtype(n) == 'integer' then
+    return format('%d', n)
+  end
+  return format('%.0f', n)
+end
+
+local function valid_entry(e)
+  -- entries are MemoizedTable userdata in kumod, tables elsewhere; anything else is junk
+  local te = type(e)
+  if te ~= 'userdata' and te ~= 'table' then
+    return false
+  end
+  local expires = e.expires
+  return type(e.reason) == 'string' and type(e.since) == 'number'
+    and (expires == nil or type(expires) == 'number')
+end
+
+-- optional top-level fields: present means the exporter meant something by them, so a
+-- wrong type is a broken file, not a field to ignore
+local TOP_LEVEL_TYPES = { count = 'number', generated_at = 'string', domain = 'string' }
+
+-- why a decoded document is not a usable snapshot of expected_domain, or nil. Runs once
+-- per file version (in the populate function), so lookups can trust every entry.
+local function snapshot_problem(doc, expected_domain)
+  if type(doc) ~= 'table' then
+    return 'not a ' .. SNAPSHOT_FORMAT .. ' document'
+  elseif doc.format ~= SNAPSHOT_FORMAT then
+    return 'format is ' .. tostring(doc.format) .. ', expected ' .. SNAPSHOT_FORMAT
+  elseif doc.version ~= SNAPSHOT_VERSION then
+    return 'unsupported version ' .. tostring(doc.version)
+  elseif doc.domain ~= nil and doc.domain ~= expected_domain then
+    return 'domain is ' .. tostring(doc.domain) .. ', expected ' .. tostring(expected_domain)
+  end
+  for name, expected in pairs(TOP_LEVEL_TYPES) do
+    local v = doc[name]
+    if v ~= nil and type(v) ~= expected then
+      return format('%s is a %s, expected a %s', name, type(v), expected)
+    end
+  end
+  local recipients = doc.recipients
+  if type(recipients) ~= 'table' then
+    return 'recipients is a ' .. type(recipients) .. ', expected a map'
+  end
+  for key, e in pairs(recipients) do
+    if type(key) ~= 'string' then
+      return 'recipients is an array, expected a map of recipient -> entry'
+    end
+    if not valid_entry(e) then
+      return format('entry %q has a wrong field type (reason: string, since: number, expires: number)', key)
+    end
+  end
+  return nil
+end
+
+-- the populate function of the snapshot caches: runs once per (path, version), which
+-- makes "one kumo.log_error per bad file version" hold process-wide. Never raises
+-- (kumod would keep the error for 60 s): a broken file is a cached false.
+local function load_snapshot(path, version)
+  if version == false or version == nil then
+    return false
+  end
+  local kind = sub(version, 1, 2)
+  if kind ~= REGULAR and kind ~= LARGE then
+    log_error(format('kumo-suppression: %s is not a regular file (%s); no suppression for it', path, version))
+    return false
+  end
+  local expected_domain = match(path, '([^/]*)%.%a+$')
+  local serde = kumo.serde
+  local loader
+  if match(path, '%.(%a+)$') == 'toml' then
+    loader = (serde and serde.toml_load) or kumo.toml_load
+  else
+    loader = (serde and serde.json_load) or kumo.json_load
+  end
+  local ok, doc = pcall(loader, path)
+  local problem
+  if ok then
+    problem = snapshot_problem(doc, expected_domain)
+  else
+    problem = tostring(doc)
+  end
+  if problem then
+    log_error(format('kumo-suppression: bad snapshot %s: %s; no suppression for %s', path, problem,
+      tostring(expected_domain)))
+    return false
+  end
+  -- only the recipients map is kept: one table indexed by recipient key
+  return doc.recipients
+end
+
+-- version_of(path) -> version string or false, memoized for check_interval: from
+-- kumo.fs (mtime, size, inode; no symlinks), or from manifest.json's sha256 per file
+local function version_source(o, prefix, dir)
+  local fs = kumo.fs
+  if fs and fs.metadata_for_path then
+    local stat = fs.symlink_metadata_for_path or fs.metadata_for_path
+    local function describe_file(md)
+      if md.is_symlink then
+        return 'x:symlink'
+      end
+      if not md.is_file then
+        return 'x:' .. (md.is_dir and 'directory' or 'special') .. ':' .. tostring(md.ino)
+      end
+      local size = md.len
+      return (size >= LARGE_SNAPSHOT_BYTES and LARGE or REGULAR) .. integer_text(md.mtime.unix_timestamp_millis)
+        .. ':' .. integer_text(size) .. ':' .. integer_text(md.ino)
+    end
+    return kumo.memoize(function(path)
+      local ok, md = pcall(stat, path)
+      if not ok then
+        return false -- missing: no suppression, nothing to log
+      end
+      local ok2, version = pcall(describe_file, md)
+      return ok2 and version
+    end, { name = prefix .. '.version', ttl = o.check_interval, capacity = o.cache_capacity })
+  end
+  local log_once = kumo.memoize(function(text)
+    log_error(text)
+    return true
+  end, { name = prefix .. '.log_once', ttl = LOG_ONCE_TTL, capacity = 64 })
+  local serde = kumo.serde
+  local json_load = (serde and serde.json_load) or kumo.json_load
+  local get_manifest = kumo.memoize(function(manifest_dir)
+    local mpath = manifest_dir .. '/manifest.json'
+    local ok, doc = pcall(json_load, mpath)
+    if not ok then
+      local text = tostring(doc)
+      -- a missing manifest is just "nothing exported yet"
+      if not find(text, 'No such file', 1, true) and not find(text, 'os error 2', 1, true) then
+        log_once('kumo-suppression: cannot read ' .. mpath .. ': ' .. text)
+      end
+      return false
+    end
+    if type(doc) ~= 'table' or type(doc.domains) ~= 'table' then
+      log_once('kumo-suppression: ' .. mpath .. ' is not a kumo-suppression manifest')
+      return false
+    end
+    local versions = {}
+    for domain, info in pairs(doc.domains) do
+      if type(domain) == 'string' and type(info) == 'table' then
+        local file, sha, count = info.file, info.sha256, info.count
+        if type(sha) == 'string' and (file == nil or type(file) == 'string') then
+          local large = type(count) == 'number' and count >= LARGE_SNAPSHOT_ENTRIES
+          versions[file or domain] = (large and LARGE or REGULAR) .. sha
+        end
+      end
+    end
+    return versions
+  end, { name = prefix .. '.manifest', ttl = o.check_interval, capacity = 16 })
+  local base_start = #dir + 2
+  return function(path)
+    local versions = get_manifest(dir)
+    return versions and versions[sub(path, base_start)] or false
+  end
+end
+
+-- The snapshots of one instance: open(dkey) -> the snapshot of that sending domain or
+-- nil (two memoize hits, no file IO); find(snapshot, rkey) -> the active entry for
+-- recipient key rkey (its own entry, else its domain's '@domain' entry) or nil.
+local function new_snapshots(o, prefix)
+  local dir, ext = o.snapshot_dir, o.format
+  local version_of = version_source(o, prefix, dir)
+  local load_shared = kumo.memoize(load_snapshot, {
+    name = prefix .. '.snapshots', ttl = SHARED_SNAPSHOT_TTL, capacity = o.cache_capacity,
+  })
+  local large_loaders, nlarge = {}, 0
+  local function loader_for(path, version)
+    if sub(version, 1, 2) ~= LARGE then
+      return load_shared
+    end
+    local load = large_loaders[path]
+    if load == nil then
+      if nlarge >= MAX_DOMAINS_PER_STATE then
+        large_loaders, nlarge = {}, 0
+      end
+      load = kumo.memoize(load_snapshot, {
+        name = prefix .. '.large_snapshot:' .. sub(path, #dir + 2), ttl = LARGE_SNAPSHOT_TTL, capacity = 1,
+      })
+      large_loaders[path] = load
+      nlarge = nlarge + 1
+    end
+    return load
+  end
+  local paths, npaths = {}, 0 -- per state: domain key -> snapshot path
+  local function path_of(dkey)
+    local path = paths[dkey]
+    if path == nil then
+      if not mod.is_plain_hostname(dkey) then
+        return nil -- never cached: hostile names must not fill this table
+      end
+      if npaths >= MAX_DOMAINS_PER_STATE then
+        paths, npaths = {}, 0
+      end
+      path = dir .. '/' .. dkey .. '.' .. ext
+      paths[dkey] = path
+      npaths = npaths + 1
+    end
+    return path
+  end
+
+  local snapshots = {}
+  function snapshots.npaths() -- how many domain paths this state remembers
+    return npaths
+  end
+  function snapshots.open(dkey)
+    local path = path_of(dkey)
+    local version = path and version_of(path)
+    if not version then
+      return nil
+    end
+    return loader_for(path, version)(path, version) or nil
+  end
+  function snapshots.find(recipients, rkey)
+    if rkey == nil then
+      return nil
+    end
+    local now
+    local e = recipients[rkey]
+    if e ~= nil then
+      now = os_time()
+      local expires = e.expires
+      if expires == nil or expires > now then
+        return e
+      end
+    end
+    local at = match(rkey, '@[^@]*$')
+    e = at and recipients[at]
+    if e ~= nil then
+      local expires = e.expires
+      if expires == nil or expires > (now or os_time()) then
+        return e
+      end
+    end
+    return nil
+  end
+  return snapshots
+end
+
+---------------------------------------------------------------------------- reject text
+
+-- "since" as YYYY-MM-DD (UTC), cached per day: os.date is the costly part of a text
+local day_strings, ndays = {}, 0
+local function day_string(since)
+  if type(since) ~= 'number' then
+    return 'unknown'
+  end
+  local day = since // 86400
+  local text = day_strings[day]
+  if text == nil then
+    if ndays >= 4096 then
+      day_strings, ndays = {}, 0
+    end
+    text = os_date('!%Y-%m-%d', math.floor(since))
+    day_strings[day] = text
+    ndays = ndays + 1
+  end
+  return text
+end
+
+local PLACEHOLDERS = { domain = true, reason = true, since = true, recipient = true }
+
+-- compile_template(reject_text) -> text(dkey, entry, recipient): the template is split
+-- once into literals and {placeholder} markers (unknown placeholders stay as written).
+-- The compiler knows whether a text depends on the recipient: when it does not, texts
+-- repeat (same domain, reason and day for every message to a suppressed address) and
+-- are kept per state, so a repeat costs three table reads and allocates nothing.
+local function compile_template(template)
+  local parts, pos, per_recipient = {}, 1, false
+  while true do
+    local s, e, name = find(template, '{(%w+)}', pos)
+    if not s then
+      break
+    end
+    if s > pos then
+      parts[#parts + 1] = sub(template, pos, s - 1)
+    end
+    parts[#parts + 1] = PLACEHOLDERS[name] and { name } or sub(template, s, e)
+    per_recipient = per_recipient or name == 'recipient'
+    pos = e + 1
+  end
+  if pos <= #template then
+    parts[#parts + 1] = sub(template, pos)
+  end
+
+  local n, buf = #parts, {}
+  local function build(dkey, entry, recipient)
+    for i = 1, n do
+      local part = parts[i]
+      if type(part) == 'table' then
+        local name = part[1]
+        if name == 'domain' then
+          part = tostring(dkey)
+        elseif name == 'reason' then
+          part = tostring(entry.reason)
+        elseif name == 'since' then
+          part = day_string(entry.since)
+        else
+          part = tostring(recipient or '')
+        end
+      end
+      buf[i] = part
+    end
+    return concat(buf, '', 1, n)
+  end
+  if per_recipient then
+    return build
+  end
+
+  local cache, ntexts = {}, 0 -- dkey -> reason -> day -> text, bounded per state
+  return function(dkey, entry, recipient)
+    local reason, since = entry.reason, entry.since
+    local day = type(since) == 'number' and since // 86400 or 'unknown'
+    local by_reason = cache[dkey]
+    local by_day = by_reason and by_reason[reason]
+    local text = by_day and by_day[day]
+    if text then
+      return text
+    end
+    text = build(dkey, entry, recipient)
+    if ntexts >= MAX_DOMAINS_PER_STATE then
+      cache, ntexts, by_reason = {}, 0, nil
+    end
+    if not by_reason then
+      by_reason = {}
+      cache[dkey] = by_reason
+    end
+    by_day = by_reason[reason]
+    if not by_day then
+      by_day = {}
+      by_reason[reason] = by_day
+    end
+    by_day[day] = text
+    ntexts = ntexts + 1
+    return text
+  end
+end
+
 ---------------------------------------------------------------------------- options
+
+local DEFAULTS = {
+  format = 'json',
+  sending_domain = 'from_header',
+  check_interval = 5, -- seconds
+  smtp_action = 'bounce',
+  http_action = 'reject',
+  reject_code = 550,
+  reject_text = '5.7.1 recipient suppressed for {domain}: {reason} since {since}',
+  domain_meta = 'x_suppression_domain',
+  name = 'default',
+  cache_capacity = 100000,
+}
+
+local ACTIONS = { reject = true, bounce = true, drop = true, shadow = true }
+
+-- module-level registry (per Lua state: kumod loads the policy once per state)
+local CONFIGURED_NAMES, CONFIGURED_QUEUES = {}, {}
 
 local function opt_error(what, detail)
   error(format('kumo-suppression: %s: %s', what, detail), 3)
@@ -423,154 +992,6 @@ local function read_config(path)
   return out
 end
 
----------------------------------------------------------------------------- snapshots
-
--- mlua hands a u64 above 2^63 (inode numbers on some file systems) to Lua as a float,
--- which format('%d') refuses: such a number must still give a version string
-local function integer_text(n)
-  if mtype(n) == 'integer' then
-    return format('%d', n)
-  end
-  return format('%.0f', n)
-end
-
-local function valid_entry(e)
-  -- entries are MemoizedTable userdata in kumod, tables elsewhere; anything else is junk
-  local te = type(e)
-  if te ~= 'userdata' and te ~= 'table' then
-    return nil
-  end
-  local reason, since, expires = e.reason, e.since, e.expires
-  if type(reason) ~= 'string' or type(since) ~= 'number' then
-    return nil
-  end
-  if expires ~= nil and type(expires) ~= 'number' then
-    return nil
-  end
-  return reason, since, expires
-end
-
--- optional top-level fields: present means the exporter meant something by them, so a
--- wrong type is a broken file, not a field to ignore
-local TOP_LEVEL_TYPES = { count = 'number', generated_at = 'string', domain = 'string' }
-
-local function top_level_problem(doc)
-  for name, expected in pairs(TOP_LEVEL_TYPES) do
-    local v = doc[name]
-    if v ~= nil and type(v) ~= expected then
-      return format('%s is a %s, expected a %s', name, type(v), expected)
-    end
-  end
-  return nil
-end
-
--- recipients must be a map of recipient key -> entry. Runs once per file version (in
--- the populate function), so a broken exporter is reported without costing lookups.
-local function recipients_problem(recipients)
-  if type(recipients) ~= 'table' then
-    return 'recipients is a ' .. type(recipients) .. ', expected a map'
-  end
-  for key, e in pairs(recipients) do
-    if type(key) ~= 'string' then
-      return 'recipients is an array, expected a map of recipient -> entry'
-    end
-    if not valid_entry(e) then
-      return format('entry %q has a wrong field type (reason: string, since: number, expires: number)', key)
-    end
-  end
-  return nil
-end
-
--- the populate function of the snapshot memoize cache: runs once per (path, version),
--- which makes "one kumo.log_error per bad file version" hold process-wide.
-local function make_loader()
-  return function(path, version)
-    if version == false or version == nil then
-      return false
-    end
-    local kind = sub(version, 1, 2)
-    if kind ~= 'f:' and kind ~= 'L:' then
-      log_error(format('kumo-suppression: %s is not a regular file (%s); no suppression for it', path, version))
-      return false
-    end
-    local fmt = match(path, '%.(%a+)$')
-    local expected_domain = match(path, '([^/]*)%.%a+$')
-    local serde = kumo.serde
-    local fn
-    if fmt == 'toml' then
-      fn = (serde and serde.toml_load) or kumo.toml_load
-    else
-      fn = (serde and serde.json_load) or kumo.json_load
-    end
-    local ok, doc = pcall(fn, path)
-    local problem
-    if not ok then
-      problem = tostring(doc)
-    elseif type(doc) ~= 'table' then
-      problem = 'not a ' .. SNAPSHOT_FORMAT .. ' document'
-    elseif doc.format ~= SNAPSHOT_FORMAT then
-      problem = 'format is ' .. tostring(doc.format) .. ', expected ' .. SNAPSHOT_FORMAT
-    elseif doc.version ~= SNAPSHOT_VERSION then
-      problem = 'unsupported version ' .. tostring(doc.version)
-    elseif doc.domain ~= nil and doc.domain ~= expected_domain then
-      problem = 'domain is ' .. tostring(doc.domain) .. ', expected ' .. tostring(expected_domain)
-    else
-      problem = top_level_problem(doc) or recipients_problem(doc.recipients)
-    end
-    if problem then
-      log_error(format('kumo-suppression: bad snapshot %s: %s; no suppression for %s', path, problem,
-        tostring(expected_domain)))
-      return false
-    end
-    -- only the recipients map is kept: one table indexed by recipient key
-    return doc.recipients
-  end
-end
-
----------------------------------------------------------------------------- reject text
-
--- "since" as YYYY-MM-DD (UTC), cached per day: os.date is the costly part of a text
-local day_strings, ndays = {}, 0
-local function day_string(since)
-  if type(since) ~= 'number' then
-    return 'unknown'
-  end
-  local day = since // 86400
-  local text = day_strings[day]
-  if text == nil then
-    if ndays >= 4096 then
-      day_strings, ndays = {}, 0
-    end
-    text = os_date('!%Y-%m-%d', math.floor(since))
-    day_strings[day] = text
-    ndays = ndays + 1
-  end
-  return text
-end
-
-local PLACEHOLDERS = { domain = true, reason = true, since = true, recipient = true }
-
--- reject_text split once into literals and {placeholder} markers; unknown placeholders
--- stay as written
-local function compile_template(template)
-  local parts, pos = {}, 1
-  while true do
-    local s, e, name = find(template, '{(%w+)}', pos)
-    if not s then
-      break
-    end
-    if s > pos then
-      parts[#parts + 1] = sub(template, pos, s - 1)
-    end
-    parts[#parts + 1] = PLACEHOLDERS[name] and { name } or sub(template, s, e)
-    pos = e + 1
-  end
-  if pos <= #template then
-    parts[#parts + 1] = sub(template, pos)
-  end
-  return parts
-end
-
 ---------------------------------------------------------------------------- new
 
 function mod:new(options)
@@ -618,13 +1039,8 @@ function mod:new(options)
 
   local self = setmetatable({}, mod)
   self.options = o
-  self.dir = o.snapshot_dir
-  self.ext = o.format
   self.code = o.reject_code
-  self.text_parts = compile_template(o.reject_text)
-  self.text_buf = {}
-  self.text_per_recipient = find(o.reject_text, '{recipient}', 1, true) ~= nil
-  self.text_cache, self.ntexts = {}, 0
+  self.reject_text = compile_template(o.reject_text)
   self.queue = o.queue
   self.domain_meta = o.domain_meta
   self.smtp_action = o.smtp_action
@@ -632,126 +1048,15 @@ function mod:new(options)
   self.source = o.sending_domain
   self.source_meta = match(o.sending_domain, '^meta:(.+)$')
   self.aliases = o.aliases or {}
-  self.paths = {} -- per-state cache: domain key -> snapshot path or false
-  self.npaths = 0
-
-  local prefix = 'user.kumo_suppression.' .. o.name
-  local capacity = o.cache_capacity
-  local loader = make_loader()
-  local load_shared = kumo.memoize(loader, {
-    name = prefix .. '.snapshots', ttl = SHARED_SNAPSHOT_TTL, capacity = capacity,
-  })
-  local large_loaders, nlarge = {}, 0
-  -- the memoized loader for one version of one file (see SHARED_SNAPSHOT_TTL)
-  local function loader_for(path, version)
-    if sub(version, 1, 2) ~= 'L:' then
-      return load_shared
-    end
-    local load = large_loaders[path]
-    if load == nil then
-      if nlarge >= MAX_DOMAINS_PER_STATE then
-        large_loaders, nlarge = {}, 0
-      end
-      load = kumo.memoize(loader, {
-        name = prefix .. '.large_snapshot:' .. sub(path, #self.dir + 2),
-        ttl = LARGE_SNAPSHOT_TTL,
-        capacity = 1,
-      })
-      large_loaders[path] = load
-      nlarge = nlarge + 1
-    end
-    return load
-  end
-
-  local get_version
-  local fs = kumo.fs
-  if fs and fs.metadata_for_path then
-    local stat = fs.symlink_metadata_for_path or fs.metadata_for_path
-    get_version = kumo.memoize(function(path)
-      local ok, md = pcall(stat, path)
-      if not ok then
-        return false -- missing: no suppression, nothing to log
-      end
-      local ok2, version = pcall(function()
-        if md.is_symlink then
-          return 'x:symlink'
-        end
-        if not md.is_file then
-          return 'x:' .. (md.is_dir and 'directory' or 'special') .. ':' .. tostring(md.ino)
-        end
-        local size = md.len
-        return (size >= LARGE_SNAPSHOT_BYTES and 'L:' or 'f:') .. integer_text(md.mtime.unix_timestamp_millis)
-          .. ':' .. integer_text(size) .. ':' .. integer_text(md.ino)
-      end)
-      if not ok2 then
-        return false
-      end
-      return version
-    end, { name = prefix .. '.version', ttl = o.check_interval, capacity = capacity })
-  else
-    -- kumod without kumo.fs: versions come from manifest.json (sha256 per file)
-    local log_once = kumo.memoize(function(text)
-      log_error(text)
-      return true
-    end, { name = prefix .. '.log_once', ttl = LOG_ONCE_TTL, capacity = 64 })
-    local serde = kumo.serde
-    local json_load = (serde and serde.json_load) or kumo.json_load
-    local get_manifest = kumo.memoize(function(dir)
-      local mpath = dir .. '/manifest.json'
-      local ok, doc = pcall(json_load, mpath)
-      if not ok then
-        local text = tostring(doc)
-        -- a missing manifest is just "nothing exported yet"
-        if not find(text, 'No such file', 1, true) and not find(text, 'os error 2', 1, true) then
-          log_once('kumo-suppression: cannot read ' .. mpath .. ': ' .. text)
-        end
-        return false
-      end
-      if type(doc) ~= 'table' or type(doc.domains) ~= 'table' then
-        log_once('kumo-suppression: ' .. mpath .. ' is not a kumo-suppression manifest')
-        return false
-      end
-      local versions = {}
-      for domain, info in pairs(doc.domains) do
-        if type(domain) == 'string' and type(info) == 'table' then
-          local file, sha, count = info.file, info.sha256, info.count
-          if type(sha) == 'string' and (file == nil or type(file) == 'string') then
-            local large = type(count) == 'number' and count >= LARGE_SNAPSHOT_ENTRIES
-            versions[file or domain] = (large and 'L:' or 'f:') .. sha
-          end
-        end
-      end
-      return versions
-    end, { name = prefix .. '.manifest', ttl = o.check_interval, capacity = 16 })
-    local dir = self.dir
-    local base_start = #dir + 2
-    get_version = function(path)
-      local versions = get_manifest(dir)
-      if not versions then
-        return false
-      end
-      return versions[sub(path, base_start)] or false
-    end
-  end
-
-  -- hot path: two memoize hits, no file IO
-  self.snapshot_for = function(path)
-    local version = get_version(path)
-    if not version then
-      return nil
-    end
-    local recipients = loader_for(path, version)(path, version)
-    if not recipients then
-      return nil
-    end
-    return recipients
-  end
-
+  self.snapshots = new_snapshots(o, 'user.kumo_suppression.' .. o.name)
   self:_register_queue()
   CONFIGURED_NAMES[o.name] = true
   CONFIGURED_QUEUES[o.queue] = true
   return self
 end
+
+-- a message queued without its text (by hand, or by an older version of this module)
+local NO_TEXT_ENTRY = { reason = 'suppressed' }
 
 -- the suppression queue: a get_queue_config handler for it alone, and its constructor
 function mod:_register_queue()
@@ -772,352 +1077,12 @@ function mod:_register_queue()
       local ok, text = pcall(msg.get_meta, msg, 'x_suppression_text')
       if not ok or type(text) ~= 'string' then
         local dok, dkey = pcall(msg.get_meta, msg, sup.domain_meta)
-        text = sup:_text(dok and dkey or '?', 'suppressed', nil, nil)
+        text = sup.reject_text(dok and dkey or '?', NO_TEXT_ENTRY, nil)
       end
       kumo.reject(sup.code, text)
     end
     return connection
   end)
-end
-
----------------------------------------------------------------------------- lookups
-
-function mod:_path(dkey)
-  local paths = self.paths
-  local path = paths[dkey]
-  if path == nil then
-    if not is_plain_hostname(dkey) then
-      return false -- never cached: hostile names must not fill this table
-    end
-    if self.npaths >= MAX_DOMAINS_PER_STATE then
-      self.paths, self.npaths = {}, 0
-      paths = self.paths
-    end
-    path = self.dir .. '/' .. dkey .. '.' .. self.ext
-    paths[dkey] = path
-    self.npaths = self.npaths + 1
-  end
-  return path
-end
-
--- the active entry for rkey in one snapshot (recipient first, then '@domain'), or nil
-local function find_in(recipients, rkey)
-  local now
-  local reason, since, expires = valid_entry(recipients[rkey])
-  if reason then
-    now = os_time()
-    if expires == nil or expires > now then
-      return reason, since, expires
-    end
-  end
-  local at = match(rkey, '@[^@]*$')
-  if at and at ~= rkey then
-    reason, since, expires = valid_entry(recipients[at])
-    if reason and (expires == nil or expires > (now or os_time())) then
-      return reason, since, expires
-    end
-  end
-  return nil
-end
-
--- (rkey, dkey are normalized keys) -> reason, since, expires or nil
-function mod:_find(rkey, dkey)
-  local path = self:_path(dkey)
-  if not path then
-    return nil
-  end
-  local recipients = self.snapshot_for(path)
-  if recipients == nil then
-    return nil
-  end
-  return find_in(recipients, rkey)
-end
-
--- the reject text for one suppressed recipient, built in a reused buffer
-local function build_text(self, dkey, reason, since, recipient)
-  local parts, buf = self.text_parts, self.text_buf
-  local n = #parts
-  for i = 1, n do
-    local part = parts[i]
-    if type(part) == 'table' then
-      local name = part[1]
-      if name == 'domain' then
-        part = tostring(dkey)
-      elseif name == 'reason' then
-        part = tostring(reason)
-      elseif name == 'since' then
-        part = day_string(since)
-      else
-        part = tostring(recipient or '')
-      end
-    end
-    buf[i] = part
-  end
-  return concat(buf, '', 1, n)
-end
-
--- Texts repeat (same domain, reason and day for every message to a suppressed address),
--- so unless the template names the recipient they are kept per state: a repeat costs
--- three table reads and allocates nothing. Bounded like the other per-state tables.
-function mod:_text(dkey, reason, since, recipient)
-  if self.text_per_recipient then
-    return build_text(self, dkey, reason, since, recipient)
-  end
-  local day = type(since) == 'number' and since // 86400 or 'unknown'
-  local cache = self.text_cache
-  local by_reason = cache[dkey]
-  local by_day = by_reason and by_reason[reason]
-  local text = by_day and by_day[day]
-  if text then
-    return text
-  end
-  text = build_text(self, dkey, reason, since, recipient)
-  if self.ntexts >= MAX_DOMAINS_PER_STATE then
-    cache = {}
-    self.text_cache, self.ntexts, by_reason = cache, 0, nil
-  end
-  if not by_reason then
-    by_reason = {}
-    cache[dkey] = by_reason
-  end
-  by_day = by_reason[reason]
-  if not by_day then
-    by_day = {}
-    by_reason[reason] = by_day
-  end
-  by_day[day] = text
-  self.ntexts = self.ntexts + 1
-  return text
-end
-
--- lookup(recipient, domain) -> {reason=, since=, expires=} (a plain table) or nil
-local function lookup_body(self, recipient, domain)
-  local rkey, dkey = recipient_key(recipient), domain_key(domain)
-  if not rkey or not dkey then
-    return nil
-  end
-  return self:_find(rkey, dkey)
-end
-
-function mod:lookup(recipient, domain)
-  local ok, reason, since, expires = pcall(lookup_body, self, recipient, domain)
-  if not ok or not reason then
-    return nil
-  end
-  return { reason = reason, since = since, expires = expires }
-end
-
----------------------------------------------------------------------------- messages
-
-local function from_header_domain(msg)
-  local from = msg:from_header()
-  return from and from.domain
-end
-
--- The envelope sender's domain, through [keys.aliases] (return-path domain -> sending
--- domain), exactly as the exporter keys records whose domain comes from a return path.
-function mod:_return_path_domain(address)
-  local key = domain_key(address.domain)
-  return key and self.aliases[key] or key
-end
-
-function mod:_sending_domain(msg)
-  local source = self.source
-  if source == 'from_header' then
-    local ok, d = pcall(from_header_domain, msg)
-    if ok and type(d) == 'string' and d ~= '' then
-      return domain_key(d)
-    end
-    return self:_return_path_domain(msg:sender())
-  elseif source == 'sender' then
-    return self:_return_path_domain(msg:sender())
-  end
-  local v = msg:get_meta(self.source_meta)
-  return domain_key(v)
-end
-
--- msg:recipient_list() exists since kumod 2025.12.02; before it, msg:recipient() is the
--- one recipient (and in between it may be an array)
-local function recipient_list(msg)
-  return msg:recipient_list()
-end
-local has_recipient_list = true -- per Lua state; false once this kumod showed it lacks it
-
-local function recipients_of(msg)
-  if has_recipient_list then
-    local ok, list = pcall(recipient_list, msg)
-    if ok and type(list) == 'table' then
-      return list
-    end
-    has_recipient_list = false
-  end
-  local r = msg:recipient()
-  if type(r) == 'table' then
-    return r
-  end
-  return { r }
-end
-
--- all the work of a check, inside pcall. Returns nothing (deliver as is), or
--- dkey, reason, since, recipient of the (first) suppressed recipient, plus for a message
--- with several recipients the list of hits and the recipients to keep. A message with
--- one recipient, the usual case, allocates nothing here.
-function mod:_decide(msg)
-  local dkey = self:_sending_domain(msg)
-  if dkey == nil then
-    return
-  end
-  msg:set_meta(self.domain_meta, dkey)
-  local path = self:_path(dkey)
-  local recipients = path and self.snapshot_for(path)
-  if not recipients then
-    return -- nothing to check against
-  end
-  local list = recipients_of(msg)
-  local n = #list
-  if n == 1 then
-    local email = list[1].email
-    local rkey = recipient_key(email)
-    if not rkey then
-      return
-    end
-    local reason, since = find_in(recipients, rkey)
-    if reason then
-      return dkey, reason, since, email
-    end
-    return
-  end
-  local hits, kept
-  for i = 1, n do
-    local email = list[i].email
-    local rkey = recipient_key(email)
-    local reason, since, expires
-    if rkey then
-      reason, since, expires = find_in(recipients, rkey)
-    end
-    if reason then
-      hits = hits or {}
-      hits[#hits + 1] = { recipient = email, reason = reason, since = since, expires = expires }
-    else
-      kept = kept or {}
-      kept[#kept + 1] = email
-    end
-  end
-  if hits == nil then
-    return
-  end
-  local first = hits[1]
-  return dkey, first.reason, first.since, first.recipient, hits, kept
-end
-
-local function describe(hits, recipient, reason)
-  if hits == nil then
-    return recipient .. ' (' .. reason .. ')'
-  end
-  local parts = {}
-  for i = 1, #hits do
-    parts[i] = hits[i].recipient .. ' (' .. hits[i].reason .. ')'
-  end
-  return table.concat(parts, ', ')
-end
-
--- apply the action; returns the reject text when the caller must kumo.reject
-function mod:_apply(msg, action, dkey, reason, since, recipient, hits, kept)
-  if action == 'shadow' then
-    msg:set_meta('x_suppressed', reason)
-    if hits then
-      msg:set_meta('x_suppressed_recipients', hits)
-    end
-    log_info(format('kumo-suppression: shadow: would suppress %s for %s', describe(hits, recipient, reason), dkey))
-    return nil
-  end
-  if kept then
-    -- some recipients remain: drop the suppressed ones, deliver the rest
-    msg:set_recipient(kept)
-    msg:set_meta('x_suppressed_recipients', hits)
-    return nil
-  end
-  if action == 'reject' then
-    return self:_text(dkey, reason, since, recipient)
-  elseif action == 'bounce' then
-    msg:set_meta('x_suppression_text', self:_text(dkey, reason, since, recipient))
-    msg:set_meta('queue', self.queue)
-  elseif action == 'drop' then
-    msg:set_meta('queue', 'null')
-  end
-  return nil
-end
-
-local function check_body(self, msg, action)
-  local dkey, reason, since, recipient, hits, kept = self:_decide(msg)
-  if dkey == nil then
-    return nil
-  end
-  return self:_apply(msg, action, dkey, reason, since, recipient, hits, kept)
-end
-
-function mod:_check(msg, action)
-  local ok, reject_text = pcall(check_body, self, msg, action)
-  if not ok then
-    -- never let a broken snapshot or odd message turn into a transient failure
-    pcall(log_error, 'kumo-suppression: check failed, message passed unchecked: ' .. tostring(reject_text))
-    return
-  end
-  if reject_text then
-    kumo.reject(self.code, reject_text) -- deliberately outside the pcall
-  end
-end
-
-function mod:check_smtp(msg, conn_meta)
-  return self:_check(msg, self.smtp_action)
-end
-
-function mod:check_http(msg)
-  return self:_check(msg, self.http_action)
-end
-
----------------------------------------------------------------------------- RCPT TO
-
-local SENDER_META = 'x_suppression_sender_domain'
-
-local function remember_sender_domain(self, sender, conn_meta)
-  conn_meta:set_meta(SENDER_META, self:_return_path_domain(sender) or '')
-end
-
-function mod:mail_from(sender, conn_meta)
-  pcall(remember_sender_domain, self, sender, conn_meta)
-end
-
--- the reject text for a suppressed RCPT TO, or nil
-local function rcpt_verdict(self, rcpt, conn_meta)
-  local dkey = conn_meta:get_meta(SENDER_META)
-  if type(dkey) ~= 'string' or dkey == '' then
-    return nil
-  end
-  local email = rcpt.email
-  local rkey = recipient_key(email)
-  if not rkey then
-    return nil
-  end
-  local reason, since = self:_find(rkey, dkey)
-  if not reason then
-    return nil
-  end
-  if self.smtp_action == 'shadow' then
-    log_info(format('kumo-suppression: shadow: would refuse RCPT TO %s for %s (%s)', email, dkey, reason))
-    return nil
-  end
-  return self:_text(dkey, reason, since, email)
-end
-
-function mod:rcpt_to(rcpt, conn_meta)
-  if self.source ~= 'sender' then
-    return
-  end
-  local ok, text = pcall(rcpt_verdict, self, rcpt, conn_meta)
-  if ok and text then
-    kumo.reject(self.code, text) -- deliberately outside the pcall
-  end
 end
 
 return mod

@@ -1,7 +1,8 @@
 """kumo-suppression's own stand-in for kumod's policy Lua environment (Lua 5.4 via lupa).
 
 It reproduces the kumod behaviours that decide whether policy_lua/suppression.lua is
-correct (see /work/shared/kumomta-facts.md and the KumoMTA sources it cites):
+correct (each read from the KumoMTA sources: crates/mod-memoize, crates/lruttl,
+crates/message, crates/mod-filesystem, crates/kumod):
 
 * `kumo` is a module (`require 'kumo'`), never a global; there is no `debug` library.
 * `kumo.on`: a second handler for a single-handler event is an error, registering from
@@ -30,7 +31,7 @@ Design: every kumod object is built IN LUA (prelude below). Userdata come from f
 tiny Python objects whose metatable is replaced by a Lua-side one right away (while
 `debug` is still reachable to the prelude only). lupa then never runs its own __gc for
 them, so it keeps its reference: the Python object stays alive and no address is reused
-(the lupa pitfall noted in kumomta-facts.md). A memoize hit is pure Lua: no Python call,
+(a lupa pitfall: its own __gc would let the address be reused). A memoize hit is pure Lua: no Python call,
 no allocation, so benchmarks measure the module, not the stand-in.
 """
 
@@ -313,7 +314,7 @@ end
 MemoMT.__newindex = function() raise('MemoizedTable is read-only') end
 MemoMT.__tostring = function() return 'MemoizedTable' end
 
--- table.* functions do not accept a MemoizedTable in kumod (kumomta-facts.md)
+-- table.* functions do not accept a MemoizedTable in kumod (it is userdata there)
 for _, fname in ipairs({'concat', 'insert', 'remove', 'sort', 'unpack', 'move'}) do
   local orig = table[fname]
   table[fname] = function(t, ...)

@@ -1,4 +1,4 @@
-"""The Lua module's key normalization against the shared vectors (PRODUCT.md section 3).
+"""The Lua module's key normalization against the shared vectors (tests/vectors).
 tests/test_keys.py checks the same file against exporter/keys.py."""
 
 import json
