@@ -11,6 +11,7 @@ Prints `name: value unit` lines:
     cache): peak and steady Lua memory against one loaded version;
   * memory of many small domains re-exported every check_interval (one shared cache,
     ttl 300 s): how much stale versions add, and when they are gone.
+The large-file threshold is set to 1 MiB here (default 16 MiB) to keep the run short.
 Memory is the stand-in's Lua heap after a full collection; kumod keeps memoized data in
 Rust, so absolute bytes differ, the ratios are what to read.
 """
@@ -28,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from kumo_standin import SERIES_PER_MEMOIZE_CACHE  # noqa: E402
-from lua_support import NOW, Policy, entry, write_snapshot  # noqa: E402
+from lua_support import LARGE_SNAPSHOT_BYTES, Policy, entry, write_snapshot  # noqa: E402
 
 CHECK_INTERVAL = 5
 
@@ -52,7 +53,7 @@ def series(d: Path, small: int, large: int, large_entries: int) -> None:
         write_snapshot(d, f"small{i}.example", recipients(20, 0))
     for i in range(large):
         write_snapshot(d, f"large{i}.example", recipients(large_entries, 0))
-    p = Policy({"snapshot_dir": str(d)})
+    p = Policy({"snapshot_dir": str(d), "large_snapshot_bytes": LARGE_SNAPSHOT_BYTES})
     for i in range(small):
         check(p, "v0@example.net", f"small{i}.example")
     for i in range(large):
@@ -65,7 +66,8 @@ def series(d: Path, small: int, large: int, large_entries: int) -> None:
 
 
 def large_domain(d: Path, entries: int, versions: int) -> None:
-    p = Policy({"snapshot_dir": str(d), "check_interval": CHECK_INTERVAL})
+    p = Policy({"snapshot_dir": str(d), "check_interval": CHECK_INTERVAL,
+                "large_snapshot_bytes": LARGE_SNAPSHOT_BYTES})
     base = p.k.lua_memory_bytes()
     path = write_snapshot(d, "large.example", recipients(entries, 0))
     check(p, "v0@example.net", "large.example")

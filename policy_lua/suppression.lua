@@ -30,8 +30,10 @@ handlers run in registration order and the queue helper answers for every queue)
     --                                  -- exporter reads it there to ignore this queue's bounces
     -- domain_meta = 'x_suppression_domain',
     -- name = 'default',                -- memoize caches: user.kumo_suppression.<name>.*
-    -- cache_capacity = 100000,         -- file versions remembered (>= number of domains:
+    -- cache_capacity = 100000,         -- file versions remembered (>= number of files:
     --                                  -- beyond it, messages would stat their file again)
+    -- large_snapshot_bytes = 16777216, -- a file this large gets a memoize cache of its
+    --                                  -- own, so it is never held twice (docs/lua-module.md)
   }
   local queue_module = require 'policy-extras.queue'   -- AFTER suppression:new
   local queue_helper = queue_module:setup { '/opt/kumomta/etc/policy/queues.toml' }
@@ -69,6 +71,10 @@ logged); shadow = deliver, set meta x_suppressed = reason, log one line.
 A message with several recipients: suppressed ones are removed (msg:set_recipient) and
 listed in meta x_suppressed_recipients; the action applies only when all are suppressed.
 Every checked message gets meta <domain_meta> = the sending-domain key used.
+
+Layouts: one file per sending domain, or for a large domain an index plus shards
+(a shard loaded when a recipient first hashes into it), plain or sha256-hashed keys;
+see the "snapshots" section below.
 
 Loading: the snapshot file's version (mtime, size, inode via kumo.fs) is memoized for
 check_interval; the snapshot itself is memoized by (path, version), so no message pays
@@ -414,28 +420,38 @@ end
 ---------------------------------------------------------------------------- snapshots
 -- Every memoize cache and every detail of the snapshot files lives in this section.
 --
--- kumod lists every memoize cache in its metrics with ~15 series that are never
--- removed, so the number of caches must not follow the number of domains. A cache
--- keyed by (path, version) keeps an old version until its ttl (lruttl prunes expired
--- entries every 30 s; its eviction is a sampled LRU that need not pick the old
--- version), so:
---  * files under LARGE_SNAPSHOT_BYTES (LARGE_SNAPSHOT_ENTRIES by the manifest's count)
+-- Layouts (all: "format": "kumo-suppression-snapshot", "version": 1):
+--  * single: <domain>.json, recipients = every entry;
+--  * sharded: <domain>.json is the index (recipients = the '@domain' entries only,
+--    "shards": N, a power of two), and shard k is <domain>_shard-KKKK-of-NNNN.json
+--    ("shard": k, "shards": N) with the plain entries whose key's sha256 starts with a
+--    32-bit big-endian number = k (mod N). A shard is loaded when a recipient first
+--    hashes into it, and reloaded only when its own file changes.
+--  Either may carry "hash": "sha256" (every key is the sha256 hex of the recipient key)
+--  and "domain_entries": n (n = 0: no '@domain' lookup, no second digest).
+--
+-- Caches: kumod lists every memoize cache in its metrics with ~15 series that are
+-- never removed, so the number of caches must not follow the number of domains or
+-- shards. A cache keyed by (path, version) keeps an old version until its ttl (lruttl
+-- prunes expired entries every 30 s; its eviction is a sampled LRU that need not pick
+-- the old version), so:
+--  * files under large_snapshot_bytes (16 MiB; by the manifest: count >= bytes / 100)
 --    share ONE cache whose ttl bounds how long an old version stays (an unchanged file
---    is re-read once per SHARED_SNAPSHOT_TTL);
+--    is re-read once per SHARED_SNAPSHOT_TTL). The exporter's shards are such files;
 --  * a larger file has a cache of its own with capacity 1: a new version replaces the
 --    old one when it is loaded, so a large list is never held twice for longer than it
 --    takes to notice the new export (check_interval), and is never re-read unchanged.
--- Caches thus follow the volume of data (at most one per large file), not the number
--- of domains.
 local SNAPSHOT_FORMAT = 'kumo-suppression-snapshot'
 local SNAPSHOT_VERSION = 1
+local HASH = 'sha256'
 local SHARED_SNAPSHOT_TTL = 300 -- seconds
-local LARGE_SNAPSHOT_BYTES = 1048576
-local LARGE_SNAPSHOT_ENTRIES = 10000 -- about 1 MiB of JSON
 local LARGE_SNAPSHOT_TTL = '1 day' -- frees the memory of a large file that went away
+local BYTES_PER_ENTRY = 100 -- roughly, in JSON: turns the manifest's count into a size
 local LOG_ONCE_TTL = '1 day'
+local MAX_SHARDS = 9999 -- four digits in the file name
 -- a version string: 'f:...' a regular file, 'L:...' a large one, 'x:...' not a file
 local REGULAR, LARGE = 'f:', 'L:'
+local log_once -- defined below, used by the manifest reader
 
 -- mlua hands a u64 above 2^63 (inode numbers on some file systems) to Lua as a float,
 -- which format('%d') refuses: such a number must still give a version string
@@ -444,6 +460,31 @@ local function integer_text(n)
     return format('%d', n)
   end
   return format('%.0f', n)
+end
+
+-- what a snapshot path names: the sending domain, and for a shard its k and N
+local function parse_snapshot_path(path)
+  local stem = match(path, '([^/]*)%.%a+$')
+  local domain, k, n = match(stem, '^(.*)_shard%-(%d%d%d%d)%-of%-(%d%d%d%d)$')
+  if domain then
+    return domain, tonumber(k), tonumber(n)
+  end
+  return stem, nil, nil
+end
+
+-- the shard a key's sha256 hex falls into: its first 32 bits, big-endian, modulo N
+function mod.shard_of_digest(digest, n)
+  return tonumber(sub(digest, 1, 8), 16) % n
+end
+
+local function shard_path(index_path, k, n)
+  local base, ext = match(index_path, '^(.*)%.(%a+)$')
+  return format('%s_shard-%04d-of-%04d.%s', base, k, n, ext)
+end
+
+-- sha256 hex of a key: kumod's kumo.digest (a BinaryResult whose .hex is lowercase)
+local function sha256_hex(text)
+  return kumo.digest.sha256(text).hex
 end
 
 local function valid_entry(e)
@@ -459,25 +500,51 @@ end
 
 -- optional top-level fields: present means the exporter meant something by them, so a
 -- wrong type is a broken file, not a field to ignore
-local TOP_LEVEL_TYPES = { count = 'number', generated_at = 'string', domain = 'string' }
+local TOP_LEVEL_TYPES = {
+  count = 'number', generated_at = 'string', domain = 'string', hash = 'string',
+  shards = 'number', shard = 'number', domain_entries = 'number',
+}
 
--- why a decoded document is not a usable snapshot of expected_domain, or nil. Runs once
--- per file version (in the populate function), so lookups can trust every entry.
-local function snapshot_problem(doc, expected_domain)
+local function is_power_of_two(n)
+  return mtype(n) == 'integer' and n >= 2 and n <= MAX_SHARDS and n & (n - 1) == 0
+end
+
+-- why a decoded document is not a usable snapshot for `path`, or nil. A shard must say
+-- what its name says, and be hashed the way its index is (shard_hash: 'sha256' or
+-- 'plain'). Runs once per file version (in the populate function), so lookups can
+-- trust every entry.
+local function snapshot_problem(doc, path, shard_hash)
+  local domain, k, n = parse_snapshot_path(path)
   if type(doc) ~= 'table' then
     return 'not a ' .. SNAPSHOT_FORMAT .. ' document'
   elseif doc.format ~= SNAPSHOT_FORMAT then
     return 'format is ' .. tostring(doc.format) .. ', expected ' .. SNAPSHOT_FORMAT
   elseif doc.version ~= SNAPSHOT_VERSION then
     return 'unsupported version ' .. tostring(doc.version)
-  elseif doc.domain ~= nil and doc.domain ~= expected_domain then
-    return 'domain is ' .. tostring(doc.domain) .. ', expected ' .. tostring(expected_domain)
+  elseif doc.domain ~= nil and doc.domain ~= domain then
+    return 'domain is ' .. tostring(doc.domain) .. ', expected ' .. tostring(domain)
   end
   for name, expected in pairs(TOP_LEVEL_TYPES) do
     local v = doc[name]
     if v ~= nil and type(v) ~= expected then
       return format('%s is a %s, expected a %s', name, type(v), expected)
     end
+  end
+  if doc.hash ~= nil and doc.hash ~= HASH then
+    return 'hash is ' .. doc.hash .. ', expected ' .. HASH
+  end
+  if k then
+    if doc.shard ~= k or doc.shards ~= n then
+      return format('shard %s of %s, expected %d of %d', tostring(doc.shard), tostring(doc.shards), k, n)
+    end
+    if (doc.hash == HASH) ~= (shard_hash == HASH) then
+      return 'hash is ' .. tostring(doc.hash) .. ' but the index says ' .. tostring(shard_hash)
+    end
+  elseif doc.shard ~= nil or (doc.shards ~= nil and not is_power_of_two(doc.shards)) then
+    return 'shards is ' .. tostring(doc.shards) .. ', expected a power of two from 2 to ' .. MAX_SHARDS
+  end
+  if (doc.hash or doc.shards) and not (kumo.digest and kumo.digest.sha256) then
+    return 'hashed or sharded, and this kumod has no kumo.digest'
   end
   local recipients = doc.recipients
   if type(recipients) ~= 'table' then
@@ -494,19 +561,19 @@ local function snapshot_problem(doc, expected_domain)
   return nil
 end
 
--- the populate function of the snapshot caches: runs once per (path, version), which
+-- The populate function of the snapshot caches: runs once per (path, version), which
 -- makes "one kumo.log_error per bad file version" hold process-wide. Never raises
 -- (kumod would keep the error for 60 s): a broken file is a cached false.
-local function load_snapshot(path, version)
-  if version == false or version == nil then
-    return false
-  end
+-- Returns the recipients map itself for a plain single file and for a shard (the usual
+-- lookup: one index), else a layout: { recipients =, hashed =, shards =,
+-- domain_entries =, path =, version = }. A plain map never has a key 'recipients' (every key
+-- holds an '@'), which is how find() tells them apart.
+local function load_snapshot(path, version, shard_hash)
   local kind = sub(version, 1, 2)
   if kind ~= REGULAR and kind ~= LARGE then
     log_error(format('kumo-suppression: %s is not a regular file (%s); no suppression for it', path, version))
     return false
   end
-  local expected_domain = match(path, '([^/]*)%.%a+$')
   local serde = kumo.serde
   local loader
   if match(path, '%.(%a+)$') == 'toml' then
@@ -517,22 +584,28 @@ local function load_snapshot(path, version)
   local ok, doc = pcall(loader, path)
   local problem
   if ok then
-    problem = snapshot_problem(doc, expected_domain)
+    problem = snapshot_problem(doc, path, shard_hash)
   else
     problem = tostring(doc)
   end
   if problem then
     log_error(format('kumo-suppression: bad snapshot %s: %s; no suppression for %s', path, problem,
-      tostring(expected_domain)))
+      tostring(parse_snapshot_path(path))))
     return false
   end
-  -- only the recipients map is kept: one table indexed by recipient key
-  return doc.recipients
+  if shard_hash or (doc.hash == nil and doc.shards == nil) then
+    return doc.recipients
+  end
+  return {
+    recipients = doc.recipients, hashed = doc.hash == HASH, shards = doc.shards,
+    domain_entries = doc.domain_entries, path = path, version = version,
+  }
 end
 
 -- version_of(path) -> version string or false, memoized for check_interval: from
 -- kumo.fs (mtime, size, inode; no symlinks), or from manifest.json's sha256 per file
 local function version_source(o, prefix, dir)
+  local large_bytes = o.large_snapshot_bytes
   local fs = kumo.fs
   if fs and fs.metadata_for_path then
     local stat = fs.symlink_metadata_for_path or fs.metadata_for_path
@@ -544,7 +617,7 @@ local function version_source(o, prefix, dir)
         return 'x:' .. (md.is_dir and 'directory' or 'special') .. ':' .. tostring(md.ino)
       end
       local size = md.len
-      return (size >= LARGE_SNAPSHOT_BYTES and LARGE or REGULAR) .. integer_text(md.mtime.unix_timestamp_millis)
+      return (size >= large_bytes and LARGE or REGULAR) .. integer_text(md.mtime.unix_timestamp_millis)
         .. ':' .. integer_text(size) .. ':' .. integer_text(md.ino)
     end
     return kumo.memoize(function(path)
@@ -556,12 +629,15 @@ local function version_source(o, prefix, dir)
       return ok2 and version
     end, { name = prefix .. '.version', ttl = o.check_interval, capacity = o.cache_capacity })
   end
-  local log_once = kumo.memoize(function(text)
-    log_error(text)
-    return true
-  end, { name = prefix .. '.log_once', ttl = LOG_ONCE_TTL, capacity = 64 })
   local serde = kumo.serde
   local json_load = (serde and serde.json_load) or kumo.json_load
+  local function file_version(versions, info)
+    local file, sha, count = info.file, info.sha256, info.count
+    if type(file) == 'string' and type(sha) == 'string' then
+      local large = type(count) == 'number' and count * BYTES_PER_ENTRY >= large_bytes
+      versions[file] = (large and LARGE or REGULAR) .. sha
+    end
+  end
   local get_manifest = kumo.memoize(function(manifest_dir)
     local mpath = manifest_dir .. '/manifest.json'
     local ok, doc = pcall(json_load, mpath)
@@ -569,21 +645,26 @@ local function version_source(o, prefix, dir)
       local text = tostring(doc)
       -- a missing manifest is just "nothing exported yet"
       if not find(text, 'No such file', 1, true) and not find(text, 'os error 2', 1, true) then
-        log_once('kumo-suppression: cannot read ' .. mpath .. ': ' .. text)
+        log_once(prefix, 'kumo-suppression: cannot read ' .. mpath .. ': ' .. text)
       end
       return false
     end
     if type(doc) ~= 'table' or type(doc.domains) ~= 'table' then
-      log_once('kumo-suppression: ' .. mpath .. ' is not a kumo-suppression manifest')
+      log_once(prefix, 'kumo-suppression: ' .. mpath .. ' is not a kumo-suppression manifest')
       return false
     end
+    -- domains: domain -> {file, sha256, count, shard_files = {{file, sha256, count}...}}
     local versions = {}
     for domain, info in pairs(doc.domains) do
       if type(domain) == 'string' and type(info) == 'table' then
-        local file, sha, count = info.file, info.sha256, info.count
-        if type(sha) == 'string' and (file == nil or type(file) == 'string') then
-          local large = type(count) == 'number' and count >= LARGE_SNAPSHOT_ENTRIES
-          versions[file or domain] = (large and LARGE or REGULAR) .. sha
+        file_version(versions, info)
+        local shard_files = info.shard_files
+        if type(shard_files) == 'table' then
+          for _, shard in pairs(shard_files) do
+            if type(shard) == 'table' then
+              file_version(versions, shard)
+            end
+          end
         end
       end
     end
@@ -596,6 +677,31 @@ local function version_source(o, prefix, dir)
   end
 end
 
+-- kumo.log_error(text) once per text (texts name the file version), process-wide
+local log_once_caches = {}
+log_once = function(prefix, text)
+  local once = log_once_caches[prefix]
+  if once == nil then
+    once = kumo.memoize(function(t)
+      log_error(t)
+      return true
+    end, { name = prefix .. '.log_once', ttl = LOG_ONCE_TTL, capacity = 1024 })
+    log_once_caches[prefix] = once
+  end
+  once(text)
+end
+
+local function active(e, now)
+  if e == nil then
+    return nil
+  end
+  local expires = e.expires
+  if expires == nil or expires > now then
+    return e
+  end
+  return nil
+end
+
 -- The snapshots of one instance: open(dkey) -> the snapshot of that sending domain or
 -- nil (two memoize hits, no file IO); find(snapshot, rkey) -> the active entry for
 -- recipient key rkey (its own entry, else its domain's '@domain' entry) or nil.
@@ -606,24 +712,26 @@ local function new_snapshots(o, prefix)
     name = prefix .. '.snapshots', ttl = SHARED_SNAPSHOT_TTL, capacity = o.cache_capacity,
   })
   local large_loaders, nlarge = {}, 0
-  local function loader_for(path, version)
+  local function load(path, version, shard_hash)
     if sub(version, 1, 2) ~= LARGE then
-      return load_shared
+      return load_shared(path, version, shard_hash)
     end
-    local load = large_loaders[path]
-    if load == nil then
+    local loader = large_loaders[path]
+    if loader == nil then
       if nlarge >= MAX_DOMAINS_PER_STATE then
         large_loaders, nlarge = {}, 0
       end
-      load = kumo.memoize(load_snapshot, {
+      loader = kumo.memoize(load_snapshot, {
         name = prefix .. '.large_snapshot:' .. sub(path, #dir + 2), ttl = LARGE_SNAPSHOT_TTL, capacity = 1,
       })
-      large_loaders[path] = load
+      large_loaders[path] = loader
       nlarge = nlarge + 1
     end
-    return load
+    return loader(path, version, shard_hash)
   end
-  local paths, npaths = {}, 0 -- per state: domain key -> snapshot path
+  -- per state, bounded: domain key -> its file's path; index path -> its shards' paths
+  local paths, npaths = {}, 0
+  local shard_paths, nshard_paths = {}, 0
   local function path_of(dkey)
     local path = paths[dkey]
     if path == nil then
@@ -631,7 +739,7 @@ local function new_snapshots(o, prefix)
         return nil -- never cached: hostile names must not fill this table
       end
       if npaths >= MAX_DOMAINS_PER_STATE then
-        paths, npaths = {}, 0
+        paths, npaths, shard_paths, nshard_paths = {}, 0, {}, 0
       end
       path = dir .. '/' .. dkey .. '.' .. ext
       paths[dkey] = path
@@ -639,41 +747,69 @@ local function new_snapshots(o, prefix)
     end
     return path
   end
+  local function shard_path_of(index_path, k, n)
+    local by_k = shard_paths[index_path]
+    local path = by_k and by_k[k]
+    if path == nil then
+      if nshard_paths >= MAX_DOMAINS_PER_STATE then
+        shard_paths, nshard_paths = {}, 0
+      end
+      by_k = shard_paths[index_path] or {}
+      shard_paths[index_path] = by_k
+      path = shard_path(index_path, k, n)
+      by_k[k] = path
+      nshard_paths = nshard_paths + 1
+    end
+    return path
+  end
+  -- the recipients map of the shard that `digest` falls into, or nil
+  local function open_shard(layout, digest)
+    local n = layout.shards
+    local k = mod.shard_of_digest(digest, n)
+    local path = shard_path_of(layout.path, k, n)
+    local version = version_of(path)
+    if not version then
+      log_once(prefix, format('kumo-suppression: %s (shard %d of index version %s) is missing; '
+        .. 'no suppression for its recipients', path, k, layout.version))
+      return nil
+    end
+    return load(path, version, layout.hashed and HASH or 'plain') or nil
+  end
 
   local snapshots = {}
   function snapshots.npaths() -- how many domain paths this state remembers
     return npaths
   end
+  -- the snapshot: a plain recipients map or a layout table (see load_snapshot)
   function snapshots.open(dkey)
     local path = path_of(dkey)
     local version = path and version_of(path)
     if not version then
       return nil
     end
-    return loader_for(path, version)(path, version) or nil
+    return load(path, version) or nil
   end
-  function snapshots.find(recipients, rkey)
+  function snapshots.find(snapshot, rkey)
     if rkey == nil then
       return nil
     end
-    local now
-    local e = recipients[rkey]
-    if e ~= nil then
-      now = os_time()
-      local expires = e.expires
-      if expires == nil or expires > now then
-        return e
-      end
-    end
+    local now = os_time()
     local at = match(rkey, '@[^@]*$')
-    e = at and recipients[at]
-    if e ~= nil then
-      local expires = e.expires
-      if expires == nil or expires > (now or os_time()) then
-        return e
-      end
+    local recipients = snapshot.recipients
+    if recipients == nil then -- a plain single file: the map itself
+      return active(snapshot[rkey], now) or active(snapshot[at], now)
     end
-    return nil
+    local hashed = snapshot.hashed
+    local digest = sha256_hex(rkey) -- once per recipient: the shard and, hashed, the key
+    local own = recipients
+    if snapshot.shards then
+      own = open_shard(snapshot, digest)
+    end
+    local e = own and active(own[hashed and digest or rkey], now)
+    if e or snapshot.domain_entries == 0 then
+      return e
+    end
+    return active(recipients[hashed and sha256_hex(at) or at], now)
   end
   return snapshots
 end
@@ -790,6 +926,7 @@ local DEFAULTS = {
   domain_meta = 'x_suppression_domain',
   name = 'default',
   cache_capacity = 100000,
+  large_snapshot_bytes = 16777216,
 }
 
 local ACTIONS = { reject = true, bounce = true, drop = true, shadow = true }
@@ -923,6 +1060,7 @@ local VALIDATORS = {
   end,
 }
 VALIDATORS.http_action = VALIDATORS.smtp_action
+VALIDATORS.large_snapshot_bytes = VALIDATORS.cache_capacity
 
 -- config file sections/keys this module reads; every other key belongs to Python
 local CONFIG_KEYS = {

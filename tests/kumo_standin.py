@@ -38,6 +38,7 @@ no allocation, so benchmarks measure the module, not the stand-in.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import re
@@ -512,6 +513,41 @@ if OPT.with_fs then
   kumo.fs = {metadata_for_path = stat(true), symlink_metadata_for_path = stat(false)}
 end
 
+-- ---------------------------------------------------------------- digest
+-- kumo.digest.<algo>(...): strings are digested as bytes, other values as their JSON;
+-- the result is a BinaryResult userdata: .hex (lowercase), .bytes, .base64 ..., and
+-- tostring() = hex (crates/mod-digest)
+local BIN = setmetatable({}, {__mode = 'k'})
+local BinaryResultMT = {__name = 'BinaryResult'}
+local BIN_FIELDS = {hex = true, bytes = true, base32 = true, base32_nopad = true, base32hex = true,
+  base32hex_nopad = true, base64 = true, base64_nopad = true, base64url = true, base64url_nopad = true}
+BinaryResultMT.__index = function(u, k)
+  local r = BIN[u]
+  if k == 'hex' then return r.hex end
+  if not BIN_FIELDS[k] then raise("attempt to get an unknown field '" .. tostring(k) .. "'") end
+  return PY.encode_digest(r.hex, k)
+end
+BinaryResultMT.__tostring = function(u) return BIN[u].hex end
+local digest = {}
+for _, algo in ipairs({'sha1', 'sha224', 'sha256', 'sha384', 'sha512', 'sha512_256', 'sha3_256',
+                       'sha3_384', 'sha3_512'}) do
+  digest[algo] = function(first, ...)
+    local data = first
+    if type(first) ~= 'string' or select('#', ...) > 0 then
+      local parts = {}
+      for i = 1, select('#', first, ...) do
+        local v = select(i, first, ...)
+        parts[i] = type(v) == 'string' and v or PY.json_key(v)
+      end
+      data = concat(parts)
+    end
+    local u = new_ud(BinaryResultMT)
+    BIN[u] = {hex = PY.digest(algo, data)}
+    return u
+  end
+end
+if OPT.with_digest then kumo.digest = digest end
+
 -- ---------------------------------------------------------------- logging
 if OPT.with_log then
   for _, level in ipairs({'error', 'warn', 'info', 'debug'}) do
@@ -773,6 +809,20 @@ return S
 """
 
 
+def _digest_hex(algo: str, data: str) -> str:
+    return hashlib.new(algo, data.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _encode_digest(hex_digest: str, encoding: str):
+    raw = bytes.fromhex(hex_digest)
+    if encoding == "bytes":
+        return raw
+    family, _, nopad = encoding.partition("_")
+    text = {"base32": base64.b32encode, "base32hex": base64.b32hexencode, "base64": base64.b64encode,
+            "base64url": base64.urlsafe_b64encode}[family](raw).decode()
+    return text.rstrip("=") if nopad else text
+
+
 def _ret(value, n: int) -> tuple:
     """A Lua call's results as a tuple of exactly n (lupa gives a bare value for one)."""
     t = value if isinstance(value, tuple) else (value,)
@@ -1019,11 +1069,12 @@ class Kumod:
     with_serde        False: no kumo.serde (kumod older than 2024.09.02)
     with_legacy_serde kumo.json_load / kumo.toml_load
     with_log          False: no kumo.log_* (kumod older than 2025.03.19)
+    with_digest       False: no kumo.digest
     """
 
     def __init__(self, policy_dir: os.PathLike | str | None = None, *, clock: FakeClock | None = None,
                  with_fs: bool = True, with_serde: bool = True, with_legacy_serde: bool = True,
-                 with_log: bool = True, extra_paths: Sequence[os.PathLike | str] = ()):
+                 with_log: bool = True, with_digest: bool = True, extra_paths: Sequence[os.PathLike | str] = ()):
         self.clock = clock or FakeClock()
         self.logs: list[tuple[str, str]] = []
         self.io_paths: list[str] = []      # every path the fakes touched (stat / load)
@@ -1041,11 +1092,13 @@ class Kumod:
             "json_key": lambda v: json.dumps(self.from_lua(v), sort_keys=True),
             "stat": self._stat,
             "log": lambda level, text: self.logs.append((level, text)),
+            "digest": _digest_hex,
+            "encode_digest": _encode_digest,
         })
         opt = self.lua.table_from({
             "now": self.clock.now(), "multi": self.lua.table_from(list(MULTI_HANDLER_EVENTS)),
             "with_fs": with_fs, "with_serde": with_serde, "with_legacy_serde": with_legacy_serde,
-            "with_log": with_log,
+            "with_log": with_log, "with_digest": with_digest,
         })
         self._S = self.lua.execute(_PRELUDE, py, opt)
         self.clock._listeners.append(self._S.set_clock)

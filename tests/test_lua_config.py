@@ -95,6 +95,8 @@ BAD_OPTIONS = [
     ({"snapshot_dir": "/x", "queue": "generator.kumomta.internal"}, "kumod uses itself"),
     ({"snapshot_dir": "/x", "queue": "deferred_smtp_inject.kumomta.internal"}, "kumod uses itself"),
     ({"snapshot_dir": "/x", "queue": False}, "queue"),
+    ({"snapshot_dir": "/x", "large_snapshot_bytes": 0}, "large_snapshot_bytes"),
+    ({"snapshot_dir": "/x", "large_snapshot_bytes": "16MB"}, "large_snapshot_bytes"),
     ({"snapshot_dir": "/x", "name": "a.b"}, "name"),
     ({"snapshot_dir": "/x", "domain_meta": ""}, "domain_meta"),
     ({}, "snapshot"),

@@ -55,3 +55,13 @@ def test_sending_domain_from_the_from_header(tmp_path, case):
     result, msg = p.http("user@example.net", sender=f"bounces@{FALLBACK}", from_header=case["header"])
     assert result.ok
     assert msg.meta["x_suppression_domain"] == (case["domain"] or FALLBACK)
+
+
+@pytest.mark.parametrize("case", VECTORS["sha256_shards"], ids=lambda c: repr(c["key"]))
+def test_sha256_and_shard_of_key(lua, case):
+    """The module hashes a key with kumo.digest and picks its shard from the digest; the
+    exporter computes the same from the same key bytes."""
+    digest = lua.eval("require('kumo').digest.sha256")(case["key"])
+    assert lua.eval("function(d) return d.hex end")(digest) == case["sha256"]
+    for shards, expected in case["shard_of"].items():
+        assert _call(lua, "shard_of_digest", case["sha256"], int(shards)) == expected

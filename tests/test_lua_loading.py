@@ -89,7 +89,7 @@ def reexport(p, snap, versions, recipients_of):
 def test_a_large_snapshot_is_never_held_twice(snap):
     """A big domain re-exported every minute: its own capacity-1 cache, so loading a new
     version drops the old one at once."""
-    p = policy(snap)
+    p = policy(snap, options={"large_snapshot_bytes": LARGE_SNAPSHOT_BYTES})
     bulk = large_recipients()
     reexport(p, snap, 3, lambda i: {**bulk, f"v{i}@example.net": entry()})
     assert (snap / "example.com.json").stat().st_size >= LARGE_SNAPSHOT_BYTES
