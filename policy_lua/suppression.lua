@@ -691,12 +691,13 @@ log_once = function(prefix, text)
   once(text)
 end
 
-local function active(e, now)
+-- e if it is an entry that has not expired (the clock is read only for an entry found)
+local function active(e)
   if e == nil then
     return nil
   end
   local expires = e.expires
-  if expires == nil or expires > now then
+  if expires == nil or expires > os_time() then
     return e
   end
   return nil
@@ -793,11 +794,10 @@ local function new_snapshots(o, prefix)
     if rkey == nil then
       return nil
     end
-    local now = os_time()
     local at = match(rkey, '@[^@]*$')
     local recipients = snapshot.recipients
     if recipients == nil then -- a plain single file: the map itself
-      return active(snapshot[rkey], now) or active(snapshot[at], now)
+      return active(snapshot[rkey]) or active(snapshot[at])
     end
     local hashed = snapshot.hashed
     local digest = sha256_hex(rkey) -- once per recipient: the shard and, hashed, the key
@@ -805,11 +805,11 @@ local function new_snapshots(o, prefix)
     if snapshot.shards then
       own = open_shard(snapshot, digest)
     end
-    local e = own and active(own[hashed and digest or rkey], now)
+    local e = own and active(own[hashed and digest or rkey])
     if e or snapshot.domain_entries == 0 then
       return e
     end
-    return active(recipients[hashed and sha256_hex(at) or at], now)
+    return active(recipients[hashed and sha256_hex(at) or at])
   end
   return snapshots
 end
