@@ -764,6 +764,25 @@ local function new_snapshots(o, prefix)
     return path
   end
   -- the recipients map of the shard that `digest` falls into, or nil
+  -- a layout's scalar fields, copied once per state and file version into a plain
+  -- table (a memoized table's every index is a call into kumod; scalars hold no memory)
+  local layouts, nlayouts = {}, 0
+  local function layout_of(snapshot)
+    local version = snapshot.version
+    local layout = layouts[version]
+    if layout == nil then
+      if nlayouts >= MAX_DOMAINS_PER_STATE then
+        layouts, nlayouts = {}, 0
+      end
+      layout = {
+        hashed = snapshot.hashed, shards = snapshot.shards, domain_entries = snapshot.domain_entries,
+        path = snapshot.path, version = version, shard_hash = snapshot.hashed and HASH or 'plain',
+      }
+      layouts[version] = layout
+      nlayouts = nlayouts + 1
+    end
+    return layout
+  end
   local function open_shard(layout, digest)
     local n = layout.shards
     local k = mod.shard_of_digest(digest, n)
@@ -774,7 +793,7 @@ local function new_snapshots(o, prefix)
         .. 'no suppression for its recipients', path, k, layout.version))
       return nil
     end
-    return load(path, version, layout.hashed and HASH or 'plain') or nil
+    return load(path, version, layout.shard_hash) or nil
   end
 
   local snapshots = {}
@@ -799,14 +818,15 @@ local function new_snapshots(o, prefix)
     if recipients == nil then -- a plain single file: the map itself
       return active(snapshot[rkey]) or active(snapshot[at])
     end
-    local hashed = snapshot.hashed
+    local layout = layout_of(snapshot)
+    local hashed = layout.hashed
     local digest = sha256_hex(rkey) -- once per recipient: the shard and, hashed, the key
     local own = recipients
-    if snapshot.shards then
-      own = open_shard(snapshot, digest)
+    if layout.shards then
+      own = open_shard(layout, digest)
     end
     local e = own and active(own[hashed and digest or rkey])
-    if e or snapshot.domain_entries == 0 then
+    if e or layout.domain_entries == 0 then
       return e
     end
     return active(recipients[hashed and sha256_hex(at) or at])
