@@ -247,7 +247,9 @@ def load_config(path: str | os.PathLike | None) -> Config:
             raise ConfigError(f"{cfg_path}: invalid TOML: {err}") from None
         except RecursionError:
             raise ConfigError(f"{cfg_path}: invalid TOML: nested too deeply") from None
-        base = cfg_path.resolve().parent
+        # the directory of the path AS GIVEN, symlinks not followed: kumod's Lua cannot
+        # realpath, and both sides must find the same snapshot dir
+        base = cfg_path.absolute().parent
     _validate(raw, where)
     return build_config(raw, base, cfg_path, where)
 
