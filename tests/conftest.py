@@ -24,6 +24,7 @@ import logfactory  # noqa: E402
 from exporter.cli import cli  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+CONSTRAINTS = ROOT / "deploy" / "constraints.txt"
 
 
 @dataclass
@@ -156,3 +157,24 @@ def install(tmp_path) -> Install:
 @pytest.fixture
 def factory():
     return logfactory
+
+
+def run_ok(argv, **kw) -> subprocess.CompletedProcess:
+    """Run a tool to completion (at most 10 minutes); its output in the failure."""
+    r = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=600, **kw)
+    assert r.returncode == 0, f"{' '.join(map(str, argv))} -> {r.returncode}\n{r.stdout}\n{r.stderr}"
+    return r
+
+
+@pytest.fixture(scope="session")
+def built_dist(tmp_path_factory) -> Path:
+    """A wheelhouse as a release builds it: the sdist, the wheel built FROM that sdist (so
+    the sdist is complete enough to build), and the dependency wheels pinned by
+    deploy/constraints.txt. `python -m build` takes its isolated build env, and pip the
+    dependency wheels, from the package index (through pip's cache)."""
+    out = tmp_path_factory.mktemp("dist")
+    run_ok([sys.executable, "-m", "build", "--sdist", "--wheel", "--outdir", out, ROOT])
+    wheel = next(out.glob("kumo_suppression-*.whl"))
+    run_ok([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "-w", out,
+            "-c", CONSTRAINTS, wheel])
+    return out

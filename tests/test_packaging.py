@@ -2,9 +2,8 @@
 installed into a fresh venv, carry the kumod module, the example config and the units;
 `kumo-suppress install-policy DIR` and `--version`.
 
-The wheel test builds with `python -m build` (its isolated build env and the dependency
-wheels come from the package index, through pip's cache) and installs with
-`--no-index` from that wheelhouse, pinned by deploy/constraints.txt.
+The wheel is built by conftest's built_dist; the fresh venv installs it with `--no-index`
+from that wheelhouse, pinned by deploy/constraints.txt.
 """
 
 from __future__ import annotations
@@ -23,12 +22,12 @@ import pytest
 from click.testing import CliRunner
 
 import logfactory
+from conftest import CONSTRAINTS, run_ok
 from exporter import __version__
 from exporter.cli import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULE = ROOT / "policy_lua" / "suppression.lua"
-CONSTRAINTS = ROOT / "deploy" / "constraints.txt"
 SHIPPED = {  # path in the wheel's exporter/data/ -> the file operators know in the repository
     "suppression.lua": "policy_lua/suppression.lua",
     "init.example.lua": "policy_lua/init.example.lua",
@@ -74,48 +73,30 @@ def test_version_is_the_package_version():
     assert metadata.version("kumo-suppression") == __version__
 
 
-def _run(argv, **kw) -> subprocess.CompletedProcess:
-    r = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=600, **kw)
-    assert r.returncode == 0, f"{' '.join(map(str, argv))} -> {r.returncode}\n{r.stdout}\n{r.stderr}"
-    return r
-
-
-@pytest.fixture(scope="module")
-def dist(tmp_path_factory) -> Path:
-    """The sdist, and the wheel built from that sdist (so the sdist is complete enough to
-    build), plus the dependency wheels pinned by deploy/constraints.txt."""
-    out = tmp_path_factory.mktemp("dist")
-    _run([sys.executable, "-m", "build", "--sdist", "--wheel", "--outdir", out, ROOT])
-    wheel = next(out.glob("kumo_suppression-*.whl"))
-    _run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "-w", out,
-          "-c", CONSTRAINTS, wheel])
-    return out
-
-
-def test_sdist_holds_every_tracked_file(dist):
+def test_sdist_holds_every_tracked_file(built_dist):
     """The sdist is the source release: everything its tests read is in it."""
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("not a git checkout: no list of tracked files to compare with")
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
                              check=True).stdout.split()
-    sdist = next(dist.glob("kumo_suppression-*.tar.gz"))
+    sdist = next(built_dist.glob("kumo_suppression-*.tar.gz"))
     with tarfile.open(sdist) as tar:
         members = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
     assert sorted(set(tracked) - members) == []
 
 
-def test_wheel_in_a_fresh_venv_runs_the_shipped_example(dist, tmp_path):
+def test_wheel_in_a_fresh_venv_runs_the_shipped_example(built_dist, tmp_path):
     venv = tmp_path / "venv"
-    _run([sys.executable, "-m", "venv", "--without-pip", venv])   # this pip installs into it
+    run_ok([sys.executable, "-m", "venv", "--without-pip", venv])   # this pip installs into it
     py, exe = venv / "bin" / "python", venv / "bin" / "kumo-suppress"
-    _run([sys.executable, "-m", "pip", "--python", py, "install", "-q", "--disable-pip-version-check", "--no-index",
-          "--find-links", dist, "-c", CONSTRAINTS, "kumo-suppression"])
+    run_ok([sys.executable, "-m", "pip", "--python", py, "install", "-q", "--disable-pip-version-check", "--no-index",
+          "--find-links", built_dist, "-c", CONSTRAINTS, "kumo-suppression"])
     work = tmp_path / "work"   # nothing of the checkout on the path: cwd elsewhere
     work.mkdir()
 
-    assert _run([exe, "--version"], cwd=work).stdout.strip() == f"kumo-suppress, version {__version__}"
+    assert run_ok([exe, "--version"], cwd=work).stdout.strip() == f"kumo-suppress, version {__version__}"
 
-    data = Path(_run([py, "-c", "import exporter, pathlib; print(pathlib.Path(exporter.__file__).parent / 'data')"],
+    data = Path(run_ok([py, "-c", "import exporter, pathlib; print(pathlib.Path(exporter.__file__).parent / 'data')"],
                      cwd=work).stdout.strip())
     assert str(data).startswith(str(venv)), data
     for shipped, original in SHIPPED.items():
@@ -123,7 +104,7 @@ def test_wheel_in_a_fresh_venv_runs_the_shipped_example(dist, tmp_path):
 
     policy_dir = work / "policy"
     policy_dir.mkdir()
-    printed = _run([exe, "install-policy", policy_dir], cwd=work).stdout.strip()
+    printed = run_ok([exe, "install-policy", policy_dir], cwd=work).stdout.strip()
     assert printed == str(policy_dir / "suppression.lua")
     assert (policy_dir / "suppression.lua").read_bytes() == MODULE.read_bytes()
 
@@ -131,9 +112,9 @@ def test_wheel_in_a_fresh_venv_runs_the_shipped_example(dist, tmp_path):
     config = work / "config.toml"
     shutil.copyfile(data / "config.example.toml", config)
     logfactory.write_segment(work / "var" / "example-logs", [logfactory.bounce("gone@example.net")])
-    _run([exe, "-c", config, "init"], cwd=work)
-    _run([exe, "-c", config, "sync"], cwd=work)
+    run_ok([exe, "-c", config, "init"], cwd=work)
+    run_ok([exe, "-c", config, "sync"], cwd=work)
     snapshot = json.loads((work / "var" / "snapshots" / "example.com.json").read_text())
     assert "gone@example.net" in snapshot["recipients"]
-    _run([exe, "-c", config, "validate"], cwd=work)
-    _run([exe, "-c", config, "check", "gone@example.net", "--domain", "example.com"], cwd=work)
+    run_ok([exe, "-c", config, "validate"], cwd=work)
+    run_ok([exe, "-c", config, "check", "gone@example.net", "--domain", "example.com"], cwd=work)
