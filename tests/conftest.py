@@ -96,6 +96,18 @@ class Install:
         return json.loads(path.read_text())
 
 
+def wait_for(predicate, timeout: float = 30, what: str = "the condition"):
+    """Poll `predicate` every 50 ms until it returns something true (returned), failing
+    after `timeout` seconds: tests wait for a state, never for a fixed time."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what}: not reached within {timeout} s"
+        time.sleep(0.05)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -178,3 +190,20 @@ def built_dist(tmp_path_factory) -> Path:
     run_ok([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "-w", out,
             "-c", CONSTRAINTS, wheel])
     return out
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under xdist (`./dev test` runs -n auto --dist loadgroup) the tests that share one of
+    this suite's module- or session-scoped fixtures (a reference ingest, an applied Ansible
+    role, a built wheel) run on one worker, so the fixture is built once; every other test
+    is balanced on its own."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        shared = sorted(
+            (defs[-1].scope != "session", name)
+            for name, defs in item._fixtureinfo.name2fixturedefs.items()
+            if defs and defs[-1].scope in ("module", "session")
+            and getattr(defs[-1].func, "__module__", "").startswith(("conftest", "test_")))
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(name=shared[0][1]))
