@@ -448,5 +448,26 @@ def serve(ctx: Context):
     sys.exit(serve_webhook(ctx.config))
 
 
+@cli.command(name="install-policy")
+@click.argument("directory", type=click.Path(path_type=Path))
+def install_policy(directory):
+    """Copy the kumod module (suppression.lua, as installed with this package) into
+    DIRECTORY, kumod's policy dir on its package.path: 0644, replaced atomically, so a
+    kumod loading it meanwhile reads the old or the new file, never half of one."""
+    from importlib import resources
+
+    from .export import atomic_write
+    if not directory.is_dir():
+        raise Fail(f"{directory}: not a directory (kumod's policy dir, e.g. /opt/kumomta/etc/policy)",
+                   EXIT_USAGE)
+    module = resources.files("exporter").joinpath("data/suppression.lua").read_bytes()
+    target = directory / "suppression.lua"
+    try:
+        atomic_write(target, lambda fh: fh.write(module), mode=0o644)
+    except OSError as err:
+        raise Fail(f"{target}: {err.strerror or err}", EXIT_RUNTIME) from err
+    click.echo(str(target))
+
+
 def main() -> None:
     cli(prog_name="kumo-suppress")

@@ -26,6 +26,7 @@ import pytest
 import tomli_w
 
 import logfactory
+from conftest import wait_for
 from test_crash import _cmd, _make_install, reference_run, state_of
 
 from exporter.export import snapshot_files, validate_snapshot_file
@@ -228,8 +229,14 @@ def test_backup_during_ingest_is_consistent_and_restorable(tmp_path):
     subprocess.run(_cmd(cfg, "init"), check=True, capture_output=True)
     ingest = subprocess.Popen(_cmd(cfg, "ingest"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     backups = []
+
+    def store_bytes() -> int:   # the database and its WAL: they grow with every commit
+        return sum(p.stat().st_size for p in (db, db.with_name(db.name + "-wal")) if p.exists())
+
     for i in range(3):
-        time.sleep(0.3)
+        # each backup after more of the ingest was committed (or after it ended)
+        seen = store_bytes()
+        wait_for(lambda: ingest.poll() is not None or store_bytes() > seen, what="the ingest went on")
         target = tmp_path / f"backup{i}.db"
         r = subprocess.run(_cmd(cfg, "backup", str(target)), capture_output=True, timeout=60)
         assert r.returncode == 0, r.stderr.decode()
