@@ -265,7 +265,6 @@ def test_backup_during_ingest_is_consistent_and_restorable(tmp_path):
         # same logs ends exactly where one uninterrupted run does
         restored = tmp_path / f"restored-{target.stem}"
         rcfg = _make_install(restored, corpus)
-        (restored / "var").mkdir()
         shutil.copy2(target, restored / "var" / "suppression.db")
         r = subprocess.run(_cmd(rcfg, "ingest"), capture_output=True, timeout=120)
         assert r.returncode == 0, r.stderr.decode()
