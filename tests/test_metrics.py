@@ -1,0 +1,46 @@
+"""The exposition and the cached active-entry figures behind a scrape."""
+
+from __future__ import annotations
+
+
+from exporter.metrics import StatsCache, render
+from exporter.store import Store
+
+
+class CountingStore:
+    """A Store whose stats() (the only query that grows with the list) is counted."""
+
+    def __init__(self, store: Store):
+        self.store, self.stats_calls = store, 0
+
+    def domain_generations(self):
+        return self.store.domain_generations()
+
+    def stats(self, now):
+        self.stats_calls += 1
+        return self.store.stats(now)
+
+
+def test_a_scrape_never_counts_the_entries(install):
+    install.ok("add", "a@example.net", "--domain", "example.com")
+    with Store.open(install.db, create=False) as store:
+        counting = CountingStore(store)
+        cache = StatsCache(lambda: None)
+        cache.refresh(counting)
+        cache.refresh(counting)            # nothing changed: no recount
+        assert counting.stats_calls == 1
+        text = render(store, cache.stats).decode()
+        assert 'kumo_suppression_entries{reason="manual"} 1.0' in text
+        install.ok("add", "b@example.net", "--domain", "example.com")
+        assert 'kumo_suppression_entries{reason="manual"} 1.0' in render(store, cache.stats).decode()
+        cache.refresh(counting)            # a domain's generation moved: recount
+        assert counting.stats_calls == 2
+        assert 'kumo_suppression_entries{reason="manual"} 2.0' in render(store, cache.stats).decode()
+
+
+def test_figures_before_the_first_count_leave_the_gauges_out(install):
+    install.ok("init")
+    with Store.open(install.db, create=False) as store:
+        text = render(store, None).decode()
+    assert "kumo_suppression_records_ingested_total" in text
+    assert "kumo_suppression_entries" not in text
