@@ -194,7 +194,8 @@ def _file_state(path: Path) -> tuple[int, int] | None:
 
 
 def export_snapshots(store: Store, config: Config, now: float | None = None,
-                     progress: Callable[[int, int], None] | None = None) -> ExportResult:
+                     progress: Callable[[int, int], None] | None = None, force: bool = False) -> ExportResult:
+    """`force`: write every snapshot, as if the manifest were not there."""
     started = time.monotonic()
     now = int(time.time() if now is None else now)
     directory = config.export.dir
@@ -215,7 +216,7 @@ def export_snapshots(store: Store, config: Config, now: float | None = None,
             if gid is not None:
                 os.chown(directory, -1, gid)
         with export_lock(directory):
-            result = _export(store, directory, fmt, gid, now, progress)
+            result = _export(store, directory, fmt, gid, now, progress, force)
     except OSError as err:
         raise ExportError(f"{err.filename or directory}: cannot write snapshots: {err.strerror}") from None
     result.duration = time.monotonic() - started
@@ -226,10 +227,10 @@ def export_snapshots(store: Store, config: Config, now: float | None = None,
 
 
 def _export(store: Store, directory: Path, fmt: str, gid: int | None, now: int,
-            progress: Callable[[int, int], None] | None) -> ExportResult:
+            progress: Callable[[int, int], None] | None, force: bool = False) -> ExportResult:
     result = ExportResult()
     old = read_manifest(directory)
-    usable = old.get("store_id") == store.store_id and old.get("snapshot_format") == fmt
+    usable = not force and old.get("store_id") == store.store_id and old.get("snapshot_format") == fmt
     old_domains = old.get("domains", {}) if usable and isinstance(old.get("domains"), dict) else {}
     generated_at = iso_now(now)
     domains: dict[str, dict] = {}

@@ -23,7 +23,7 @@ from .keys import recipient_domain_entry
 from .records import Event
 from .rules import Decision
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2     # 2: history rows name their actor and carry the note
 EVIDENCE = ("type", "message_id", "code", "enhanced_code", "content", "classification", "nodeid")
 _EV_COLS = ", ".join(f"ev_{c}" for c in EVIDENCE)
 
@@ -199,7 +199,19 @@ class Store:
             self.conn.execute("CREATE INDEX IF NOT EXISTS strikes_pair ON strikes(domain, recipient, at)")
             self.conn.execute("CREATE INDEX IF NOT EXISTS seen_events_at ON seen_events(at)")
             self.conn.execute("INSERT OR IGNORE INTO state(key, value) VALUES ('store_id', ?)", (uuid.uuid4().hex,))
+            self._migrate_to_2()
             self.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _migrate_to_2(self) -> None:
+        """History rows say who made a change (an API token's name, "cli"; NULL for log
+        ingestion) and why (the note, formerly `detail`); a recipient can be looked up
+        across every sending domain."""
+        columns = set(self.db["history"].columns_dict)
+        if "note" not in columns:
+            self.conn.execute("ALTER TABLE history RENAME COLUMN detail TO note")
+        if "actor" not in columns:
+            self.conn.execute("ALTER TABLE history ADD COLUMN actor TEXT")
+        self.conn.execute("CREATE INDEX IF NOT EXISTS suppressions_recipient ON suppressions(recipient)")
 
     # ------------------------------------------------------------------ state
     def get_state(self, key: str) -> str | None:
@@ -241,11 +253,12 @@ class Store:
         self._dirty.add(domain)
 
     def _history(self, now: int, action: str, domain: str, recipient: str, reason: str | None,
-                 source: str | None, event_time: int | None, expires: int | None, detail: str | None = None) -> None:
+                 source: str | None, event_time: int | None, expires: int | None, note: str | None = None,
+                 actor: str | None = None) -> None:
         self.conn.execute(
-            "INSERT INTO history(at, action, domain, recipient, reason, source, event_time, expires, detail) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (now, action, domain, recipient, reason, source, event_time, expires, detail))
+            "INSERT INTO history(at, action, domain, recipient, reason, source, event_time, expires, note, actor) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (now, action, domain, recipient, reason, source, event_time, expires, note, actor))
 
     def apply_event(self, event: Event, decision: Decision, source: str, now: int,
                     result: ApplyResult) -> None:
@@ -308,7 +321,7 @@ class Store:
 
     def _upsert(self, domain: str, recipient: str, reason: str, source: str, when: int,
                 expires: int | None, evidence: dict, note: str | None, now: int,
-                result: ApplyResult) -> str:
+                result: ApplyResult, actor: str | None = None) -> str:
         conn = self.conn
         row = conn.execute("SELECT reason, first_seen, last_seen, expires, count FROM suppressions "
                            "WHERE domain = ? AND recipient = ?", (domain, recipient)).fetchone()
@@ -319,7 +332,7 @@ class Store:
                 f"expires, count, {_EV_COLS}, note, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 1, "
                 f"?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (domain, recipient, reason, source, when, when, expires, *ev, note, now))
-            self._history(now, "add", domain, recipient, reason, source, when, expires, note)
+            self._history(now, "add", domain, recipient, reason, source, when, expires, note, actor)
             self._bump(domain)
             result.added[reason] = result.added.get(reason, 0) + 1
             return "add"
@@ -341,7 +354,7 @@ class Store:
             args.append(note)
         conn.execute(f"UPDATE suppressions SET {', '.join(sets)} WHERE domain = ? AND recipient = ?",
                      (*args, domain, recipient))
-        self._history(now, "refresh", domain, recipient, reason, source, when, new_expires, note)
+        self._history(now, "refresh", domain, recipient, reason, source, when, new_expires, note, actor)
         if (keep_reason, first_seen, new_expires) != (row["reason"], row["first_seen"], row["expires"]):
             self._bump(domain)
         result.refreshed[reason] = result.refreshed.get(reason, 0) + 1
@@ -349,7 +362,7 @@ class Store:
 
     def add_manual(self, recipient: str, domain: str, reason: str, ttl: int | None, note: str | None,
                    now: int, source: str = "manual", since: int | None = None,
-                   expires: int | None | bool = False) -> str:
+                   expires: int | None | bool = False, actor: str | None = None) -> str:
         """An operator's suppression (or an imported row). Clears a tombstone: the operator
         has the last word. Returns "add" or "refresh"."""
         when = now if since is None else since
@@ -359,36 +372,41 @@ class Store:
         with self.transaction():
             self.conn.execute("DELETE FROM tombstones WHERE domain = ? AND recipient = ?", (domain, recipient))
             evidence = {"type": source}
-            return self._upsert(domain, recipient, reason, source, when, expires, evidence, note, now, result)
+            return self._upsert(domain, recipient, reason, source, when, expires, evidence, note, now, result,
+                                actor)
 
-    def import_rows(self, rows: Iterable[tuple[str, str, str, int, int | None]], now: int) -> int:
-        """(recipient, domain, reason, since, expires) rows, all in one transaction."""
+    def import_rows(self, rows: Iterable[tuple], now: int, *, source: str = "import",
+                    actor: str | None = None) -> int:
+        """(recipient, domain, reason, since, expires[, note]) rows, all in one transaction."""
         result = ApplyResult()
         count = 0
         with self.transaction():
-            for recipient, domain, reason, since, expires in rows:
+            for recipient, domain, reason, since, expires, *note in rows:
                 self.conn.execute("DELETE FROM tombstones WHERE domain = ? AND recipient = ?", (domain, recipient))
-                self._upsert(domain, recipient, reason, "import", since, expires, {"type": "import"}, None,
-                             now, result)
+                self._upsert(domain, recipient, reason, source, since, expires, {"type": source},
+                             note[0] if note else None, now, result, actor)
                 count += 1
         return count
 
-    def remove(self, recipient: str, domain: str, now: int, note: str | None = None) -> bool:
-        """Remove a pair and leave a tombstone: an event older than now never re-adds it."""
+    def remove(self, recipient: str, domain: str, now: int, note: str | None = None, *,
+               actor: str | None = None, source: str = "manual") -> bool:
+        """Remove an active entry and leave a tombstone: an event older than now never
+        re-adds it. False, and nothing written, when the pair has no active entry (a typo
+        must not leave a tombstone that silently blocks a later event)."""
         with self.transaction():
             row = self.conn.execute("SELECT reason, expires FROM suppressions WHERE domain = ? AND recipient = ?",
                                     (domain, recipient)).fetchone()
+            if row is None or (row["expires"] is not None and row["expires"] <= now):
+                return False
             self.conn.execute("INSERT INTO tombstones(domain, recipient, removed_at, note) VALUES (?, ?, ?, ?) "
                               "ON CONFLICT(domain, recipient) DO UPDATE SET removed_at = excluded.removed_at, "
                               "note = excluded.note", (domain, recipient, now, note))
-            if row is None:
-                return False
             self.conn.execute("DELETE FROM suppressions WHERE domain = ? AND recipient = ?", (domain, recipient))
             self.conn.execute("DELETE FROM strikes WHERE domain = ? AND recipient = ?", (domain, recipient))
-            self._history(now, "remove", domain, recipient, row["reason"], "manual", None, None, note)
+            self._history(now, "remove", domain, recipient, row["reason"], source, None, None, note, actor)
             self._bump(domain)
             self.add_counters({"removed_total": 1})
-            return row["expires"] is None or row["expires"] > now
+            return True
 
     def prune(self, now: int, seen_retention: int = 400 * 86400) -> int:
         """Drop expired entries (with an `expire` history row each) and old event keys."""
@@ -415,7 +433,11 @@ class Store:
                 return entry_dict(row)
         return None
 
-    def iter_entries(self, now: int, domain: str | None = None, reason: str | None = None) -> Iterator[dict]:
+    def iter_entries(self, now: int, domain: str | None = None, reason: str | None = None, *,
+                     recipient: str | None = None, source: str | None = None,
+                     after: tuple[str, str] | None = None, limit: int | None = None) -> Iterator[dict]:
+        """Active entries in (domain, recipient) order; `after` a (domain, recipient) to
+        continue behind (cursor pagination)."""
         where, args = ["(expires IS NULL OR expires > ?)"], [now]
         if domain is not None:
             where.append("domain = ?")
@@ -423,14 +445,31 @@ class Store:
         if reason is not None:
             where.append("reason = ?")
             args.append(reason)
+        if recipient is not None:
+            where.append("recipient = ?")
+            args.append(recipient)
+        if source is not None:
+            where.append("source = ?")
+            args.append(source)
+        if after is not None:
+            where.append("(domain, recipient) > (?, ?)")
+            args += after
+        args.append(-1 if limit is None else limit)      # LIMIT -1: no limit
         cur = self.conn.execute(f"SELECT * FROM suppressions WHERE {' AND '.join(where)} "
-                                "ORDER BY domain, recipient", args)
+                                "ORDER BY domain, recipient LIMIT ?", args)
         for row in cur:
             yield entry_dict(row)
 
+    def suppressing_domains(self, recipient: str, now: int) -> list[str]:
+        """The sending domains with an active entry for the recipient or its `@domain`."""
+        return [r[0] for r in self.conn.execute(
+            "SELECT DISTINCT domain FROM suppressions WHERE recipient IN (?, ?) "
+            "AND (expires IS NULL OR expires > ?) ORDER BY domain",
+            (recipient, recipient_domain_entry(recipient), now))]
+
     def history(self, recipient: str, domain: str) -> list[dict]:
         return [dict(r) for r in self.conn.execute(
-            "SELECT at, action, reason, source, event_time, expires, detail FROM history "
+            "SELECT at, action, reason, source, actor, note, event_time, expires FROM history "
             "WHERE domain = ? AND recipient = ? ORDER BY id", (domain, recipient))]
 
     def domain_generations(self) -> dict[str, int]:
