@@ -168,7 +168,7 @@ def test_other_paths_and_methods(server):
     status, _, resp = server.request("GET", "/v1/events")
     assert status == 405 and "POST" in resp.getheader("Allow")
     assert server.request("PUT", "/v1/events", "{}")[0] == 405
-    assert server.request("DELETE", "/v1/suppressions/example.com/x@example.net")[0] == 405
+    assert server.request("PATCH", "/v1/suppressions/example.com/x@example.net")[0] == 405
 
 
 def test_idempotent_retry(server):
