@@ -414,7 +414,8 @@ class Service:
 
         self.writer.submit(records, lambda outcome: loop.call_soon_threadsafe(settle, outcome))
         try:
-            return await asyncio.wait_for(asyncio.shield(done), self.config.store.busy_timeout + WAIT_MARGIN)
+            async with asyncio.timeout(self.config.store.busy_timeout + WAIT_MARGIN):
+                return await done
         except TimeoutError:
             return Outcome(error=StoreError("commit timed out"))
 
