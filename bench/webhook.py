@@ -8,12 +8,14 @@ batches with 1 Bounce in 10 records, the rest Delivery, closer to a real hook st
 Afterwards the store must hold exactly as many entries as records
 answered 2xx, i.e. every 2xx was committed.
 
-Then the same phases against the previous server (the standard library's
+The same phases run against the previous server (the standard library's
 ThreadingHTTPServer, exporter/webhook.py before it moved to aiohttp), checked out of this
 repository's git history into a temp dir for the run, so both are measured on the same
-machine in the same minute. Without git history the old server is skipped, saying so.
+machine in the same minutes: in rounds, the two servers taking turns (which goes first
+alternates), the best round of each figure kept, since another job on a shared machine
+can halve one run. Without git history the old server is skipped, saying so.
 
-    python bench/webhook.py [--quick] [--clients 4] [--singles N] [--batches N] [--no-old]
+    python bench/webhook.py [--quick] [--clients 4] [--singles N] [--batches N] [--rounds N] [--no-old]
 
 Prints `name: value unit` lines (`old_` before the old server's). Targets: >= 1000 single
 posts/s, >= 20000 records/s batched.
@@ -123,17 +125,24 @@ def old_server_source() -> str | None:
         return None
 
 
-def measure(label: str, argv: list[str], env: dict, opts, singles: int, batches: int) -> bool:
-    """Start the server `argv` (CONFIG in it stands for the config's path) on a fresh store, run the three phases, print the
-    figures (prefixed `label`); False if a 2xx was not committed."""
+# figure -> (unit, True when higher is better)
+FIGURES = {"single_posts": ("posts/s", True), "single_latency_p99": ("ms", False),
+           "batched_100": ("records/s", True), "batched_100_requests": ("posts/s", True),
+           "batched_100_latency_p99": ("ms", False), "batched_100_mixed": ("records/s", True)}
+
+
+def measure(argv: list[str], env: dict, opts, singles: int, batches: int) -> dict | None:
+    """Start the server `argv` (CONFIG in it stands for the config's path) on a fresh
+    store and run the three phases; the figures, or None when the server did not start or
+    a 2xx was not committed."""
     tmp = Path(tempfile.mkdtemp(prefix="kumo-webhook-bench-"))
     port = free_port()
     (tmp / "config.toml").write_text(
         f'[store]\npath = "suppression.db"\n[ingest]\nlog_dirs = []\n[export]\ndir = "snap"\n'
         f'[webhook]\nenabled = true\nlisten = "127.0.0.1:{port}"\ntoken = "{TOKEN}"\nmax_body = "10MB"\n')
     log = open(tmp / "serve.log", "wb")
-    proc = subprocess.Popen([str(tmp / "config.toml") if a == "CONFIG" else a for a in argv], cwd=tmp, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True, env=env)
+    proc = subprocess.Popen([str(tmp / "config.toml") if a == "CONFIG" else a for a in argv], cwd=tmp, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True, env=env)
     try:
         deadline = time.time() + 20
         while True:
@@ -143,7 +152,7 @@ def measure(label: str, argv: list[str], env: dict, opts, singles: int, batches:
             except OSError:
                 if time.time() > deadline or proc.poll() is not None:
                     print((tmp / "serve.log").read_text(), file=sys.stderr)
-                    return False
+                    return None
                 time.sleep(0.1)
         with mp.get_context("fork").Pool(opts.clients) as pool:
             pool.map(client, [(port, f"warm{c}", 5, 1, 1) for c in range(opts.clients)])
@@ -151,13 +160,6 @@ def measure(label: str, argv: list[str], env: dict, opts, singles: int, batches:
             t1, ok1, rec1, p99_1 = run_phase(pool, port, "single", opts.clients, singles, 1)
             t2, ok2, rec2, p99_2 = run_phase(pool, port, "batch", opts.clients, batches, 100)
             t3, ok3, rec3, _ = run_phase(pool, port, "mixed", opts.clients, batches, 100, every=10)
-        print(f"{label}single_posts: {ok1 / t1:.0f} posts/s ({ok1} posts in {t1:.2f} s)", flush=True)
-        print(f"{label}single_latency_p99: {p99_1:.2f} ms", flush=True)
-        print(f"{label}batched_100: {rec2 / t2:.0f} records/s ({ok2} batches in {t2:.2f} s)", flush=True)
-        print(f"{label}batched_100_requests: {ok2 / t2:.0f} posts/s", flush=True)
-        print(f"{label}batched_100_latency_p99: {p99_2:.2f} ms", flush=True)
-        print(f"{label}batched_100_mixed: {rec3 / t3:.0f} records/s (1 Bounce in 10, rest Delivery; "
-              f"{ok3} batches in {t3:.2f} s)", flush=True)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -168,40 +170,61 @@ def measure(label: str, argv: list[str], env: dict, opts, singles: int, batches:
     from exporter.store import Store
     with Store.open(tmp / "suppression.db", create=False) as store:
         entries = store.stats(int(time.time()))["entries"]
-    expected = warm + rec1 + rec2 + rec3 // 10
-    print(f"{label}committed_check: {entries} entries in store for {expected} records answered 2xx "
-          f"({'OK' if entries == expected else 'MISMATCH'})", flush=True)
-    print(f"{label}server_exit: {proc.returncode}", flush=True)
     shutil.rmtree(tmp, ignore_errors=True)
-    return entries == expected
+    expected = warm + rec1 + rec2 + rec3 // 10
+    if entries != expected or proc.returncode != 0:
+        print(f"# MISMATCH: {entries} entries in store for {expected} records answered 2xx; "
+              f"server exit {proc.returncode}", flush=True)
+        return None
+    return {"single_posts": ok1 / t1, "single_latency_p99": p99_1, "batched_100": rec2 / t2,
+            "batched_100_requests": ok2 / t2, "batched_100_latency_p99": p99_2, "batched_100_mixed": rec3 / t3}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="small run (< 20 s)")
+    ap.add_argument("--quick", action="store_true", help="small run (< 30 s)")
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--singles", type=int, default=None, help="single-record posts per client")
     ap.add_argument("--batches", type=int, default=None, help="100-record batches per client")
+    ap.add_argument("--rounds", type=int, default=None, help="rounds, each server once per round (best kept)")
     ap.add_argument("--no-old", action="store_true", help="skip the old server")
     opts = ap.parse_args()
-    singles = opts.singles or (400 if opts.quick else 5000)
-    batches = opts.batches or (30 if opts.quick else 500)
+    singles = opts.singles or (400 if opts.quick else 1500)
+    batches = opts.batches or (30 if opts.quick else 150)
+    rounds = opts.rounds or (1 if opts.quick else 3)
     print("command: " + " ".join([Path(sys.executable).name, *sys.argv]), flush=True)
-    print(f"clients: {opts.clients} keep-alive connections", flush=True)
+    print(f"# {opts.clients} keep-alive clients; {rounds} round(s), the servers in turns; "
+          "the best of each figure is printed", flush=True)
     sys.path.insert(0, str(ROOT))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    ok = measure("", [sys.executable, "-m", "exporter", "-c", "CONFIG", "serve"], env, opts, singles, batches)
-    if not opts.no_old:
-        source = old_server_source()
-        if source is None:
+    servers = [("", [sys.executable, "-m", "exporter", "-c", "CONFIG", "serve"], env)]
+    with tempfile.TemporaryDirectory(prefix="kumo-old-server-") as old_dir:
+        source = None if opts.no_old else old_server_source()
+        if source is not None:
+            (Path(old_dir) / "old_webhook_server.py").write_text(source.replace("from .", "from exporter."))
+            servers.append(("old_", [sys.executable, "-c", OLD_SERVER_LAUNCH, "CONFIG"],
+                            {**env, "PYTHONPATH": os.pathsep.join([old_dir, str(ROOT)])}))
+            print("# old_: the stdlib ThreadingHTTPServer this one replaced, checked out of git history", flush=True)
+        elif not opts.no_old:
             print("# old server: not in this checkout's git history, skipped", flush=True)
-        else:
-            with tempfile.TemporaryDirectory(prefix="kumo-old-server-") as old_dir:
-                (Path(old_dir) / "old_webhook_server.py").write_text(source.replace("from .", "from exporter."))
-                old_env = {**env, "PYTHONPATH": os.pathsep.join([old_dir, str(ROOT)])}
-                print("# old server: the stdlib ThreadingHTTPServer, from git history", flush=True)
-                ok = measure("old_", [sys.executable, "-c", OLD_SERVER_LAUNCH, "CONFIG"], old_env, opts, singles, batches) and ok
-    return 0 if ok else 1
+        best: dict[str, dict[str, float]] = {}
+        for round_no in range(rounds):
+            order = servers if round_no % 2 == 0 else servers[::-1]
+            for label, argv, server_env in order:
+                figures = measure(argv, server_env, opts, singles, batches)
+                if figures is None:
+                    return 1
+                print(f"# round {round_no + 1} {label or 'new_'}: " + ", ".join(
+                    f"{name} {value:.1f}" for name, value in figures.items()), flush=True)
+                kept = best.setdefault(label, figures)
+                for name, (_unit, higher) in FIGURES.items():
+                    kept[name] = (max if higher else min)(kept[name], figures[name])
+    for name, (unit, _higher) in FIGURES.items():
+        for label, _argv, _env in servers:
+            value = best[label][name]
+            print(f"{label}{name}: {value:.2f} {unit}" if unit == "ms" else f"{label}{name}: {value:.0f} {unit}",
+                  flush=True)
+    return 0
 
 
 if __name__ == "__main__":

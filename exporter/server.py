@@ -65,6 +65,7 @@ READ_THREADS = 4                  # store connections for reads and API writes
 DISCARD_LIMIT = 65536             # an unread body up to this is read away to keep the connection
 SHUTDOWN_GRACE = 10.0             # seconds a stop waits for requests in flight
 BACKLOG = 128
+EVENT_LOOPS = 2                   # event-loop threads sharing the listening socket (WebhookService)
 
 
 @dataclass(frozen=True)
@@ -73,14 +74,14 @@ class Limits:
     body_timeout: float = 30.0
     max_connections: int = 4096   # lowered to what RLIMIT_NOFILE allows
 
-    def connection_cap(self) -> int:
+    def connection_cap(self, loops: int) -> int:
         """max_connections, or fewer so that open connections, the store's files, the
-        listening socket and one accept() batch of connections about to be displaced
-        always fit under the soft file-descriptor limit."""
+        listening sockets and one accept() batch per loop of connections about to be
+        displaced always fit under the soft file-descriptor limit."""
         soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft == resource.RLIM_INFINITY:
             return self.max_connections
-        return max(16, min(self.max_connections, soft - BACKLOG - 128))
+        return max(16, min(self.max_connections, soft - loops * BACKLOG - 128))
 
 
 def is_loopback(host: str) -> bool:
@@ -190,40 +191,44 @@ class Auth:
 
 # ---------------------------------------------------------------------- connections
 class ConnectionGate:
-    """Counts open connections; over the cap, the oldest one not inside a request goes."""
+    """Counts open connections over every event loop; over the cap, the oldest one not
+    inside a request goes (closed on its own loop)."""
 
     def __init__(self, cap: int):
         self.cap = cap
-        self._open: dict[object, None] = {}     # insertion order: oldest first (re-inserted when idle)
+        self._lock = threading.Lock()
+        # connection -> its loop; insertion order: oldest first (re-inserted when idle)
+        self._open: dict[object, asyncio.AbstractEventLoop] = {}
         self._busy: set[object] = set()
-        self.displaced = 0
 
     def __len__(self) -> int:
         return len(self._open)
 
-    def admit(self, conn) -> bool:
-        if len(self._open) >= self.cap:
-            victim = next((c for c in self._open if c not in self._busy), None)
-            if victim is None:
-                return False
-            del self._open[victim]
-            self.displaced += 1
-            victim.force_close()
-        self._open[conn] = None
-        return True
+    def admit(self, conn, loop: asyncio.AbstractEventLoop) -> bool:
+        with self._lock:
+            if len(self._open) >= self.cap:
+                victim = next((c for c in self._open if c not in self._busy), None)
+                if victim is None:
+                    return False
+                victim_loop = self._open.pop(victim)
+                victim_loop.call_soon_threadsafe(victim.force_close)
+            self._open[conn] = loop
+            return True
 
     def release(self, conn) -> None:
-        self._open.pop(conn, None)
-        self._busy.discard(conn)
+        with self._lock:
+            self._open.pop(conn, None)
+            self._busy.discard(conn)
 
     def begin(self, conn) -> None:
-        self._busy.add(conn)
+        with self._lock:
+            self._busy.add(conn)
 
     def end(self, conn) -> None:
-        self._busy.discard(conn)
-        if conn in self._open:               # idle again: now the youngest idle one
-            del self._open[conn]
-            self._open[conn] = None
+        with self._lock:
+            self._busy.discard(conn)
+            if conn in self._open:               # idle again: now the youngest idle one
+                self._open[conn] = self._open.pop(conn)
 
 
 _FULL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: %d\r\n"
@@ -233,13 +238,13 @@ _FULL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\
 class _GatedConnection(asyncio.Protocol):
     """aiohttp's connection protocol behind the gate: admitted, it gets every event."""
 
-    __slots__ = ("gate", "inner", "admitted")
+    __slots__ = ("gate", "inner", "loop", "admitted")
 
-    def __init__(self, gate: ConnectionGate, inner):
-        self.gate, self.inner, self.admitted = gate, inner, False
+    def __init__(self, gate: ConnectionGate, inner, loop: asyncio.AbstractEventLoop):
+        self.gate, self.inner, self.loop, self.admitted = gate, inner, loop, False
 
     def connection_made(self, transport) -> None:
-        self.admitted = self.gate.admit(self.inner)
+        self.admitted = self.gate.admit(self.inner, self.loop)
         if not self.admitted:
             body = b'{"error": "too many connections busy with requests; retry later"}\n'
             transport.write(_FULL % (RETRY_AFTER, len(body), body))
@@ -390,7 +395,7 @@ class Service:
         self.stores = ReadStores(config)
         self.stats = metrics.StatsCache(lambda: Store.open(config.store.path, create=False,
                                                            busy_timeout=config.store.busy_timeout))
-        self.gate = ConnectionGate(limits.connection_cap())
+        self.gate = ConnectionGate(limits.connection_cap(EVENT_LOOPS))
 
     async def json_body(self, request: web.Request, *, required: bool) -> object:
         """A small JSON request body of the API; None when absent and not required."""
@@ -540,8 +545,14 @@ def _listening_socket(host: str, port: int) -> socket.socket:
 
 
 class WebhookService:
-    """The server with its writer thread; start() serves in a background thread, so `serve`
-    and `run` drive it the same way."""
+    """The server with its writer thread; start() serves in background threads, so `serve`
+    and `run` drive it the same way.
+
+    EVENT_LOOPS loops, each in its own thread with its own aiohttp runner, accept from one
+    listening socket (each through its own dup of it). The GIL still runs one piece of
+    Python at a time; what a second loop buys is that one loop's socket calls (a send on
+    loopback may wait for the woken client) and waits for the GIL no longer hold up every
+    other connection."""
 
     def __init__(self, config: Config, limits: Limits | None = None):
         check_listen(config)
@@ -552,10 +563,11 @@ class WebhookService:
         except OSError:
             self.service.writer.store.close()
             raise
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopping: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="webhook-server", daemon=True)
+        self._stoppers: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        self._lock = threading.Lock()
+        self._ready = threading.Barrier(EVENT_LOOPS + 1)
+        self._threads = [threading.Thread(target=self._run, args=(self.sock.dup(),), name=f"webhook-loop-{i}",
+                                          daemon=True) for i in range(EVENT_LOOPS)]
 
     @property
     def address(self) -> str:
@@ -565,35 +577,41 @@ class WebhookService:
     def start(self) -> None:
         self.service.writer.start()
         self.service.stats.start()
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         self._ready.wait(10)
         log.info("webhook receiver listening on http://%s%s (token %s, at most %d connections)", self.address,
                  EVENTS_PATH, "required" if self.config.webhook.token else "not required", self.service.gate.cap)
 
-    def _run(self) -> None:
-        asyncio.run(self._main())
+    def _run(self, sock: socket.socket) -> None:
+        asyncio.run(self._main(sock))
 
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stopping = asyncio.Event()
+    async def _main(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        with self._lock:
+            self._stoppers.append((loop, stopping))
         runner = web.AppRunner(make_app(self.service), access_log=None, handle_signals=False,
                                keepalive_timeout=self.service.limits.head_timeout,
                                shutdown_timeout=SHUTDOWN_GRACE)
         await runner.setup()
         gate = self.service.gate
-        server = await self._loop.create_server(lambda: _GatedConnection(gate, runner.server()),
-                                                sock=self.sock, backlog=BACKLOG)
-        self._ready.set()
-        await self._stopping.wait()
+        server = await loop.create_server(lambda: _GatedConnection(gate, runner.server(), loop),
+                                          sock=sock, backlog=BACKLOG)
+        self._ready.wait(10)
+        await stopping.wait()
         server.close()                 # no new connections; requests in flight finish
         await runner.cleanup()
 
     def stop(self) -> None:
         """Stop accepting, answer the requests in flight, let the writer commit what it
         was handed, close."""
-        if self._loop is not None and self._stopping is not None:
-            self._loop.call_soon_threadsafe(self._stopping.set)
-        self._thread.join(SHUTDOWN_GRACE + 5)
+        with self._lock:
+            for loop, stopping in self._stoppers:
+                loop.call_soon_threadsafe(stopping.set)
+        for thread in self._threads:
+            thread.join(SHUTDOWN_GRACE + 5)
+        self.sock.close()
         self.service.writer.stop()
         self.service.stats.stop()
         self.service.stores.close()

@@ -266,7 +266,8 @@ def test_read_api(server):
     assert status == 200, body
     entry = json.loads(body)
     r = server.install.subprocess("check", "reader@example.net", "--domain", "example.com", "--json")
-    assert entry == json.loads(r.stdout)
+    assert entry["suppressed"] is True
+    assert entry == {"suppressed": True, **json.loads(r.stdout)}, "the check --json object"
     assert entry["reason"] == "bounce" and entry["evidence"]["content"] == "5.1.1 no such user here"
     assert server.request("GET", "/v1/suppressions/example.com/other%40example.net")[0] == 404
     assert server.request("GET", "/v1/suppressions/example.com/not-an-address")[0] == 400
