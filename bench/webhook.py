@@ -140,6 +140,8 @@ def measure(argv: list[str], env: dict, opts, singles: int, batches: int) -> dic
     (tmp / "config.toml").write_text(
         f'[store]\npath = "suppression.db"\n[ingest]\nlog_dirs = []\n[export]\ndir = "snap"\n'
         f'[webhook]\nenabled = true\nlisten = "127.0.0.1:{port}"\ntoken = "{TOKEN}"\nmax_body = "10MB"\n')
+    subprocess.run([sys.executable, "-m", "exporter", "-c", str(tmp / "config.toml"), "init"], cwd=tmp, env=env,
+                   check=True, stdout=subprocess.DEVNULL)
     log = open(tmp / "serve.log", "wb")
     proc = subprocess.Popen([str(tmp / "config.toml") if a == "CONFIG" else a for a in argv], cwd=tmp, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True, env=env)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-
-from exporter.metrics import StatsCache, render
+from exporter.config import load_config
+from exporter.daemon import Daemon
+from exporter.metrics import PROCESS_REGISTRY, StatsCache, render
 from exporter.store import Store
 
 
@@ -44,3 +45,14 @@ def test_figures_before_the_first_count_leave_the_gauges_out(install):
         text = render(store, None).decode()
     assert "kumo_suppression_records_ingested_total" in text
     assert "kumo_suppression_entries" not in text
+
+
+def test_a_failing_job_is_counted(install):
+    install.ok("init")
+    daemon = Daemon(load_config(install.config_path))
+    before = PROCESS_REGISTRY.get_sample_value("kumo_suppression_job_failures_total", {"job": "export"}) or 0
+
+    def broken(store):
+        raise OSError("disk on fire")
+    daemon._job("export", broken)
+    assert PROCESS_REGISTRY.get_sample_value("kumo_suppression_job_failures_total", {"job": "export"}) == before + 1

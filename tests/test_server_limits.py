@@ -28,6 +28,7 @@ AUTH = b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
 @pytest.fixture
 def short_limits(install):
     """An in-process server whose head and body timeouts are 1 s (15 s and 30 s in production)."""
+    install.ok("init")
     port = free_port()
     install.configure(webhook={"enabled": True, "listen": f"127.0.0.1:{port}", "token": TOKEN})
     service = WebhookService(load_config(install.config_path), Limits(head_timeout=1.0, body_timeout=1.0))

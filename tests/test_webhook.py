@@ -304,7 +304,8 @@ def test_healthz_and_metrics(server):
 
 def test_healthz_without_store(tmp_path):
     install = Install(tmp_path)
-    srv = Server(install)            # serve creates the store
+    install.ok("init")
+    srv = Server(install)
     try:
         assert srv.request("GET", "/healthz")[0] == 200
         install.db.unlink()
@@ -326,8 +327,19 @@ def test_non_loopback_without_token_is_refused(tmp_path):
     assert "token" in err and len(err.strip().splitlines()) == 1
 
 
+def test_serve_never_creates_a_store(tmp_path):
+    install = Install(tmp_path)
+    install.configure(webhook={"listen": f"127.0.0.1:{free_port()}", "token": TOKEN})
+    r = install.subprocess("serve", timeout=20)
+    assert r.returncode == 3
+    err = r.stderr.decode()
+    assert "init" in err and len(err.strip().splitlines()) == 1
+    assert not install.db.exists()
+
+
 def test_no_token_on_loopback_is_fine(tmp_path):
     install = Install(tmp_path)
+    install.ok("init")
     srv = Server(install, token="")
     try:
         assert srv.post(bounce("open@example.net"), token=None)[0] == 200
