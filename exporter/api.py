@@ -33,7 +33,7 @@ PUT_FIELDS = ("reason", "ttl", "note")
 DEFAULT_LIMIT = 100
 
 
-async def _on_list(request: web.Request, work):
+async def _in_pool(request: web.Request, work):
     """`work(SuppressionList)` in a pool thread; a ValueError is the 400 it names."""
     service = request.app[SERVICE]
     config = service.config
@@ -70,7 +70,7 @@ async def _object_body(request: web.Request, fields: tuple[str, ...]) -> dict:
 async def get_pair(request: web.Request) -> web.Response:
     request.app[SERVICE].auth.read(request)
     recipient, domain = _pair(request)
-    entry = await _on_list(request, lambda sl: sl.check(recipient, domain))
+    entry = await _in_pool(request, lambda sl: sl.check(recipient, domain))
     if entry is None:
         raise _not_suppressed(recipient, domain)
     return json_response(entry)
@@ -80,7 +80,7 @@ async def put_pair(request: web.Request) -> web.Response:
     caller = request.app[SERVICE].auth.write(request)
     recipient, domain = _pair(request)
     body = await _object_body(request, PUT_FIELDS)
-    entry = await _on_list(request, lambda sl: sl.add(
+    entry = await _in_pool(request, lambda sl: sl.add(
         recipient, domain, reason=body.get("reason", "manual"), ttl=body.get("ttl"), note=body.get("note"),
         source="api", actor=caller.name))
     return json_response(entry)
@@ -90,7 +90,7 @@ async def delete_pair(request: web.Request) -> web.Response:
     caller = request.app[SERVICE].auth.write(request)
     recipient, domain = _pair(request)
     body = await _object_body(request, ("note",))
-    removed = await _on_list(request, lambda sl: sl.remove(recipient, domain, body.get("note"), actor=caller.name,
+    removed = await _in_pool(request, lambda sl: sl.remove(recipient, domain, body.get("note"), actor=caller.name,
                                                            source="api"))
     if not removed:
         raise _not_suppressed(recipient, domain)
@@ -101,7 +101,7 @@ async def delete_pair(request: web.Request) -> web.Response:
 async def get_history(request: web.Request) -> web.Response:
     request.app[SERVICE].auth.read(request)
     recipient, domain = _pair(request)
-    items = await _on_list(request, lambda sl: sl.history(recipient, domain))
+    items = await _in_pool(request, lambda sl: sl.history(recipient, domain))
     if not items:
         raise Reject(404, "no history for this pair", recipient=operator_recipient(recipient),
                      domain=operator_domain(domain))
@@ -125,7 +125,7 @@ async def list_entries(request: web.Request) -> web.Response:
     except ValueError:
         raise Reject(400, f"limit: {raw_limit!r} is not a whole number") from None
     cursor = query.get("cursor") or None
-    items, following = await _on_list(request, lambda sl: sl.page(**filters, limit=limit, cursor=cursor))
+    items, following = await _in_pool(request, lambda sl: sl.page(**filters, limit=limit, cursor=cursor))
     return json_response({"items": items, "next": following})
 
 
@@ -135,13 +135,13 @@ async def bulk_add(request: web.Request) -> web.Response:
     items = await service.json_body(request, required=True)
     if not isinstance(items, list):
         raise Reject(400, "body: must be a JSON array of {recipient, domain, reason?, ttl?, note?}")
-    added = await _on_list(request, lambda sl: sl.add_many(items, source="api", actor=caller.name))
+    added = await _in_pool(request, lambda sl: sl.add_many(items, source="api", actor=caller.name))
     return json_response({"added": added})
 
 
 async def get_summary(request: web.Request) -> web.Response:
     request.app[SERVICE].auth.read(request)
-    return json_response(await _on_list(request, lambda sl: sl.summary()))
+    return json_response(await _in_pool(request, lambda sl: sl.summary()))
 
 
 OPENAPI = json.loads(resources.files("exporter").joinpath("schema/openapi.json").read_text())

@@ -57,7 +57,8 @@ class Daemon:
 
     # ------------------------------------------------------------------ jobs
     def _open(self) -> Store:
-        return Store.open(self.config.store.path, create=True, busy_timeout=self.config.store.busy_timeout)
+        # only `init` creates a store: a missing one is StoreError (exit 3 at start)
+        return Store.open(self.config.store.path, create=False, busy_timeout=self.config.store.busy_timeout)
 
     def _job(self, name: str, work) -> None:
         if self.stop_event.is_set():
@@ -100,6 +101,7 @@ class Daemon:
     def start(self) -> None:
         sched = self.config.schedule
         now = datetime.now().astimezone()
+        self._open().close()           # a missing or foreign store fails here, not in every job
         if self.config.webhook.enabled:
             self.webhook = WebhookService(self.config)   # binds now: a bad listen fails at start
             self.webhook.start()

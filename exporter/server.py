@@ -11,19 +11,21 @@ Status codes of /v1/events, the contract a hook's retry logic relies on:
     413  Content-Length over max_body, answered BEFORE the body is read
     503  cannot commit now (Retry-After), retry later
 
-Stack: aiohttp's server on one asyncio loop in its own thread. It was chosen over an ASGI
-framework on uvicorn because it is one well-kept package with the HTTP/1.1 keep-alive a
-kumod hook pool wants, and it exposes its connection protocol, which is what the limits
-below need; its keep-alive timer runs from the connection's start (or its last answer)
-until a complete request head, so it is also the head timeout. The limits:
-- a request head must be complete within HEAD_TIMEOUT of the connection's start or of the
-  previous answer, whatever trickles in meanwhile (slowloris; an idle keep-alive
-  connection is closed after the same time);
-- a body must be complete within BODY_TIMEOUT of its head (408, connection closed);
-- at most max_connections open at once, derived from RLIMIT_NOFILE so that accept() never
-  runs out of file descriptors: when full, a new connection displaces the oldest one that
-  is not in the middle of a request (one still sending its head, or idle), so a thousand
-  half-open connections cannot lock an authenticated client out. Only when every
+Stack: aiohttp's server on EVENT_LOOPS asyncio loops in threads of their own (see
+WebhookService). It was chosen over an ASGI framework on uvicorn because it is one
+well-kept package with the HTTP/1.1 keep-alive a kumod hook pool wants, and it exposes its
+connection protocol, which is what the limits below need (uvicorn has no head timeout,
+and its one connection limit answers 503 while still holding every descriptor). aiohttp's
+keep-alive timer runs from a connection's start (or its last answer) until a complete
+request head, so it is also the head timeout. The limits (Limits):
+- a request head must be complete within head_timeout (15 s) of the connection's start
+  or of the previous answer, whatever trickles in meanwhile (slowloris); an idle
+  keep-alive connection is closed after the same time;
+- a body must be complete within body_timeout (30 s) of its head (408, connection closed);
+- at most max_connections open at once, fewer when RLIMIT_NOFILE asks, so that accept()
+  never runs out of file descriptors: when full, a new connection displaces the oldest one
+  that is not in the middle of a request (one still sending its head, or idle), so a
+  thousand half-open connections cannot lock an authenticated client out. Only when every
   connection is busy with a request is the new one answered 503.
 Reads and API writes run in a small thread pool, each thread with its own store
 connection; the event loop itself never touches SQLite.

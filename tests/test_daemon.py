@@ -54,6 +54,7 @@ def fast(tmp_path) -> Install:
     install = Install(tmp_path, schedule={"ingest_interval": "1s", "export_interval": "1s", "prune_interval": "1h"},
                       metrics={"textfile": "metrics/kumo_suppression.prom"})
     install.log_dir.mkdir(parents=True, exist_ok=True)
+    install.ok("init")
     return install
 
 
@@ -138,11 +139,21 @@ def test_run_refuses_open_listen_without_token(fast):
     assert "token" in r.stderr.decode()
 
 
+def test_run_never_creates_a_store(tmp_path):
+    install = Install(tmp_path)
+    for webhook in ({"enabled": False}, {"enabled": True, "listen": f"127.0.0.1:{free_port()}"}):
+        install.configure(webhook=webhook)
+        r = install.subprocess("run", timeout=20)
+        assert r.returncode == 3, r.stderr
+        assert "init" in r.stderr.decode() and len(r.stderr.decode().strip().splitlines()) == 1
+        assert not install.db.exists()
+
+
 def test_sigint_also_stops_cleanly(fast):
     runner = Runner(fast)
     try:
-        wait_until(lambda: (fast.snap_dir / "manifest.json").exists() or fast.db.exists(), what="started",
-                   runner=runner)
+        # the first export's manifest: the scheduler is running (the store exists since init)
+        wait_until(lambda: (fast.snap_dir / "manifest.json").exists(), what="started", runner=runner)
         time.sleep(0.5)
         runner.proc.send_signal(signal.SIGINT)
         runner.proc.wait(5)
