@@ -8,9 +8,9 @@
         sl.export()
 
 Every method normalizes keys as the Lua module computes them and refuses what an operator
-must not be able to store: a bad argument is ValueError("<argument>: <why>") and nothing is
-written. `now` (unix seconds) defaults to the current time. The rules for what a key,
-reason, lifetime or note may be live here, not in the layers above.
+must not be able to store: a bad argument is ArgumentError, a ValueError("<argument>:
+<why>"), and nothing is written. `now` (unix seconds) defaults to the current time. The
+rules for what a key, reason, lifetime or note may be live here, not in the layers above.
 """
 
 from __future__ import annotations
@@ -21,13 +21,14 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator
 
 from . import csvrows
 from .config import MAX_DURATION, REASONS, Config, ConfigError, load_config, parse_duration
 from .export import ExportResult, export_snapshots
-from .ingest import Ingestor, IngestResult
+from .ingest import Ingestor, IngestResult, planned_files
 from .keys import operator_domain, operator_recipient
 from .records import MAX_TIMESTAMP
 from .store import Store
@@ -41,13 +42,28 @@ MAX_PAGE = 1000
 MAX_REPORTED_ROWS = 100  # bad import rows listed one by one; the rest are counted
 
 
-class BadRows(ValueError):
+class ArgumentError(ValueError):
+    """A bad argument, nothing written: the message starts with the argument's name."""
+
+
+class BadRows(ArgumentError):
     """An import with bad rows (nothing was stored): one line per row, by line number."""
 
     def __init__(self, problems: list[str], more: int = 0):
         self.problems = problems
         lines = problems + ([f"... and {more} more bad row(s)"] if more else [])
         super().__init__("\n".join(lines))
+
+
+@dataclass
+class IngestProgress:
+    """How far an ingest is: files and bytes done of those it found when it started
+    (sizes then), and the file at hand."""
+    files_total: int
+    bytes_total: int
+    files_done: int = 0
+    bytes_done: int = 0
+    current: str = ""
 
 
 class SuppressionList:
@@ -90,11 +106,26 @@ class SuppressionList:
         self.store.add_manual(rcpt, dom, reason, lifetime, note, now, source=source, actor=actor)
         return self.check(rcpt, dom, now=now)
 
+    def lookup(self, recipient, domain, *, now=None) -> dict:
+        """Both answers as `check --json` prints them: check()'s object, or {"suppressed":
+        False, recipient, domain, other_domains}."""
+        rcpt, dom, now = _recipient(recipient), _domain(domain), _now(now)
+        return self.check(rcpt, dom, now=now) or {"suppressed": False, "recipient": rcpt, "domain": dom,
+                                                  "other_domains": self._other_domains(rcpt, dom, now)}
+
     def check(self, recipient, domain, *, now=None) -> dict | None:
         """The `check --json` object of the entry that suppresses the pair (its own or its
-        recipient domain's), or None."""
-        entry = self.store.get(_recipient(recipient), _domain(domain), _now(now))
-        return None if entry is None else _suppressed(entry)
+        recipient domain's), with the other sending domains that suppress the recipient
+        ("other_domains"), or None."""
+        rcpt, dom, now = _recipient(recipient), _domain(domain), _now(now)
+        entry = self.store.get(rcpt, dom, now)
+        if entry is None:
+            return None
+        return {**_suppressed(entry), "other_domains": self._other_domains(rcpt, dom, now)}
+
+    def _other_domains(self, recipient: str, domain: str, now: int) -> list[str]:
+        # a typo in the domain looks like this: suppressed, but for another one
+        return [d for d in self.store.suppressing_domains(recipient, now) if d != domain]
 
     def other_domains(self, recipient, *, now=None) -> list[str]:
         """The sending domains that suppress the recipient (or its whole domain)."""
@@ -121,11 +152,12 @@ class SuppressionList:
             try:
                 rows.append(self._row(item, now))
             except ValueError as err:
-                raise ValueError(f"items[{index}].{err}") from None
+                raise ArgumentError(f"items[{index}].{err}") from None
         return self.store.import_rows(rows, now, source=source, actor=actor)
 
     def entries(self, *, domain=None, recipient=None, reason=None, source=None, now=None) -> Iterator[dict]:
-        """Active entries (as check() shows them) in (domain, recipient) order, streamed."""
+        """Active entries (as check() shows them, without other_domains) in (domain,
+        recipient) order, streamed."""
         filters = _filters(domain, recipient, reason, source)
         return (_suppressed(e) for e in self.store.iter_entries(_now(now), **filters))
 
@@ -135,7 +167,7 @@ class SuppressionList:
         following the cursors yields every matching entry exactly once."""
         filters = _filters(domain, recipient, reason, source)
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
-            raise ValueError(f"limit: {limit!r} is not a whole number from 1 to {MAX_PAGE}")
+            raise ArgumentError(f"limit: {limit!r} is not a whole number from 1 to {MAX_PAGE}")
         after = None if cursor is None else _decode_cursor(cursor)
         items = [_suppressed(e) for e in self.store.iter_entries(_now(now), **filters, after=after,
                                                                  limit=limit + 1)]
@@ -155,7 +187,7 @@ class SuppressionList:
     # ------------------------------------------------------------------ CSV
     def import_csv(self, stream: IO[str], *, now=None, progress: Callable[[int], None] | None = None) -> int:
         """CSV rows (exporter.csvrows) from a text stream, all or none: every bad row is
-        reported (BadRows, a ValueError, one line per row) and then nothing is stored.
+        reported (BadRows, an ArgumentError, one line per row) and then nothing is stored.
         `progress(line)` is called as the rows are read."""
         now = _now(now)
         name = getattr(stream, "name", "<csv>")
@@ -186,19 +218,40 @@ class SuppressionList:
         return csvrows.write_rows(stream, self.store.iter_entries(_now(now)))
 
     # ------------------------------------------------------------------ jobs
-    def ingest(self, paths: Iterable[str] | None = None, *, progress=None) -> IngestResult:
-        """The configured log dirs, or the given files, directories and `-` (stdin)."""
-        ingestor = Ingestor(self.store, self.config, progress=progress)
-        if paths is None:
-            result = ingestor.ingest_configured()
-        else:
+    def ingest(self, paths: Iterable[str] | None = None, *,
+               progress: Callable[[IngestProgress], None] | None = None) -> IngestResult:
+        """The configured log dirs, or the given files, directories and `-` (stdin).
+        `progress(IngestProgress)` after each committed batch and each file."""
+        if paths is not None:
             paths = [str(p) for p in paths]
             for p in paths:
                 if p != "-" and not Path(p).exists():
-                    raise ValueError(f"paths: {p}: no such file or directory")
-            result = ingestor.ingest_paths(paths)
+                    raise ArgumentError(f"paths: {p}: no such file or directory")
+        ingestor = Ingestor(self.store, self.config, **(self._ingest_progress(paths, progress) if progress else {}))
+        result = ingestor.ingest_configured() if paths is None else ingestor.ingest_paths(paths)
         self._write_metrics()
         return result
+
+    def _ingest_progress(self, paths: list[str] | None, progress: Callable[[IngestProgress], None]) -> dict:
+        """The Ingestor's callbacks that keep an IngestProgress and hand it on."""
+        sizes: dict[Path, int] = {}
+        for path in planned_files(paths, self.config):
+            try:
+                sizes[path] = path.stat().st_size
+            except OSError:
+                sizes[path] = 0
+        state = IngestProgress(len(sizes), sum(sizes.values()))
+
+        def batch_done(origin: str, line: int) -> None:
+            state.current = origin
+            progress(state)
+
+        def file_done(path: Path) -> None:
+            state.files_done += 1
+            state.bytes_done += sizes.get(path, 0)
+            state.current = str(path)
+            progress(state)
+        return {"progress": batch_done, "file_done": file_done}
 
     def ingest_records(self, records: Iterable[dict], *, source="webhook") -> IngestResult:
         """Parsed log records (the webhook's payload), committed in one transaction."""
@@ -228,13 +281,13 @@ class SuppressionList:
         if isinstance(ttl, str) and ttl.strip().lower() == "never":
             return None
         if isinstance(ttl, bool) or not isinstance(ttl, (str, int, float)):
-            raise ValueError(f"ttl: {ttl!r} is not a duration")
+            raise ArgumentError(f"ttl: {ttl!r} is not a duration")
         try:
             seconds = parse_duration(ttl, "ttl")
         except ConfigError as err:
-            raise ValueError(str(err)) from None
+            raise ArgumentError(str(err)) from None
         if not 1 <= seconds <= MAX_DURATION:      # also NaN
-            raise ValueError(f"ttl: {ttl!r} is not a positive duration of at most 100 years "
+            raise ArgumentError(f"ttl: {ttl!r} is not a positive duration of at most 100 years "
                              "(use \"never\" for no expiry)")
         return int(seconds)
 
@@ -242,18 +295,18 @@ class SuppressionList:
         """An add_many / import item -> (recipient, domain, reason, since, expires, note);
         ValueError("<field>: <why>")."""
         if not isinstance(item, dict):
-            raise ValueError("item: not an object with recipient and domain")
+            raise ArgumentError("item: not an object with recipient and domain")
         unknown = set(item) - {"recipient", "domain", "reason", "ttl", "note", "since", "expires"}
         if unknown:
-            raise ValueError(f"{sorted(unknown)[0]}: unknown field")
+            raise ArgumentError(f"{sorted(unknown)[0]}: unknown field")
         if "recipient" not in item or "domain" not in item:
-            raise ValueError(f"{'recipient' if 'recipient' not in item else 'domain'}: missing")
+            raise ArgumentError(f"{'recipient' if 'recipient' not in item else 'domain'}: missing")
         rcpt, dom = _recipient(item["recipient"]), _domain(item["domain"])
         reason = _reason(item.get("reason", "manual"))
         since = _time(item.get("since", now), "since")
         if "expires" in item:
             if item.get("ttl") is not None:
-                raise ValueError("ttl: give ttl or expires, not both")
+                raise ArgumentError("ttl: give ttl or expires, not both")
             expires = None if item["expires"] is None else _time(item["expires"], "expires")
         else:
             lifetime = self._lifetime(item.get("ttl"), reason)
@@ -270,25 +323,25 @@ def _recipient(value, name: str = "recipient") -> str:
     try:
         return operator_recipient(value)
     except ValueError as err:
-        raise ValueError(f"{name}: {err}") from None
+        raise ArgumentError(f"{name}: {err}") from None
 
 
 def _domain(value, name: str = "domain") -> str:
     try:
         return operator_domain(value)
     except ValueError as err:
-        raise ValueError(f"{name}: {err}") from None
+        raise ArgumentError(f"{name}: {err}") from None
 
 
 def _reason(value) -> str:
     if value not in REASONS:
-        raise ValueError(f"reason: {value!r} is not one of {', '.join(REASONS)}")
+        raise ArgumentError(f"reason: {value!r} is not one of {', '.join(REASONS)}")
     return value
 
 
 def _source(value) -> str:
     if value not in SOURCES:
-        raise ValueError(f"source: {value!r} is not one of {', '.join(SOURCES)}")
+        raise ArgumentError(f"source: {value!r} is not one of {', '.join(SOURCES)}")
     return value
 
 
@@ -296,13 +349,13 @@ def _text(value, name: str, longest: int) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise ValueError(f"{name}: {value!r} is not text")
+        raise ArgumentError(f"{name}: {value!r} is not text")
     if len(value) > longest:
-        raise ValueError(f"{name}: longer than {longest} characters")
+        raise ArgumentError(f"{name}: longer than {longest} characters")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise ValueError(f"{name}: not valid text (lone surrogates)") from None
+        raise ArgumentError(f"{name}: not valid text (lone surrogates)") from None
     return value
 
 
@@ -322,7 +375,7 @@ def _now(value) -> int:
 
 def _time(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < MAX_TIMESTAMP:
-        raise ValueError(f"{name}: {value!r} is out of range (unix seconds)")
+        raise ArgumentError(f"{name}: {value!r} is out of range (unix seconds)")
     return int(value)
 
 
@@ -348,5 +401,5 @@ def _decode_cursor(cursor) -> tuple[str, str]:
     except (TypeError, ValueError, binascii.Error):
         after = None
     if not (isinstance(after, list) and len(after) == 2 and all(isinstance(p, str) for p in after)):
-        raise ValueError(f"cursor: {cursor!r} is not a cursor this API returned")
+        raise ArgumentError(f"cursor: {cursor!r} is not a cursor this API returned")
     return after[0], after[1]

@@ -200,13 +200,17 @@ class _Lines:
 
 
 class Ingestor:
-    def __init__(self, store: Store, config: Config, *, progress: Callable[[str, int], None] | None = None):
+    def __init__(self, store: Store, config: Config, *, progress: Callable[[str, int], None] | None = None,
+                 file_done: Callable[[Path], None] | None = None):
+        """`progress(origin, line)` after each committed batch; `file_done(path)` after each
+        file of a directory or path list, read or passed over."""
         self.store = store
         self.config = config
         self.source = DomainSource(config.keys.sending_domain, config.policy.domain_meta,
                                    config.keys.aliases or None)
         self.own_queue = config.policy.queue
         self.progress = progress
+        self.file_done = file_done
 
     # ------------------------------------------------------------------ records
     def _handle(self, record: dict, result: IngestResult, pending: list) -> None:
@@ -367,6 +371,8 @@ class Ingestor:
             return result
         for path in iter_segments(root):
             result.merge(self.ingest_file(path, require_done=not include_open))
+            if self.file_done:
+                self.file_done(path)
         return result
 
     def ingest_paths(self, paths: Iterable[str]) -> IngestResult:
@@ -385,6 +391,8 @@ class Ingestor:
             elif path.exists():
                 with ingest_lock(self.store.path):
                     result.merge(self.ingest_file(path, require_done=False))
+                if self.file_done:
+                    self.file_done(path)
             else:
                 raise FileNotFoundError(f"{path}: no such file or directory")
         return result
@@ -395,6 +403,19 @@ class Ingestor:
             for root in self.config.ingest.log_dirs:
                 result.merge(self.ingest_dir(root, include_open=self.config.ingest.include_open))
         return result
+
+
+def planned_files(paths: Iterable[str] | None, config: Config) -> list[Path]:
+    """The files an ingest of `paths` (None: the configured log dirs) will look at, in
+    the order it does: the totals of its progress."""
+    roots = config.ingest.log_dirs if paths is None else [Path(p) for p in paths if p != "-"]
+    files: list[Path] = []
+    for root in roots:
+        if root.is_dir():
+            files += iter_segments(root)
+        elif root.exists():
+            files.append(root)
+    return files
 
 
 def iter_segments(root: Path) -> Iterator[Path]:

@@ -438,19 +438,9 @@ class Store:
                      after: tuple[str, str] | None = None, limit: int | None = None) -> Iterator[dict]:
         """Active entries in (domain, recipient) order; `after` a (domain, recipient) to
         continue behind (cursor pagination)."""
-        where, args = ["(expires IS NULL OR expires > ?)"], [now]
-        if domain is not None:
-            where.append("domain = ?")
-            args.append(domain)
-        if reason is not None:
-            where.append("reason = ?")
-            args.append(reason)
-        if recipient is not None:
-            where.append("recipient = ?")
-            args.append(recipient)
-        if source is not None:
-            where.append("source = ?")
-            args.append(source)
+        filters = {"domain = ?": domain, "reason = ?": reason, "recipient = ?": recipient, "source = ?": source}
+        where = ["(expires IS NULL OR expires > ?)", *(sql for sql, value in filters.items() if value is not None)]
+        args = [now, *(value for value in filters.values() if value is not None)]
         if after is not None:
             where.append("(domain, recipient) > (?, ?)")
             args += after

@@ -102,6 +102,10 @@ def test_other_domains_that_suppress_the_recipient(sl):
     sl.add("@example.net", "b.example", now=NOW)
     sl.add("someone@else.example", "c.example", now=NOW)
     assert sl.other_domains("U@example.net", now=NOW) == ["a.example", "b.example"]
+    assert sl.check("u@example.net", "a.example", now=NOW)["other_domains"] == ["b.example"]
+    assert sl.lookup("u@example.net", "c.example", now=NOW) == {
+        "suppressed": False, "recipient": "u@example.net", "domain": "c.example",
+        "other_domains": ["a.example", "b.example"]}
     assert sl.other_domains("v@nowhere.example", now=NOW) == []
 
 
@@ -239,4 +243,4 @@ def test_open_migrates_a_store_without_actor_and_note(install):
 
 def test_check_object_is_json_as_the_cli_and_api_print_it(sl):
     entry = sl.add("u@example.net", "example.com", now=NOW)
-    assert json.loads(json.dumps(entry)) == entry
+    assert json.loads(json.dumps(entry)) == entry and entry["other_domains"] == []
