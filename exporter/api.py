@@ -10,8 +10,8 @@
     GET    /v1/openapi.json                                -       the OpenAPI description (openapi.json)
 
 Every route is a thin layer over exporter.SuppressionList, the library the CLI calls: it
-normalizes and validates (a ValueError naming the argument, or the bulk item's index,
-becomes a 400 and nothing is written), keeps tombstones and history. The actor of a change
+normalizes and validates (its ArgumentError naming the argument, or the bulk item's
+index, becomes a 400 and nothing is written), keeps tombstones and history. The actor of a change
 is the name of the [api] token that made it. Work on the store runs in the server's pool
 threads (ReadStores), never on the event loop.
 """
@@ -23,7 +23,7 @@ from importlib import resources
 
 from aiohttp import web
 
-from .facade import SuppressionList
+from .facade import ArgumentError, SuppressionList
 from .keys import operator_domain, operator_recipient
 from .server import SERVICE, Reject, json_response
 
@@ -34,14 +34,15 @@ DEFAULT_LIMIT = 100
 
 
 async def _in_pool(request: web.Request, work):
-    """`work(SuppressionList)` in a pool thread; a ValueError is the 400 it names."""
+    """`work(SuppressionList)` in a pool thread; the library's ArgumentError is the 400 it
+    names (any other error stays a 500: it is a bug, not bad input)."""
     service = request.app[SERVICE]
     config = service.config
 
     def call(store):
         try:
             return work(SuppressionList(config, store))
-        except ValueError as err:
+        except ArgumentError as err:
             raise Reject(400, str(err)) from None
     return await service.stores.run(call)
 
