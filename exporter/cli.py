@@ -444,7 +444,7 @@ def run(ctx: Context):
 def serve(ctx: Context):
     """Webhook receiver only: POST /v1/events, GET /healthz, /metrics and
     /v1/suppressions/{domain}/{recipient} on [webhook].listen."""
-    from .webhook import serve as serve_webhook
+    from .server import serve as serve_webhook
     sys.exit(serve_webhook(ctx.config))
 
 

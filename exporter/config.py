@@ -149,6 +149,18 @@ class WebhookConfig:
     max_body: int = 10_000_000
 
 
+@dataclass(frozen=True)
+class ApiToken:
+    name: str          # the actor recorded in the history of every change the token makes
+    token: str = field(repr=False)
+    scope: str         # "read" (every GET) or "write" (GET and the writes)
+
+
+@dataclass
+class ApiConfig:
+    tokens: tuple[ApiToken, ...] = ()
+
+
 @dataclass
 class MetricsConfig:
     textfile: Path | None = None
@@ -173,6 +185,7 @@ class Config:
     export: ExportConfig
     schedule: ScheduleConfig
     webhook: WebhookConfig
+    api: ApiConfig
     metrics: MetricsConfig
     policy: PolicyConfig
 
@@ -278,6 +291,7 @@ def build_config(raw: dict, base: Path, cfg_path: Path | None, where: str = "con
     export = section("export")
     schedule = section("schedule")
     webhook = section("webhook")
+    api = section("api")
     metrics = section("metrics")
     policy = section("policy")
 
@@ -329,8 +343,23 @@ def build_config(raw: dict, base: Path, cfg_path: Path | None, where: str = "con
         webhook=WebhookConfig(enabled=webhook.get("enabled", False), host=host, port=int(port),
                               token=webhook.get("token", ""),
                               max_body=parse_size(webhook.get("max_body", "10MB"), f"{where}: [webhook] max_body")),
+        api=ApiConfig(tokens=_api_tokens(api.get("tokens", []), where)),
         metrics=MetricsConfig(textfile=path_of(metrics["textfile"]) if metrics.get("textfile") else None),
         policy=PolicyConfig(queue=policy.get("queue", "suppressed.kumo_suppression"),
                             domain_meta=policy.get("domain_meta", "x_suppression_domain"),
                             check_interval=dur(policy, "check_interval", "5 seconds", "policy")),
     )
+
+
+def _api_tokens(items: list[dict], where: str) -> tuple[ApiToken, ...]:
+    tokens = tuple(ApiToken(name=t["name"], token=t["token"], scope=t["scope"]) for t in items)
+    names: set[str] = set()
+    owner_of: dict[str, str] = {}           # token -> the name it was first given to
+    for t in tokens:
+        if t.name in names:
+            raise ConfigError(f"{where}: [api] tokens: name {t.name!r} is used twice (it is the actor in the history)")
+        if t.token in owner_of:
+            raise ConfigError(f"{where}: [api] tokens: {t.name!r} has the same token as {owner_of[t.token]!r}")
+        names.add(t.name)
+        owner_of[t.token] = t.name
+    return tokens

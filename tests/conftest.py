@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -119,12 +120,15 @@ class Daemon:
     """A long-running `kumo-suppress -c CONFIG COMMAND` (run, serve) in its own process
     group, its output in ROOT/COMMAND.log."""
 
-    def __init__(self, install: Install, command: str):
+    def __init__(self, install: Install, command: str, *, fd_limit: int | None = None):
         self.log_path = install.root / f"{command}.log"
         self.log = open(self.log_path, "wb")
+
+        def limit_fds():       # as systemd's LimitNOFILE would
+            resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, fd_limit))
         self.proc = subprocess.Popen([sys.executable, "-m", "exporter", "-c", str(install.config_path), command],
                                      cwd=install.root, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=limit_fds if fd_limit else None)
 
     def output(self) -> str:
         if not self.log.closed:
