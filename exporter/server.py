@@ -487,6 +487,17 @@ def _error_response(request: web.Request, err: Exception) -> web.Response:
     return response
 
 
+def _count(request: web.Request, route: str, status: int, started: float) -> None:
+    """Once per request, before its answer goes out: a client that reads the answer and
+    scrapes at once (on another connection, served by another loop) sees it counted."""
+    if request.get("timed"):
+        return
+    request["timed"] = True
+    if not request.get("counted"):     # /metrics counts itself, to include itself
+        metrics.HTTP_REQUESTS.labels(route=route, status=str(status)).inc()
+    metrics.HTTP_LATENCY.labels(route=route).observe(time.perf_counter() - started)
+
+
 @web.middleware
 async def answer(request: web.Request, handler) -> web.StreamResponse:
     """Every answer: errors as {"error": ...}, counted and timed per route; the connection is
@@ -507,6 +518,9 @@ async def answer(request: web.Request, handler) -> web.StreamResponse:
                                              or request.content_length > DISCARD_LIMIT):
             response.force_close()   # an unread body too big to read away: end the connection
         status = response.status
+        # counted before the answer goes out: a client that reads it and scrapes at once
+        # (on another connection, served by another loop) sees its own request counted
+        _count(request, route, status, started)
         await response.prepare(request)
         await response.write_eof()
         if not response.keep_alive and not request.content.is_eof():
@@ -514,9 +528,7 @@ async def answer(request: web.Request, handler) -> web.StreamResponse:
         return response
     finally:
         service.gate.end(request.protocol)
-        if not request.get("counted"):
-            metrics.HTTP_REQUESTS.labels(route=route, status=str(status)).inc()
-        metrics.HTTP_LATENCY.labels(route=route).observe(time.perf_counter() - started)
+        _count(request, route, status, started)    # no answer was prepared (the client went away)
 
 
 def make_app(service: Service) -> web.Application:

@@ -124,11 +124,13 @@ class Store:
                 store.migrate()
                 return store
             except sqlite3.OperationalError as err:
-                # switching a new file to WAL, or another process's WAL checkpoint on close,
-                # can answer "locked" without waiting on busy_timeout: retry until it is up
+                # switching a new file to WAL, or another process's WAL checkpoint on close
+                # (the last connection deleting -wal/-shm while this one maps them), can
+                # answer "locked" or "disk I/O error" without waiting on busy_timeout: retry
+                # until it is up; a lasting error still ends the wait at the deadline
                 if conn is not None:
                     conn.close()
-                if "locked" not in str(err) or time.monotonic() >= deadline:
+                if not any(t in str(err) for t in ("locked", "disk I/O error")) or time.monotonic() >= deadline:
                     raise StoreError(f"{path}: cannot open store: {err}") from None
                 time.sleep(0.05)
             except sqlite3.DatabaseError as err:

@@ -199,7 +199,7 @@ def test_a_record_seen_twice_counts_once_in_records_ingested(install):
     from exporter.metrics import render
     from exporter.store import Store
     with Store.open(load_config(install.config_path).store.path, create=False) as store:
-        text = render(store)
+        text = render(store, None).decode()
     assert 'kumo_suppression_records_ingested_total{type="Bounce"} 1' in text
     assert 'kumo_suppression_records_duplicate_total{type="Bounce"} 1' in text
     assert "counted once" in text

@@ -329,6 +329,7 @@ def test_non_loopback_without_token_is_refused(tmp_path):
 
 def test_serve_never_creates_a_store(tmp_path):
     install = Install(tmp_path)
+    install.db.unlink()     # the store an operator lost (Install ran init)
     install.configure(webhook={"listen": f"127.0.0.1:{free_port()}", "token": TOKEN})
     r = install.subprocess("serve", timeout=20)
     assert r.returncode == 3
