@@ -14,35 +14,29 @@ import contextlib
 import datetime as dt
 import grp
 import hashlib
-import json
 import logging
 import os
 import re
 import tempfile
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
-from itertools import islice
-from importlib import resources
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
-import tomli_w
-
-from .config import Config, ConfigError
-from .keys import is_plain_hostname, snapshot_filename
+from . import snapshot
+from .config import Config, ConfigError, ExportConfig
+from .keys import snapshot_filename
 from .locking import exclusive
 from .store import Store
 
 log = logging.getLogger("kumo_suppress.export")
 
-SNAPSHOT_FORMAT = "kumo-suppression-snapshot"
-MANIFEST_FORMAT = "kumo-suppression-manifest"
-MANIFEST = "manifest.json"
 LOCK = ".export.lock"
-_SNAPSHOT_NAME = re.compile(r"^(?P<domain>.+)\.(?P<ext>json|toml)$")
 # atomic_write's temp files: `.<name>.<random>.tmp`; one left behind was a killed export's
 _TEMP_NAME = re.compile(r"^\..+\.(json|toml)\.[A-Za-z0-9_]+\.tmp$")
+# a sharded domain's first export spreads its cursor over this many shard spools at once
+# (more shards: one more pass per group), well under the usual 1024 open files
+_OPEN_SPOOLS = 256
 
 
 class ExportError(Exception):
@@ -71,59 +65,6 @@ def iso_now(now: float) -> str:
     return dt.datetime.fromtimestamp(int(now), dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _plain(text: str) -> bool:
-    """True when JSON (and TOML) write `text` between quotes as it is, no escaping:
-    printable ASCII without a quote or a backslash (nearly every address)."""
-    return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
-
-
-def _toml_string(text: str) -> str:
-    if _plain(text):
-        return f'"{text}"'
-    # JSON's escapes (\" \\ \n \uXXXX) are TOML basic-string escapes too; TOML also
-    # forbids a raw DEL.
-    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
-
-
-def _json_entry(recipient: str, reason: str, since: int, expires: int | None) -> str:
-    key = f'"{recipient}"' if _plain(recipient) else json.dumps(recipient, ensure_ascii=False)
-    if expires is None:
-        return f'{key}:{{"reason":"{reason}","since":{since}}}'
-    return f'{key}:{{"reason":"{reason}","since":{since},"expires":{expires}}}'
-
-
-def _toml_entry(recipient: str, reason: str, since: int, expires: int | None) -> str:
-    tail = f", expires = {expires}" if expires is not None else ""
-    return f'{_toml_string(recipient)} = {{ reason = "{reason}", since = {since}{tail} }}'
-
-
-def write_snapshot(fh, fmt: str, domain: str, generated_at: str, count: int,
-                   rows: Iterable[tuple]) -> str:
-    """Stream one snapshot into `fh` (binary); returns the sha256 of its entries alone, so
-    an export can tell a real change from a new generated_at."""
-    entries = hashlib.sha256()
-    head = {"format": SNAPSHOT_FORMAT, "version": 1, "domain": domain, "generated_at": generated_at,
-            "count": count}
-    if fmt == "json":
-        fh.write(json.dumps(head, ensure_ascii=False, separators=(",", ":"))[:-1].encode())
-        fh.write(b',"recipients":{\n')
-        entry, sep, close = _json_entry, ",\n", "\n}}\n"
-    else:
-        fh.write(tomli_w.dumps(head).encode())
-        fh.write(b"\n[recipients]\n")
-        entry, sep, close = _toml_entry, "\n", "\n"
-    first = True
-    rows = iter(rows)
-    while batch := list(islice(rows, 4096)):
-        data = sep.join([entry(*row) for row in batch])
-        data = (data if first else sep + data).encode()
-        first = False
-        entries.update(data)
-        fh.write(data)
-    fh.write(close.encode() if not (fmt == "toml" and first) else b"")
-    return entries.hexdigest()
-
-
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -138,27 +79,62 @@ def atomic_write(path: Path, write: Callable, mode: int = 0o644, gid: int | None
     return what write returned; when it returns None the temp file is dropped instead.
     A failure leaves the old file untouched. `sync_dir=False`: the caller fsyncs the
     directory itself, once for many files (export: before the manifest)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    batch = _Pending(mode, gid)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            value = write(fh)
-            if value is not None:
-                fh.flush()
-                os.fsync(fh.fileno())
-        if value is None:
-            os.unlink(tmp)
-            return None
-        os.chmod(tmp, mode)
-        if gid is not None:
-            os.chown(tmp, -1, gid)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    if sync_dir:
+        value = batch.write(path, write)
+        batch.commit()
+    finally:
+        batch.discard()
+    if sync_dir and value is not None:
         _fsync_dir(path.parent)
     return value
+
+
+class _Pending:
+    """Files written to temp files beside their paths (fsynced) and renamed over them
+    together by commit(), in the order written, or dropped by discard(): a sharded
+    domain's shards go in before the index that names them, and not at all when they
+    turn out to disagree with the store."""
+
+    def __init__(self, mode: int = 0o644, gid: int | None = None):
+        self.mode, self.gid = mode, gid
+        self._temps: list[tuple[str, Path]] = []
+
+    def write(self, path: Path, write: Callable):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                value = write(fh)
+                if value is not None:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            if value is None:
+                os.unlink(tmp)
+                return None
+            os.chmod(tmp, self.mode)
+            if self.gid is not None:
+                os.chown(tmp, -1, self.gid)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        self._temps.append((tmp, path))
+        return value
+
+    def commit(self) -> list[Path]:
+        installed = []
+        while self._temps:
+            tmp, path = self._temps[0]
+            os.replace(tmp, path)
+            self._temps.pop(0)
+            installed.append(path)
+        return installed
+
+    def discard(self) -> None:
+        for tmp, _path in self._temps:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        self._temps.clear()
 
 
 class _Hashing:
@@ -172,12 +148,15 @@ class _Hashing:
         self.fh.write(data)
 
 
-def read_manifest(directory: Path) -> dict:
-    try:
-        data = json.loads((directory / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT else {}
+def _hashed_write(write: Callable, previous_entries: str | None) -> Callable:
+    """A writer for _Pending.write: runs write(fh) -> entries sha256 and answers (file
+    sha256, entries sha256), or None (drop the temp file) when the entries are those of
+    the file in place: kumod then reloads nothing."""
+    def run(fh):
+        out = _Hashing(fh)
+        entries = write(out)
+        return None if entries == previous_entries else (out.sha.hexdigest(), entries)
+    return run
 
 
 def export_lock(directory: Path):
@@ -193,12 +172,16 @@ def _file_state(path: Path) -> tuple[int, int] | None:
     return st.st_size, st.st_mtime_ns
 
 
+def _intact(directory: Path, item: dict) -> bool:
+    """The manifest's file entry still describes the file there (not deleted or edited)."""
+    return _file_state(directory / item["file"]) == (item.get("size"), item.get("mtime_ns"))
+
+
 def export_snapshots(store: Store, config: Config, now: float | None = None,
                      progress: Callable[[int, int], None] | None = None) -> ExportResult:
     started = time.monotonic()
     now = int(time.time() if now is None else now)
     directory = config.export.dir
-    fmt = config.export.format
     gid = None
     if config.export.group:
         try:
@@ -215,7 +198,7 @@ def export_snapshots(store: Store, config: Config, now: float | None = None,
             if gid is not None:
                 os.chown(directory, -1, gid)
         with export_lock(directory):
-            result = _export(store, directory, fmt, gid, now, progress)
+            result = _export(store, directory, config.export, gid, now, progress)
     except OSError as err:
         raise ExportError(f"{err.filename or directory}: cannot write snapshots: {err.strerror}") from None
     result.duration = time.monotonic() - started
@@ -225,11 +208,34 @@ def export_snapshots(store: Store, config: Config, now: float | None = None,
     return result
 
 
-def _export(store: Store, directory: Path, fmt: str, gid: int | None, now: int,
+@dataclass
+class _Domain:
+    """What one domain's export needs to know."""
+    directory: Path
+    settings: ExportConfig
+    gid: int | None
+    domain: str
+    generated_at: str
+    now: int
+    count: int
+    prev: dict            # its manifest entry of the last export ({} when none is usable)
+
+    @property
+    def fmt(self) -> str:
+        return self.settings.format
+
+    @property
+    def hashed(self) -> bool:
+        return self.settings.hash_recipients
+
+
+def _export(store: Store, directory: Path, settings: ExportConfig, gid: int | None, now: int,
             progress: Callable[[int, int], None] | None) -> ExportResult:
     result = ExportResult()
-    old = read_manifest(directory)
-    usable = old.get("store_id") == store.store_id and old.get("snapshot_format") == fmt
+    fmt = settings.format
+    old = snapshot.read_manifest(directory)
+    usable = (old.get("store_id") == store.store_id and old.get("snapshot_format") == fmt
+              and old.get("hash_recipients", False) == settings.hash_recipients)
     old_domains = old.get("domains", {}) if usable and isinstance(old.get("domains"), dict) else {}
     generated_at = iso_now(now)
     domains: dict[str, dict] = {}
@@ -244,9 +250,10 @@ def _export(store: Store, directory: Path, fmt: str, gid: int | None, now: int,
             continue
         path = directory / name
         prev = old_domains.get(domain)
-        if (isinstance(prev, dict) and prev.get("generation") == generation
+        prev = prev if isinstance(prev, dict) and prev.get("file") == name else {}
+        if (prev.get("generation") == generation
                 and (prev.get("next_expiry") is None or prev["next_expiry"] > now)
-                and _file_state(path) == (prev.get("size"), prev.get("mtime_ns"))):
+                and all(_intact(directory, item) for item in snapshot.manifest_files(prev))):
             domains[domain] = prev
             result.unchanged += 1
             result.entries += prev.get("count", 0)
@@ -260,101 +267,194 @@ def _export(store: Store, directory: Path, fmt: str, gid: int | None, now: int,
                     path.unlink()
                     result.removed.append(name)
                 continue
-            entries_sha = None
-            if isinstance(prev, dict) and _file_state(path) == (prev.get("size"), prev.get("mtime_ns")):
-                entries_sha = prev.get("entries_sha256")
-            written = _write_domain(store, path, fmt, domain, generated_at, count, now, gid, entries_sha)
+            job = _Domain(directory, settings, gid, domain, generated_at, now, count, prev)
+            shards = snapshot.shard_count(count, settings.shard_entries, prev.get("shards", 1))
+            if shards == 1:
+                entry, written = _write_single(store, job)
+            else:
+                entry, written = _write_sharded(store, job, shards)
         finally:
             conn.execute("COMMIT")
-        if written is None:            # same entries as the file there: leave it alone
-            entry = dict(prev, generation=generation, next_expiry=next_expiry)
-            result.unchanged += 1
+        entry.update(generation=generation, next_expiry=next_expiry)
+        if written:
+            result.written += written
         else:
-            size, mtime_ns = _file_state(path)
-            entry = {"file": name, "count": count, "sha256": written[0], "entries_sha256": written[1],
-                     "generation": generation, "next_expiry": next_expiry, "size": size, "mtime_ns": mtime_ns}
-            result.written.append(name)
+            result.unchanged += 1
         domains[domain] = entry
         result.entries += count
     result.domains = len(domains)
     if result.written:                 # the snapshots' renames are durable before the manifest's
         _fsync_dir(directory)
-    _remove_strays(directory, fmt, domains, result)
-    manifest = {"format": MANIFEST_FORMAT, "version": 1, "store_id": store.store_id,
-                "snapshot_format": fmt, "generated_at": generated_at, "domains": domains}
-    if not usable or domains != old_domains or not (directory / MANIFEST).exists():
-        data = json.dumps(manifest, indent=1, sort_keys=True).encode() + b"\n"
-        atomic_write(directory / MANIFEST, lambda fh: fh.write(data), gid=gid)
+    _remove_strays(directory, domains, result)
+    manifest = snapshot.manifest_doc(generated_at, domains, store_id=store.store_id, snapshot_format=fmt,
+                                     hash_recipients=settings.hash_recipients)
+    if not usable or domains != old_domains or not (directory / snapshot.MANIFEST).exists():
+        data = snapshot.manifest_bytes(manifest)
+        atomic_write(directory / snapshot.MANIFEST, lambda fh: fh.write(data), gid=gid)
     return result
 
 
-def _write_domain(store: Store, path: Path, fmt: str, domain: str, generated_at: str, count: int,
-                  now: int, gid: int | None, entries_sha: str | None) -> tuple[str, str] | None:
-    """Write a domain's snapshot and return (file sha256, entries sha256), or None when its
-    entries equal `entries_sha` (the file in place): kumod then reloads nothing."""
-    def write(fh):
-        out = _Hashing(fh)
-        entries = write_snapshot(out, fmt, domain, generated_at, count, store.iter_snapshot(domain, now))
-        return None if entries == entries_sha else (out.sha.hexdigest(), entries)
-    return atomic_write(path, write, gid=gid, sync_dir=False)
+def _file_entry(directory: Path, name: str, count: int, written: tuple[str, str], **extra) -> dict:
+    size, mtime_ns = _file_state(directory / name)
+    return {"file": name, "count": count, "sha256": written[0], "entries_sha256": written[1],
+            **extra, "size": size, "mtime_ns": mtime_ns}
 
 
-def _remove_strays(directory: Path, fmt: str, domains: dict, result: ExportResult) -> None:
-    """Snapshot files of domains with no active entries (or in the other format) go:
-    kumod must stop suppressing for them, and so do temp files a killed export left.
-    Other files are left alone."""
+def _write_single(store: Store, job: _Domain) -> tuple[dict, list[str]]:
+    """A domain of at most shard_entries entries: one file, streamed from the store.
+    Returns its manifest entry and the names written (none when its entries are those of
+    the file in place)."""
+    prev, name = job.prev, snapshot_filename(job.domain, job.fmt)
+    same = prev.get("entries_sha256") if "shards" not in prev and prev and _intact(job.directory, prev) else None
+    head = snapshot.header(job.domain, job.generated_at, job.count, hashed=job.hashed,
+                           domain_entries=len(store.iter_domain_entries(job.domain, job.now)))
+    rows = store.iter_snapshot(job.domain, job.now)
+    written = atomic_write(job.directory / name,
+                           _hashed_write(lambda fh: snapshot.write(fh, job.fmt, head, rows, job.hashed), same),
+                           gid=job.gid, sync_dir=False)
+    if written is None:
+        return dict(prev), []
+    return _file_entry(job.directory, name, job.count, written), [name]
+
+
+def _write_sharded(store: Store, job: _Domain, shards: int) -> tuple[dict, list[str]]:
+    """A domain of more than shard_entries entries: its shards, then the index naming
+    them. When the last export wrote the same number of shards, only the shards holding a
+    key that changed since (the store's history says which) or an entry that expired are
+    read back, patched and rewritten; otherwise one pass over the domain writes them all
+    (a shard whose entries did not change is left alone even then)."""
+    mark = store.history_mark()
+    domain_rows = store.iter_domain_entries(job.domain, job.now)
+    batch = _Pending(gid=job.gid)
+    try:
+        shard_files = _patch_shards(store, job, shards, batch)
+        if shard_files is not None and sum(f["count"] for f in shard_files) + len(domain_rows) != job.count:
+            log.warning("%s: shard files disagree with the store; writing all %d shards again", job.domain, shards)
+            batch.discard()
+            shard_files = None
+        if shard_files is None:
+            shard_files = _write_all_shards(store, job, shards, batch)
+        name = snapshot_filename(job.domain, job.fmt)
+        prev = job.prev
+        same = (prev.get("entries_sha256") if prev.get("shards") == shards and prev.get("count") == job.count
+                and _intact(job.directory, prev) else None)
+        head = snapshot.header(job.domain, job.generated_at, job.count, hashed=job.hashed,
+                               domain_entries=len(domain_rows), shards=shards)
+        index = batch.write(job.directory / name, _hashed_write(
+            lambda fh: snapshot.write(fh, job.fmt, head, domain_rows, job.hashed), same))
+        installed = {path.name for path in batch.commit()}
+    finally:
+        batch.discard()
+    entry = (_file_entry(job.directory, name, job.count, index) if index is not None
+             else {k: v for k, v in prev.items() if k not in ("shard_files", "history_id")})
+    entry.update(shards=shards, history_id=mark,
+                 shard_files=[dict(f, **dict(zip(("size", "mtime_ns"), _file_state(job.directory / f["file"]))))
+                              if f["file"] in installed else f for f in shard_files])
+    return entry, sorted(installed)
+
+
+def _patch_shards(store: Store, job: _Domain, shards: int, batch: _Pending) -> list[dict] | None:
+    """The shard entries after patching the shards whose content changed into `batch`, or
+    None when they must all be written from the store (no usable last export of this
+    many shards, a shard file not as the manifest describes it, or so many changes that
+    one pass is cheaper)."""
+    prev = job.prev
+    files = prev.get("shard_files")
+    if (prev.get("shards") != shards or not isinstance(files, list) or len(files) != shards
+            or not isinstance(prev.get("history_id"), int) or prev["history_id"] > store.history_mark()
+            or not all(_intact(job.directory, f) for f in files)):
+        return None
+    changed = [r for r in store.changed_since(job.domain, prev["history_id"]) if not r.startswith("@")]
+    dirty: dict[int, list[str]] = {}
+    for recipient in changed:
+        dirty.setdefault(snapshot.shard_of(recipient, shards), []).append(recipient)
+    for k, item in enumerate(files):
+        if item.get("next_expiry") is not None and item["next_expiry"] <= job.now:
+            dirty.setdefault(k, [])
+    if len(dirty) > shards // 2:
+        return None
+    current = store.snapshot_rows(job.domain, changed, job.now)
+    files = list(files)
+    for k, recipients in sorted(dirty.items()):
+        path = job.directory / files[k]["file"]
+        raw = path.read_bytes()
+        if hashlib.sha256(raw).hexdigest() != files[k].get("sha256"):
+            return None
+        try:
+            old = snapshot.loads(raw, job.fmt)["recipients"]
+        except (snapshot.SnapshotError, KeyError, TypeError):
+            return None
+        entries = {key: e for key, e in old.items() if e.get("expires") is None or e["expires"] > job.now}
+        for recipient in recipients:
+            key = snapshot.key_digest(recipient) if job.hashed else recipient
+            row = current.get(recipient)
+            if row is None:
+                entries.pop(key, None)
+            else:
+                entries[key] = snapshot.rows_entry(row)
+        if entries == old:
+            continue
+        # plain keys in key order, as a pass over the store writes them; digests keep
+        # the order they have
+        rows = snapshot.rows_of(entries if job.hashed else dict(sorted(entries.items())))
+        head = snapshot.header(job.domain, job.generated_at, len(rows), hashed=job.hashed, domain_entries=0,
+                               shard=k, shards=shards)
+        written = batch.write(path, _hashed_write(lambda fh: snapshot.write(fh, job.fmt, head, rows), None))
+        expiries = [r[3] for r in rows if r[3] is not None]
+        files[k] = {"file": path.name, "count": len(rows), "sha256": written[0], "entries_sha256": written[1],
+                    "next_expiry": min(expiries, default=None)}
+    return files
+
+
+def _write_all_shards(store: Store, job: _Domain, shards: int, batch: _Pending) -> list[dict]:
+    """Every shard from one pass over the domain's cursor (one pass per _OPEN_SPOOLS
+    shards): each plain entry is formatted into its shard's spool, then each shard is
+    written behind its header, unless its entries are those of the file in place."""
+    prev = job.prev
+    prev_files = prev.get("shard_files") if prev.get("shards") == shards else None
+    if not isinstance(prev_files, list) or len(prev_files) != shards:
+        prev_files = None
+    files = []
+    for first in range(0, shards, _OPEN_SPOOLS):
+        group = range(first, min(first + _OPEN_SPOOLS, shards))
+        with contextlib.ExitStack() as stack:
+            spools = {k: snapshot.Spool(job.fmt, stack.enter_context(
+                tempfile.TemporaryFile(prefix=".spool.", dir=job.directory))) for k in group}
+            for recipient, reason, since, expires in store.iter_snapshot(job.domain, job.now):
+                if recipient[0] == "@":
+                    continue
+                digest = snapshot.key_digest(recipient)
+                spool = spools.get(snapshot.shard_of_digest(digest, shards))
+                if spool is not None:
+                    spool.add(snapshot.entry_line(job.fmt, digest if job.hashed else recipient,
+                                                  reason, since, expires), expires)
+            for k, spool in spools.items():
+                old = prev_files[k] if prev_files and _intact(job.directory, prev_files[k]) else {}
+                name = snapshot.shard_filename(job.domain, k, shards, job.fmt)
+                head = snapshot.header(job.domain, job.generated_at, spool.count, hashed=job.hashed,
+                                       domain_entries=0, shard=k, shards=shards)
+                written = batch.write(job.directory / name, _hashed_write(
+                    lambda fh: spool.write_to(fh, head), old.get("entries_sha256")))
+                files.append(old if written is None else
+                             {"file": name, "count": spool.count, "sha256": written[0],
+                              "entries_sha256": written[1], "next_expiry": spool.next_expiry})
+    return files
+
+
+def _remove_strays(directory: Path, domains: dict, result: ExportResult) -> None:
+    """Snapshot files the manifest will not list go (a domain with no active entries, a
+    shard of a domain now written as one file or as another number of shards, the other
+    format): kumod must stop reading them. So do temp files a killed export left. Other
+    files are left alone."""
+    listed = {item["file"] for entry in domains.values() for item in snapshot.manifest_files(entry)}
     for entry in os.scandir(directory):
         if _TEMP_NAME.match(entry.name) and entry.is_file(follow_symlinks=False):
             # we hold the export lock, so no other export is writing it: debris of a crash
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(entry.path)
             continue
-        m = _SNAPSHOT_NAME.match(entry.name)
-        if not m or entry.name == MANIFEST or not entry.is_file(follow_symlinks=False):
-            continue
-        domain, ext = m.group("domain"), m.group("ext")
-        if not is_plain_hostname(domain):
-            continue
-        if ext == fmt and domain in domains:
+        if (snapshot.parse_filename(entry.name) is None or entry.name in listed
+                or not entry.is_file(follow_symlinks=False)):
             continue
         os.unlink(entry.path)
         result.removed.append(entry.name)
-
-
-# ---------------------------------------------------------------------- validation
-
-@lru_cache(maxsize=1)
-def snapshot_schema() -> dict:
-    return json.loads(resources.files("exporter").joinpath("schema/snapshot.schema.json").read_text())
-
-
-def validate_snapshot_file(path: Path) -> list[str]:
-    """Problems with one snapshot file (empty list: valid)."""
-    import jsonschema
-    import tomllib
-    try:
-        raw = path.read_bytes()
-    except OSError as err:
-        return [f"cannot read: {err.strerror}"]
-    try:
-        data = tomllib.loads(raw.decode()) if path.suffix == ".toml" else json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as err:
-        return [f"not valid {path.suffix[1:].upper()}: {err}"]
-    except RecursionError:
-        return [f"not valid {path.suffix[1:].upper()}: nested too deeply"]
-    validator = jsonschema.Draft202012Validator(snapshot_schema())
-    problems = [f"{'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}"
-                for e in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))[:5]]
-    if problems:
-        return problems
-    if data["count"] != len(data["recipients"]):
-        problems.append(f"count is {data['count']} but there are {len(data['recipients'])} recipients")
-    if path.stem != data["domain"]:
-        problems.append(f"file name {path.name} does not match domain {data['domain']!r}")
-    return problems
-
-
-def snapshot_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.iterdir()
-                  if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")
-                  and p.suffix in (".json", ".toml"))
