@@ -1,11 +1,13 @@
-"""Store -> one snapshot file per sending domain (PRODUCT.md section 9), for kumod.
+"""Store -> snapshot files per sending domain (PRODUCT.md section 9), for kumod.
 
-kumod reloads a snapshot when its file version (mtime, size, inode) changes, so a file is
-only rewritten when its entries changed; the manifest remembers each domain's store
-generation, so an unchanged domain is not even read from the store. Files are written
-atomically (temp file in the same directory, fsync, rename, fsync of the directory) and
-streamed from a cursor: one export never holds a domain's list, let alone the whole
-list, in memory.
+This module decides what to write and when; exporter/snapshot.py owns what the files
+look like. kumod reloads a file when its version (mtime, size, inode) changes, so a file
+is only rewritten when its entries changed; the manifest remembers each domain's store
+generation, so an unchanged domain is not even read from the store, and for a sharded
+domain how far into the store's history it saw, so only the shards holding a changed key
+are rewritten. Files are written atomically (temp file in the same directory, fsync,
+rename, fsync of the directory) and streamed from a cursor: one export never holds a
+domain's list, let alone the whole list, in memory (a shard being patched at most).
 """
 
 from __future__ import annotations
@@ -217,7 +219,6 @@ class _Domain:
     domain: str
     generated_at: str
     now: int
-    count: int
     prev: dict            # its manifest entry of the last export ({} when none is usable)
 
     @property
@@ -261,27 +262,30 @@ def _export(store: Store, directory: Path, settings: ExportConfig, gid: int | No
         conn = store.conn
         conn.execute("BEGIN")          # one consistent view for the count and the rows
         try:
-            count, next_expiry = store.domain_summary(domain, now)
-            if count == 0:
-                if path.exists():
-                    path.unlink()
-                    result.removed.append(name)
-                continue
-            job = _Domain(directory, settings, gid, domain, generated_at, now, count, prev)
-            shards = snapshot.shard_count(count, settings.shard_entries, prev.get("shards", 1))
-            if shards == 1:
-                entry, written = _write_single(store, job)
-            else:
-                entry, written = _write_sharded(store, job, shards)
+            job = _Domain(directory, settings, gid, domain, generated_at, now, prev)
+            done = _patch_sharded(store, job) if prev.get("shards") else None
+            if done is None:
+                count, next_expiry = store.domain_summary(domain, now)
+                if count == 0:
+                    if path.exists():
+                        path.unlink()
+                        result.removed.append(name)
+                    continue
+                shards = snapshot.shard_count(count, settings.shard_entries, prev.get("shards", 1))
+                if shards == 1:
+                    done = _write_single(store, job, count, next_expiry)
+                else:
+                    done = _write_sharded(store, job, count, next_expiry, shards)
         finally:
             conn.execute("COMMIT")
-        entry.update(generation=generation, next_expiry=next_expiry)
+        entry, written = done
+        entry["generation"] = generation
         if written:
             result.written += written
         else:
             result.unchanged += 1
         domains[domain] = entry
-        result.entries += count
+        result.entries += entry["count"]
     result.domains = len(domains)
     if result.written:                 # the snapshots' renames are durable before the manifest's
         _fsync_dir(directory)
@@ -300,68 +304,46 @@ def _file_entry(directory: Path, name: str, count: int, written: tuple[str, str]
             **extra, "size": size, "mtime_ns": mtime_ns}
 
 
-def _write_single(store: Store, job: _Domain) -> tuple[dict, list[str]]:
+def _write_single(store: Store, job: _Domain, count: int, next_expiry: int | None) -> tuple[dict, list[str]]:
     """A domain of at most shard_entries entries: one file, streamed from the store.
     Returns its manifest entry and the names written (none when its entries are those of
     the file in place)."""
     prev, name = job.prev, snapshot_filename(job.domain, job.fmt)
     same = prev.get("entries_sha256") if "shards" not in prev and prev and _intact(job.directory, prev) else None
-    head = snapshot.header(job.domain, job.generated_at, job.count, hashed=job.hashed,
+    head = snapshot.header(job.domain, job.generated_at, count, hashed=job.hashed,
                            domain_entries=len(store.iter_domain_entries(job.domain, job.now)))
     rows = store.iter_snapshot(job.domain, job.now)
     written = atomic_write(job.directory / name,
                            _hashed_write(lambda fh: snapshot.write(fh, job.fmt, head, rows, job.hashed), same),
                            gid=job.gid, sync_dir=False)
     if written is None:
-        return dict(prev), []
-    return _file_entry(job.directory, name, job.count, written), [name]
+        return dict(prev, next_expiry=next_expiry), []
+    return _file_entry(job.directory, name, count, written, next_expiry=next_expiry), [name]
 
 
-def _write_sharded(store: Store, job: _Domain, shards: int) -> tuple[dict, list[str]]:
-    """A domain of more than shard_entries entries: its shards, then the index naming
-    them. When the last export wrote the same number of shards, only the shards holding a
-    key that changed since (the store's history says which) or an entry that expired are
-    read back, patched and rewritten; otherwise one pass over the domain writes them all
-    (a shard whose entries did not change is left alone even then)."""
-    mark = store.history_mark()
-    domain_rows = store.iter_domain_entries(job.domain, job.now)
+def _write_sharded(store: Store, job: _Domain, count: int, next_expiry: int | None,
+                   shards: int) -> tuple[dict, list[str]]:
+    """A domain of more than shard_entries entries, from one pass over the store: every
+    shard (one whose entries did not change is left alone), then the index."""
     batch = _Pending(gid=job.gid)
     try:
-        shard_files = _patch_shards(store, job, shards, batch)
-        if shard_files is not None and sum(f["count"] for f in shard_files) + len(domain_rows) != job.count:
-            log.warning("%s: shard files disagree with the store; writing all %d shards again", job.domain, shards)
-            batch.discard()
-            shard_files = None
-        if shard_files is None:
-            shard_files = _write_all_shards(store, job, shards, batch)
-        name = snapshot_filename(job.domain, job.fmt)
-        prev = job.prev
-        same = (prev.get("entries_sha256") if prev.get("shards") == shards and prev.get("count") == job.count
-                and _intact(job.directory, prev) else None)
-        head = snapshot.header(job.domain, job.generated_at, job.count, hashed=job.hashed,
-                               domain_entries=len(domain_rows), shards=shards)
-        index = batch.write(job.directory / name, _hashed_write(
-            lambda fh: snapshot.write(fh, job.fmt, head, domain_rows, job.hashed), same))
-        installed = {path.name for path in batch.commit()}
+        shard_files = _write_all_shards(store, job, shards, batch)
+        return _install_sharded(store, job, batch, shards, shard_files, count, next_expiry)
     finally:
         batch.discard()
-    entry = (_file_entry(job.directory, name, job.count, index) if index is not None
-             else {k: v for k, v in prev.items() if k not in ("shard_files", "history_id")})
-    entry.update(shards=shards, history_id=mark,
-                 shard_files=[dict(f, **dict(zip(("size", "mtime_ns"), _file_state(job.directory / f["file"]))))
-                              if f["file"] in installed else f for f in shard_files])
-    return entry, sorted(installed)
 
 
-def _patch_shards(store: Store, job: _Domain, shards: int, batch: _Pending) -> list[dict] | None:
-    """The shard entries after patching the shards whose content changed into `batch`, or
-    None when they must all be written from the store (no usable last export of this
-    many shards, a shard file not as the manifest describes it, or so many changes that
-    one pass is cheaper)."""
+def _patch_sharded(store: Store, job: _Domain) -> tuple[dict, list[str]] | None:
+    """A domain the last export wrote as shards, keeping their number: only the shards
+    holding a key that changed since (the store's history says which) or an entry that
+    expired are read back, patched and rewritten, then the index. Its count comes from the
+    shards, so the domain is not read from the store. None when that cannot be done: no
+    usable last export of it, a shard file not as the manifest describes it, so many
+    changes that one pass is cheaper, or a count that calls for another layout."""
     prev = job.prev
-    files = prev.get("shard_files")
-    if (prev.get("shards") != shards or not isinstance(files, list) or len(files) != shards
-            or not isinstance(prev.get("history_id"), int) or prev["history_id"] > store.history_mark()
+    shards, files = prev["shards"], prev.get("shard_files")
+    if (not isinstance(files, list) or len(files) != shards or not isinstance(prev.get("history_id"), int)
+            or prev["history_id"] > store.history_mark()
             or not all(_intact(job.directory, f) for f in files)):
         return None
     changed = [r for r in store.changed_since(job.domain, prev["history_id"]) if not r.startswith("@")]
@@ -375,35 +357,68 @@ def _patch_shards(store: Store, job: _Domain, shards: int, batch: _Pending) -> l
         return None
     current = store.snapshot_rows(job.domain, changed, job.now)
     files = list(files)
-    for k, recipients in sorted(dirty.items()):
-        path = job.directory / files[k]["file"]
-        raw = path.read_bytes()
-        if hashlib.sha256(raw).hexdigest() != files[k].get("sha256"):
+    batch = _Pending(gid=job.gid)
+    try:
+        for k, recipients in sorted(dirty.items()):
+            path = job.directory / files[k]["file"]
+            raw = path.read_bytes()
+            if hashlib.sha256(raw).hexdigest() != files[k].get("sha256"):
+                return None
+            try:
+                old = snapshot.loads(raw, job.fmt)["recipients"]
+            except (snapshot.SnapshotError, KeyError, TypeError):
+                return None
+            entries = {key: e for key, e in old.items() if e.get("expires") is None or e["expires"] > job.now}
+            for recipient in recipients:
+                key = snapshot.key_digest(recipient) if job.hashed else recipient
+                row = current.get(recipient)
+                if row is None:
+                    entries.pop(key, None)
+                else:
+                    entries[key] = snapshot.rows_entry(row)
+            if entries == old:
+                continue
+            # plain keys in key order, as a pass over the store writes them; digests keep
+            # the order they have
+            rows = snapshot.rows_of(entries if job.hashed else dict(sorted(entries.items())))
+            head = snapshot.header(job.domain, job.generated_at, len(rows), hashed=job.hashed, domain_entries=0,
+                                   shard=k, shards=shards)
+            written = batch.write(path, _hashed_write(lambda fh: snapshot.write(fh, job.fmt, head, rows), None))
+            files[k] = {"file": path.name, "count": len(rows), "sha256": written[0], "entries_sha256": written[1],
+                        "next_expiry": min((r[3] for r in rows if r[3] is not None), default=None)}
+        domain_rows = store.iter_domain_entries(job.domain, job.now)
+        count = sum(f["count"] for f in files) + len(domain_rows)
+        if snapshot.shard_count(count, job.settings.shard_entries, shards) != shards:
             return None
-        try:
-            old = snapshot.loads(raw, job.fmt)["recipients"]
-        except (snapshot.SnapshotError, KeyError, TypeError):
-            return None
-        entries = {key: e for key, e in old.items() if e.get("expires") is None or e["expires"] > job.now}
-        for recipient in recipients:
-            key = snapshot.key_digest(recipient) if job.hashed else recipient
-            row = current.get(recipient)
-            if row is None:
-                entries.pop(key, None)
-            else:
-                entries[key] = snapshot.rows_entry(row)
-        if entries == old:
-            continue
-        # plain keys in key order, as a pass over the store writes them; digests keep
-        # the order they have
-        rows = snapshot.rows_of(entries if job.hashed else dict(sorted(entries.items())))
-        head = snapshot.header(job.domain, job.generated_at, len(rows), hashed=job.hashed, domain_entries=0,
-                               shard=k, shards=shards)
-        written = batch.write(path, _hashed_write(lambda fh: snapshot.write(fh, job.fmt, head, rows), None))
-        expiries = [r[3] for r in rows if r[3] is not None]
-        files[k] = {"file": path.name, "count": len(rows), "sha256": written[0], "entries_sha256": written[1],
-                    "next_expiry": min(expiries, default=None)}
-    return files
+        expiries = [f["next_expiry"] for f in files if f.get("next_expiry") is not None]
+        expiries += [r[3] for r in domain_rows if r[3] is not None]
+        return _install_sharded(store, job, batch, shards, files, count, min(expiries, default=None), domain_rows)
+    finally:
+        batch.discard()
+
+
+def _install_sharded(store: Store, job: _Domain, batch: _Pending, shards: int, shard_files: list[dict],
+                     count: int, next_expiry: int | None, domain_rows: list | None = None) -> tuple[dict, list[str]]:
+    """Write the index of a sharded domain behind its shards in `batch`, install them all
+    (shards first: a reader of the new index finds its shards), and return the domain's
+    manifest entry and the names written."""
+    mark = store.history_mark()
+    if domain_rows is None:
+        domain_rows = store.iter_domain_entries(job.domain, job.now)
+    name, prev = snapshot_filename(job.domain, job.fmt), job.prev
+    same = (prev.get("entries_sha256") if prev.get("shards") == shards and prev.get("count") == count
+            and _intact(job.directory, prev) else None)
+    head = snapshot.header(job.domain, job.generated_at, count, hashed=job.hashed,
+                           domain_entries=len(domain_rows), shards=shards)
+    index = batch.write(job.directory / name, _hashed_write(
+        lambda fh: snapshot.write(fh, job.fmt, head, domain_rows, job.hashed), same))
+    installed = {path.name for path in batch.commit()}
+    entry = (_file_entry(job.directory, name, count, index) if index is not None
+             else {k: v for k, v in prev.items() if k not in ("shard_files", "history_id")})
+    entry.update(next_expiry=next_expiry, shards=shards, history_id=mark,
+                 shard_files=[dict(f, **dict(zip(("size", "mtime_ns"), _file_state(job.directory / f["file"]))))
+                              if f["file"] in installed else f for f in shard_files])
+    return entry, sorted(installed)
 
 
 def _write_all_shards(store: Store, job: _Domain, shards: int, batch: _Pending) -> list[dict]:
