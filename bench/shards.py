@@ -3,6 +3,9 @@
 
     python bench/shards.py [--entries N] [--quick]
 
+Not part of bench/run: at 5M entries filling the store and the three first exports take
+several minutes; tests/test_bench_quick.py runs it with --quick.
+
 One store holds N active entries (default 5,000,000) for big.example. The same store is
 exported into three snapshot directories, each by `kumo-suppress export` as a process:
   single_*     [export].shard_entries above N: the domain is one file, as before shards
@@ -86,12 +89,12 @@ def export(config: Path, db: Path) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--entries", type=int, default=5_000_000)
-    ap.add_argument("--quick", action="store_true", help="200k entries, shard_entries 5000")
+    ap.add_argument("--quick", action="store_true", help="50k entries, shard_entries 2000 (32 shards)")
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
-    shard_entries = 5000 if args.quick else 50_000
+    shard_entries = 2000 if args.quick else 50_000
     if args.quick:
-        args.entries = 200_000
+        args.entries = 50_000
     tmp = Path(tempfile.mkdtemp(prefix="bench-shards-", dir=args.workdir))
     db = tmp / "var" / "suppression.db"
     try:
