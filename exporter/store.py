@@ -9,6 +9,7 @@ that domain's generation, which is how export knows what to rewrite without read
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
 import time
@@ -470,16 +471,11 @@ class Store:
     def snapshot_rows(self, domain: str, recipients: Iterable[str], now: int) -> dict[str, tuple]:
         """recipient -> (recipient, reason, since, expires) for those of `recipients` with an
         active entry in `domain`."""
-        found: dict[str, tuple] = {}
-        keys = list(recipients)
-        for i in range(0, len(keys), 500):
-            chunk = keys[i:i + 500]
-            for row in self.conn.execute(
-                    "SELECT recipient, reason, first_seen, expires FROM suppressions WHERE domain = ? "
-                    f"AND recipient IN ({', '.join('?' * len(chunk))}) AND (expires IS NULL OR expires > ?)",
-                    (domain, *chunk, now)):
-                found[row[0]] = tuple(row)
-        return found
+        # the keys travel as one bound JSON array, however many there are
+        return {row[0]: tuple(row) for row in self.conn.execute(
+            "SELECT recipient, reason, first_seen, expires FROM suppressions WHERE domain = ? "
+            "AND recipient IN (SELECT value FROM json_each(?)) AND (expires IS NULL OR expires > ?)",
+            (domain, json.dumps(list(recipients)), now))}
 
     def stats(self, now: int) -> dict:
         by_domain = {r[0]: r[1] for r in self.conn.execute(
