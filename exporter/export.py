@@ -365,10 +365,9 @@ def _patch_sharded(store: Store, job: _Domain) -> tuple[dict, list[str]] | None:
             if hashlib.sha256(raw).hexdigest() != files[k].get("sha256"):
                 return None
             try:
-                old = snapshot.loads(raw, job.fmt)["recipients"]
-            except (snapshot.SnapshotError, KeyError, TypeError):
+                old, entries = snapshot.active_recipients(raw, job.fmt, job.now)
+            except snapshot.SnapshotError:
                 return None
-            entries = {key: e for key, e in old.items() if e.get("expires") is None or e["expires"] > job.now}
             for recipient in recipients:
                 key = snapshot.key_digest(recipient) if job.hashed else recipient
                 row = current.get(recipient)

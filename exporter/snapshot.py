@@ -262,6 +262,15 @@ def loads(raw: bytes, fmt: str) -> dict:
     return data
 
 
+def active_recipients(raw: bytes, fmt: str, now: int) -> tuple[dict, dict]:
+    """A file's `recipients` table as it is and without the entries expired at `now`;
+    SnapshotError when the bytes hold no such table."""
+    recipients = loads(raw, fmt).get("recipients")
+    if not isinstance(recipients, dict) or not all(isinstance(e, dict) for e in recipients.values()):
+        raise SnapshotError("no recipients table")
+    return recipients, {key: e for key, e in recipients.items() if e.get("expires") is None or e["expires"] > now}
+
+
 def lookup(directory: Path, domain: str, recipient: str, fmt: str = "json") -> dict | None:
     """The entry that suppresses normalized `recipient` at sending domain `domain`, read
     from the files the way the Lua module reads them (either layout, plain or hashed
