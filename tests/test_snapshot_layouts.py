@@ -177,10 +177,12 @@ def test_removed_and_expired_entries_leave_their_shards(install):
     _manifest_matches_files(d.dir)
 
 
-def test_patched_shards_equal_a_fresh_export(install, tmp_path):
+@pytest.mark.parametrize("export", [{"format": "json"}, {"format": "toml"}, {"hash_recipients": True}],
+                         ids=["json", "toml", "hashed"])
+def test_patched_shards_equal_a_fresh_export(install, tmp_path, export):
     """Many rounds of random adds and removes, each exported by patching shards: the files
     hold exactly what an export from scratch writes."""
-    d = Domain(install, shard_entries=16)
+    d = Domain(install, shard_entries=16, **export)
     rng = random.Random(14)
     pool = [f"u{i}@m{i % 7}.example" for i in range(300)]
     d.add(*pool[:100], "@gone.example")
