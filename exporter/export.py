@@ -220,6 +220,7 @@ class _Domain:
     generated_at: str
     now: int
     prev: dict            # its manifest entry of the last export ({} when none is usable)
+    batch: "_Pending"     # its files, installed once the store's read transaction is over
 
     @property
     def fmt(self) -> str:
@@ -259,26 +260,34 @@ def _export(store: Store, directory: Path, settings: ExportConfig, gid: int | No
             result.unchanged += 1
             result.entries += prev.get("count", 0)
             continue
-        conn = store.conn
-        conn.execute("BEGIN")          # one consistent view for the count and the rows
+        job = _Domain(directory, settings, gid, domain, generated_at, now, prev, _Pending(gid=gid))
         try:
-            job = _Domain(directory, settings, gid, domain, generated_at, now, prev)
-            done = _patch_sharded(store, job) if prev.get("shards") else None
-            if done is None:
-                count, next_expiry = store.domain_summary(domain, now)
-                if count == 0:
-                    if path.exists():
-                        path.unlink()
-                        result.removed.append(name)
-                    continue
-                shards = snapshot.shard_count(count, settings.shard_entries, prev.get("shards", 1))
-                if shards == 1:
-                    done = _write_single(store, job, count, next_expiry)
-                else:
-                    done = _write_sharded(store, job, count, next_expiry, shards)
+            conn = store.conn
+            conn.execute("BEGIN")      # one consistent view for the count and the rows
+            try:
+                entry = _patch_sharded(store, job) if prev.get("shards") else None
+                if entry is None:
+                    job.batch.discard()
+                    count, next_expiry = store.domain_summary(domain, now)
+                    if count == 0:
+                        if path.exists():
+                            path.unlink()
+                            result.removed.append(name)
+                        continue
+                    shards = snapshot.shard_count(count, settings.shard_entries, prev.get("shards", 1))
+                    if shards == 1:
+                        entry = _write_single(store, job, count, next_expiry)
+                    else:
+                        entry = _write_sharded(store, job, count, next_expiry, shards)
+            finally:
+                conn.execute("COMMIT")
+            # shards first, then the index naming them: a reader of the new index finds them
+            written = [path.name for path in job.batch.commit()]
         finally:
-            conn.execute("COMMIT")
-        entry, written = done
+            job.batch.discard()
+        for item in snapshot.manifest_files(entry):
+            if item["file"] in written:
+                item["size"], item["mtime_ns"] = _file_state(directory / item["file"])
         entry["generation"] = generation
         if written:
             result.written += written
@@ -298,42 +307,35 @@ def _export(store: Store, directory: Path, settings: ExportConfig, gid: int | No
     return result
 
 
-def _file_entry(directory: Path, name: str, count: int, written: tuple[str, str], **extra) -> dict:
-    size, mtime_ns = _file_state(directory / name)
-    return {"file": name, "count": count, "sha256": written[0], "entries_sha256": written[1],
-            **extra, "size": size, "mtime_ns": mtime_ns}
+def _file_entry(name: str, count: int, written: tuple[str, str], **extra) -> dict:
+    """A file's manifest entry; size and mtime_ns are added once it is installed."""
+    return {"file": name, "count": count, "sha256": written[0], "entries_sha256": written[1], **extra}
 
 
-def _write_single(store: Store, job: _Domain, count: int, next_expiry: int | None) -> tuple[dict, list[str]]:
-    """A domain of at most shard_entries entries: one file, streamed from the store.
-    Returns its manifest entry and the names written (none when its entries are those of
-    the file in place)."""
+def _write_single(store: Store, job: _Domain, count: int, next_expiry: int | None) -> dict:
+    """A domain of at most shard_entries entries: one file, streamed from the store into
+    the batch unless its entries are those of the file in place. Returns its manifest
+    entry."""
     prev, name = job.prev, snapshot_filename(job.domain, job.fmt)
     same = prev.get("entries_sha256") if "shards" not in prev and prev and _intact(job.directory, prev) else None
     head = snapshot.header(job.domain, job.generated_at, count, hashed=job.hashed,
                            domain_entries=len(store.iter_domain_entries(job.domain, job.now)))
     rows = store.iter_snapshot(job.domain, job.now)
-    written = atomic_write(job.directory / name,
-                           _hashed_write(lambda fh: snapshot.write(fh, job.fmt, head, rows, job.hashed), same),
-                           gid=job.gid, sync_dir=False)
+    written = job.batch.write(job.directory / name, _hashed_write(
+        lambda fh: snapshot.write(fh, job.fmt, head, rows, job.hashed), same))
     if written is None:
-        return dict(prev, next_expiry=next_expiry), []
-    return _file_entry(job.directory, name, count, written, next_expiry=next_expiry), [name]
+        return dict(prev, next_expiry=next_expiry)
+    return _file_entry(name, count, written, next_expiry=next_expiry)
 
 
-def _write_sharded(store: Store, job: _Domain, count: int, next_expiry: int | None,
-                   shards: int) -> tuple[dict, list[str]]:
+def _write_sharded(store: Store, job: _Domain, count: int, next_expiry: int | None, shards: int) -> dict:
     """A domain of more than shard_entries entries, from one pass over the store: every
     shard (one whose entries did not change is left alone), then the index."""
-    batch = _Pending(gid=job.gid)
-    try:
-        shard_files = _write_all_shards(store, job, shards, batch)
-        return _install_sharded(store, job, batch, shards, shard_files, count, next_expiry)
-    finally:
-        batch.discard()
+    shard_files = _write_all_shards(store, job, shards)
+    return _write_index(store, job, shards, shard_files, count, next_expiry)
 
 
-def _patch_sharded(store: Store, job: _Domain) -> tuple[dict, list[str]] | None:
+def _patch_sharded(store: Store, job: _Domain) -> dict | None:
     """A domain the last export wrote as shards, keeping their number: only the shards
     holding a key that changed since (the store's history says which) or an entry that
     expired are read back, patched and rewritten, then the index. Its count comes from the
@@ -357,51 +359,45 @@ def _patch_sharded(store: Store, job: _Domain) -> tuple[dict, list[str]] | None:
         return None
     current = store.snapshot_rows(job.domain, changed, job.now)
     files = list(files)
-    batch = _Pending(gid=job.gid)
-    try:
-        for k, recipients in sorted(dirty.items()):
-            path = job.directory / files[k]["file"]
-            raw = path.read_bytes()
-            if hashlib.sha256(raw).hexdigest() != files[k].get("sha256"):
-                return None
-            try:
-                old, entries = snapshot.active_recipients(raw, job.fmt, job.now)
-            except snapshot.SnapshotError:
-                return None
-            for recipient in recipients:
-                key = snapshot.key_digest(recipient) if job.hashed else recipient
-                row = current.get(recipient)
-                if row is None:
-                    entries.pop(key, None)
-                else:
-                    entries[key] = snapshot.rows_entry(row)
-            if entries == old:
-                continue
-            # plain keys in key order, as a pass over the store writes them; digests keep
-            # the order they have
-            rows = snapshot.rows_of(entries if job.hashed else dict(sorted(entries.items())))
-            head = snapshot.header(job.domain, job.generated_at, len(rows), hashed=job.hashed, domain_entries=0,
-                                   shard=k, shards=shards)
-            written = batch.write(path, _hashed_write(lambda fh: snapshot.write(fh, job.fmt, head, rows), None))
-            files[k] = {"file": path.name, "count": len(rows), "sha256": written[0], "entries_sha256": written[1],
-                        "next_expiry": min((r[3] for r in rows if r[3] is not None), default=None)}
-        domain_rows = store.iter_domain_entries(job.domain, job.now)
-        count = sum(f["count"] for f in files) + len(domain_rows)
-        if snapshot.shard_count(count, job.settings.shard_entries, shards) != shards:
+    for k, recipients in sorted(dirty.items()):
+        path = job.directory / files[k]["file"]
+        raw = path.read_bytes()
+        if hashlib.sha256(raw).hexdigest() != files[k].get("sha256"):
             return None
-        expiries = [f["next_expiry"] for f in files if f.get("next_expiry") is not None]
-        expiries += [r[3] for r in domain_rows if r[3] is not None]
-        return _install_sharded(store, job, batch, shards, files, count, min(expiries, default=None), domain_rows)
-    finally:
-        batch.discard()
+        try:
+            old, entries = snapshot.active_recipients(raw, job.fmt, job.now)
+        except snapshot.SnapshotError:
+            return None
+        for recipient in recipients:
+            key = snapshot.key_digest(recipient) if job.hashed else recipient
+            row = current.get(recipient)
+            if row is None:
+                entries.pop(key, None)
+            else:
+                entries[key] = snapshot.rows_entry(row)
+        if entries == old:
+            continue
+        # plain keys in key order, as a pass over the store writes them; digests keep
+        # the order they have
+        rows = snapshot.rows_of(entries if job.hashed else dict(sorted(entries.items())))
+        head = snapshot.header(job.domain, job.generated_at, len(rows), hashed=job.hashed, domain_entries=0,
+                               shard=k, shards=shards)
+        written = job.batch.write(path, _hashed_write(lambda fh: snapshot.write(fh, job.fmt, head, rows), None))
+        files[k] = _file_entry(path.name, len(rows), written,
+                               next_expiry=min((r[3] for r in rows if r[3] is not None), default=None))
+    domain_rows = store.iter_domain_entries(job.domain, job.now)
+    count = sum(f["count"] for f in files) + len(domain_rows)
+    if snapshot.shard_count(count, job.settings.shard_entries, shards) != shards:
+        return None
+    expiries = [f["next_expiry"] for f in files if f.get("next_expiry") is not None]
+    expiries += [r[3] for r in domain_rows if r[3] is not None]
+    return _write_index(store, job, shards, files, count, min(expiries, default=None), domain_rows)
 
 
-def _install_sharded(store: Store, job: _Domain, batch: _Pending, shards: int, shard_files: list[dict],
-                     count: int, next_expiry: int | None, domain_rows: list | None = None) -> tuple[dict, list[str]]:
-    """Write the index of a sharded domain behind its shards in `batch`, install them all
-    (shards first: a reader of the new index finds its shards), and return the domain's
-    manifest entry and the names written."""
-    mark = store.history_mark()
+def _write_index(store: Store, job: _Domain, shards: int, shard_files: list[dict], count: int,
+                 next_expiry: int | None, domain_rows: list | None = None) -> dict:
+    """The index of a sharded domain into the batch, behind its shards (unless it is the
+    file in place), and the domain's manifest entry."""
     if domain_rows is None:
         domain_rows = store.iter_domain_entries(job.domain, job.now)
     name, prev = snapshot_filename(job.domain, job.fmt), job.prev
@@ -409,18 +405,16 @@ def _install_sharded(store: Store, job: _Domain, batch: _Pending, shards: int, s
             and _intact(job.directory, prev) else None)
     head = snapshot.header(job.domain, job.generated_at, count, hashed=job.hashed,
                            domain_entries=len(domain_rows), shards=shards)
-    index = batch.write(job.directory / name, _hashed_write(
+    index = job.batch.write(job.directory / name, _hashed_write(
         lambda fh: snapshot.write(fh, job.fmt, head, domain_rows, job.hashed), same))
-    installed = {path.name for path in batch.commit()}
-    entry = (_file_entry(job.directory, name, count, index) if index is not None
+    entry = (_file_entry(name, count, index) if index is not None
              else {k: v for k, v in prev.items() if k not in ("shard_files", "history_id")})
-    entry.update(next_expiry=next_expiry, shards=shards, history_id=mark,
-                 shard_files=[dict(f, **dict(zip(("size", "mtime_ns"), _file_state(job.directory / f["file"]))))
-                              if f["file"] in installed else f for f in shard_files])
-    return entry, sorted(installed)
+    entry.update(next_expiry=next_expiry, shards=shards, history_id=store.history_mark(),
+                 shard_files=shard_files)
+    return entry
 
 
-def _write_all_shards(store: Store, job: _Domain, shards: int, batch: _Pending) -> list[dict]:
+def _write_all_shards(store: Store, job: _Domain, shards: int) -> list[dict]:
     """Every shard from one pass over the domain's cursor (one pass per _OPEN_SPOOLS
     shards): each plain entry is formatted into its shard's spool, then each shard is
     written behind its header, unless its entries are those of the file in place."""
@@ -447,11 +441,10 @@ def _write_all_shards(store: Store, job: _Domain, shards: int, batch: _Pending) 
                 name = snapshot.shard_filename(job.domain, k, shards, job.fmt)
                 head = snapshot.header(job.domain, job.generated_at, spool.count, hashed=job.hashed,
                                        domain_entries=0, shard=k, shards=shards)
-                written = batch.write(job.directory / name, _hashed_write(
+                written = job.batch.write(job.directory / name, _hashed_write(
                     lambda fh: spool.write_to(fh, head), old.get("entries_sha256")))
                 files.append(old if written is None else
-                             {"file": name, "count": spool.count, "sha256": written[0],
-                              "entries_sha256": written[1], "next_expiry": spool.next_expiry})
+                             _file_entry(name, spool.count, written, next_expiry=spool.next_expiry))
     return files
 
 
