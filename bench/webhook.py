@@ -106,6 +106,8 @@ def main() -> int:
     (tmp / "config.toml").write_text(
         f'[store]\npath = "suppression.db"\n[ingest]\nlog_dirs = []\n[export]\ndir = "snap"\n'
         f'[webhook]\nenabled = true\nlisten = "127.0.0.1:{port}"\ntoken = "{TOKEN}"\nmax_body = "10MB"\n')
+    subprocess.run([sys.executable, "-m", "exporter", "-c", str(tmp / "config.toml"), "init"], cwd=tmp,
+                   check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     log = open(tmp / "serve.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "exporter", "-c", str(tmp / "config.toml"), "serve"],
                             cwd=tmp, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,

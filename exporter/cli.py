@@ -93,9 +93,17 @@ class Context:
             self._config = load_config(path)
         return self._config
 
-    def store(self, create: bool = True) -> Store:
+    def store(self, create: bool = False) -> Store:
+        """Only `init` creates a store (create=True); every other command refuses a missing,
+        empty or foreign file, so a lost store never becomes an empty list that an export
+        would then push to kumod."""
         cfg = self.config
         return Store.open(cfg.store.path, create=create, busy_timeout=cfg.store.busy_timeout)
+
+    def first_install(self) -> bool:
+        """`ingest`/`sync` on a machine where the store's directory does not exist yet: a
+        first run, which may create the store. A store lost from its directory is not."""
+        return not self.config.store.path.parent.exists()
 
 
 pass_ctx = click.make_pass_decorator(Context)
@@ -177,7 +185,7 @@ def cli(click_ctx, config_path, verbose):
 @pass_ctx
 def init(ctx: Context):
     """Create or migrate the store."""
-    with ctx.store() as store:
+    with ctx.store(create=True) as store:
         click.echo(f"store ready: {store.path}")
 
 
@@ -193,10 +201,10 @@ def _ingest(ctx: Context, store: Store, paths) -> None:
     click.echo(result.summary())
 
 
-def _export(ctx: Context, store: Store) -> None:
+def _export(ctx: Context, store: Store, force: bool) -> None:
     progress = _progress_printer()
     try:
-        result = export_snapshots(store, ctx.config,
+        result = export_snapshots(store, ctx.config, force=force,
                                   progress=(lambda i, n: progress("export", i, n)) if progress else None)
     finally:
         _end_progress(progress)
@@ -208,27 +216,33 @@ def _export(ctx: Context, store: Store) -> None:
 @pass_ctx
 def ingest(ctx: Context, paths):
     """Ingest the configured log dirs, or the given files/dirs (`-` reads JSONL from stdin)."""
-    with ctx.store() as store:
+    with ctx.store(create=ctx.first_install()) as store:
         _ingest(ctx, store, paths)
         _write_metrics(ctx, store)
 
 
 @cli.command()
+@click.option("--force", is_flag=True,
+              help="Export even though the snapshot dir was written from another store and most of its "
+                   "snapshots would be removed.")
 @pass_ctx
-def export(ctx: Context):
+def export(ctx: Context, force):
     """Write one snapshot per sending domain; prints written / unchanged / removed."""
     with ctx.store() as store:
-        _export(ctx, store)
+        _export(ctx, store, force)
         _write_metrics(ctx, store)
 
 
 @cli.command()
+@click.option("--force", is_flag=True,
+              help="Export even though the snapshot dir was written from another store and most of its "
+                   "snapshots would be removed.")
 @pass_ctx
-def sync(ctx: Context):
+def sync(ctx: Context, force):
     """Ingest, then export (for cron or a systemd timer)."""
-    with ctx.store() as store:
+    with ctx.store(create=ctx.first_install()) as store:
         _ingest(ctx, store, ())
-        _export(ctx, store)
+        _export(ctx, store, force)
         _write_metrics(ctx, store)
 
 
@@ -281,7 +295,7 @@ def _describe(entry: dict) -> str:
 @pass_ctx
 def check(ctx: Context, recipient, domain, as_json):
     """Exit 0 and show the entry if suppressed, 1 if not."""
-    with ctx.store(create=False) as store:
+    with ctx.store() as store:
         entry = store.get(recipient, domain, int(time.time()))
     if entry is None:
         if not as_json:
@@ -298,7 +312,7 @@ def check(ctx: Context, recipient, domain, as_json):
 def list_(ctx: Context, domain, reason, as_json):
     """List active entries."""
     dom = _domain(domain) if domain else None
-    with ctx.store(create=False) as store:
+    with ctx.store() as store:
         entries = store.iter_entries(int(time.time()), dom, reason)
         if as_json:
             out = sys.stdout
@@ -377,7 +391,7 @@ def dump(ctx: Context):
     """Write every active entry as CSV: recipient,domain,reason,since,expires."""
     writer = csv.writer(sys.stdout, lineterminator="\n")
     writer.writerow(["recipient", "domain", "reason", "since", "expires"])
-    with ctx.store(create=False) as store:
+    with ctx.store() as store:
         for entry in store.iter_entries(int(time.time())):
             writer.writerow([entry["recipient"], entry["domain"], entry["reason"], entry["first_seen"],
                              "" if entry["expires"] is None else entry["expires"]])
@@ -388,7 +402,7 @@ def dump(ctx: Context):
 @pass_ctx
 def stats(ctx: Context, as_json):
     """Counts by domain and by reason, last ingest, last export."""
-    with ctx.store(create=False) as store:
+    with ctx.store() as store:
         data = store.stats(int(time.time()))
     if as_json:
         click.echo(json.dumps(data, indent=1))
@@ -440,7 +454,7 @@ def validate(ctx: Context, directory):
 @pass_ctx
 def backup(ctx: Context, target):
     """Write a consistent copy of the store to TARGET (VACUUM INTO; safe while running)."""
-    with ctx.store(create=False) as store:
+    with ctx.store() as store:
         store.backup(target)
     click.echo(f"backup written: {target}")
 

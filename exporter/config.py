@@ -99,6 +99,7 @@ class IngestConfig:
     include_open: bool = False
     max_line: int = 1_000_000
     batch_lines: int = 50_000     # lines per transaction (and checkpoint) when reading a file
+    max_future_skew: float = 3600.0   # seconds: a record dated further ahead is malformed
 
 
 @dataclass
@@ -294,7 +295,8 @@ def build_config(raw: dict, base: Path, cfg_path: Path | None, where: str = "con
         ingest=IngestConfig(log_dirs=[path_of(d) for d in ingest.get("log_dirs", ["/var/log/kumomta"])],
                             include_open=ingest.get("include_open", False),
                             max_line=parse_size(ingest.get("max_line", "1MB"), f"{where}: [ingest] max_line"),
-                            batch_lines=ingest.get("batch_lines", 50_000)),
+                            batch_lines=ingest.get("batch_lines", 50_000),
+                            max_future_skew=dur(ingest, "max_future_skew", "1h", "ingest")),
         keys=KeysConfig(sending_domain=keys.get("sending_domain", "from_header"), aliases=aliases),
         rules=RulesConfig(
             bounce=rules.get("bounce", True), oob=rules.get("oob", True),

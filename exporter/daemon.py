@@ -56,7 +56,7 @@ class Daemon:
 
     # ------------------------------------------------------------------ jobs
     def _open(self) -> Store:
-        return Store.open(self.config.store.path, create=True, busy_timeout=self.config.store.busy_timeout)
+        return Store.open(self.config.store.path, create=False, busy_timeout=self.config.store.busy_timeout)
 
     def _job(self, name: str, work) -> None:
         if self.stop_event.is_set():
@@ -134,6 +134,8 @@ def run(config: Config) -> int:
     for name in ("apscheduler", "apscheduler.scheduler", "apscheduler.executors.default"):
         if logging.getLogger().level > logging.DEBUG:
             logging.getLogger(name).setLevel(logging.ERROR)
+    # a missing or foreign store is exit 3 now, not one failed job after another
+    Store.open(config.store.path, create=False, busy_timeout=config.store.busy_timeout).close()
     daemon = Daemon(config)
     on_stop_signals(daemon.stop_event)
     daemon.start()

@@ -19,6 +19,7 @@ import hashlib
 import logging
 import os
 import re
+import stat
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from .store import Store
 
 log = logging.getLogger("kumo_suppress.export")
 
-LOCK = ".export.lock"
+OLD_LOCK = ".export.lock"   # where versions before the directory lock kept their lock file
 # atomic_write's temp files: `.<name>.<random>.tmp`; one left behind was a killed export's
 _TEMP_NAME = re.compile(r"^\..+\.(json|toml)\.[A-Za-z0-9_]+\.tmp$")
 # a sharded domain's first export spreads its cursor over this many shard spools at once
@@ -123,6 +124,10 @@ class _Pending:
         self._temps.append((tmp, path))
         return value
 
+    def names(self) -> set[str]:
+        """The names of the files waiting to be installed."""
+        return {path.name for _tmp, path in self._temps}
+
     def commit(self) -> list[Path]:
         installed = []
         while self._temps:
@@ -161,9 +166,16 @@ def _hashed_write(write: Callable, previous_entries: str | None) -> Callable:
     return run
 
 
+@contextlib.contextmanager
 def export_lock(directory: Path):
-    """One export at a time per snapshot directory: the second waits for the first."""
-    return exclusive(directory / LOCK, "export", mode=0o644)
+    """One export at a time per snapshot directory: the second waits for the first. The
+    lock is a flock on the directory itself, so no lock file sits among the snapshots
+    (the directory is what kumod reads and what gets copied to other nodes)."""
+    with exclusive(directory, "export", directory=True):
+        with contextlib.suppress(FileNotFoundError):
+            if (directory / OLD_LOCK).is_file() and not (directory / OLD_LOCK).is_symlink():
+                os.unlink(directory / OLD_LOCK)
+        yield
 
 
 def _file_state(path: Path) -> tuple[int, int] | None:
@@ -180,7 +192,9 @@ def _intact(directory: Path, item: dict) -> bool:
 
 
 def export_snapshots(store: Store, config: Config, now: float | None = None,
-                     progress: Callable[[int, int], None] | None = None) -> ExportResult:
+                     progress: Callable[[int, int], None] | None = None, *, force: bool = False) -> ExportResult:
+    """`force`: export even when the snapshot dir was written from another store and this
+    export would remove most of its snapshots (a lost store re-created empty)."""
     started = time.monotonic()
     now = int(time.time() if now is None else now)
     directory = config.export.dir
@@ -199,8 +213,9 @@ def export_snapshots(store: Store, config: Config, now: float | None = None,
             os.chmod(directory, 0o755)
             if gid is not None:
                 os.chown(directory, -1, gid)
+        _fix_dir_mode(directory)
         with export_lock(directory):
-            result = _export(store, directory, config.export, gid, now, progress)
+            result = _export(store, directory, config.export, gid, now, progress, force)
     except OSError as err:
         raise ExportError(f"{err.filename or directory}: cannot write snapshots: {err.strerror}") from None
     result.duration = time.monotonic() - started
@@ -208,6 +223,57 @@ def export_snapshots(store: Store, config: Config, now: float | None = None,
                        ("last_export_entries", result.entries), ("last_export_domains", result.domains)):
         store.set_state(key, str(value))
     return result
+
+
+def _fix_dir_mode(directory: Path) -> None:
+    """A snapshot dir others may write into lets them plant or swap the files kumod
+    enforces: group/world write bits are taken away, with a warning."""
+    st = os.stat(directory)
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o022:
+        os.chmod(directory, mode & ~0o022)
+        log.warning("%s: snapshot directory was writable by group or others (%o); now %o",
+                    directory, mode, mode & ~0o022)
+
+
+def _own_files(old: dict) -> set[str]:
+    """The snapshot files the manifest says an export wrote (a domain's single file or
+    index, and its shards): the only files an export ever replaces or removes (never
+    queues.toml, shaping.toml, ... beside them). A name that is not a snapshot name of
+    its domain is ignored (a tampered manifest)."""
+    domains = old.get("domains")
+    if not isinstance(domains, dict):
+        return set()
+    names = set()
+    for domain, entry in domains.items():
+        if not isinstance(entry, dict):
+            continue
+        shard_files = entry.get("shard_files")
+        for item in [entry, *(shard_files if isinstance(shard_files, list) else [])]:
+            name = item.get("file") if isinstance(item, dict) else None
+            parsed = snapshot.parse_filename(name) if isinstance(name, str) else None
+            if parsed is not None and parsed.domain == domain:
+                names.add(name)
+    return names
+
+
+def _guard_mass_removal(store: Store, directory: Path, old: dict, own_files: set[str], now: int,
+                        force: bool) -> None:
+    """A store that is not the one that wrote the manifest (a lost store re-created, the
+    wrong [store].path) and would remove most snapshots is refused: kumod would stop
+    suppressing for those domains. A restored backup, which has most domains, goes on."""
+    old_id = old.get("store_id")
+    if force or not old_id or old_id == store.store_id or not own_files:
+        return
+    active = {row[0] for row in store.conn.execute(
+        "SELECT DISTINCT domain FROM suppressions WHERE expires IS NULL OR expires > ?", (now,))}
+    listed = [d for d, e in old["domains"].items() if isinstance(e, dict) and e.get("file") in own_files]
+    gone = [d for d in listed if d not in active]
+    if len(gone) * 2 > len(listed):
+        raise ExportError(
+            f"{directory}: these snapshots were written from another store (id {str(old_id)[:12]}), and an export "
+            f"from {store.path} (id {store.store_id[:12]}) would remove {len(gone)} of their {len(listed)} "
+            "domain(s); if this store is the right one, run `kumo-suppress export --force` (or `sync --force`)")
 
 
 @dataclass
@@ -232,28 +298,44 @@ class _Domain:
 
 
 def _export(store: Store, directory: Path, settings: ExportConfig, gid: int | None, now: int,
-            progress: Callable[[int, int], None] | None) -> ExportResult:
+            progress: Callable[[int, int], None] | None, force: bool) -> ExportResult:
     result = ExportResult()
     fmt = settings.format
     old = snapshot.read_manifest(directory)
+    listed = _own_files(old)
+    _guard_mass_removal(store, directory, old, listed, now, force)
+    generations = store.domain_generations()
+    # the files this export may write are on record before the first is written, so the
+    # export after a killed one may remove them even though no manifest lists them (a
+    # sharded domain's shard files are recorded before they are installed, below)
+    where = str(directory.absolute())
+    planned = {name for name in (snapshot_filename(d, fmt) for d in generations)
+               if name and name != snapshot.MANIFEST}
+    store.set_export_files(where, planned - store.export_files(where), replace=False)
+    own_files = listed | store.export_files(where)
     usable = (old.get("store_id") == store.store_id and old.get("snapshot_format") == fmt
               and old.get("hash_recipients", False) == settings.hash_recipients)
     old_domains = old.get("domains", {}) if usable and isinstance(old.get("domains"), dict) else {}
     generated_at = iso_now(now)
     domains: dict[str, dict] = {}
-    generations = store.domain_generations()
     for i, (domain, generation) in enumerate(sorted(generations.items())):
         if progress:
             progress(i + 1, len(generations))
         name = snapshot_filename(domain, fmt)
-        if name is None:
+        if name is None or name == snapshot.MANIFEST:
             result.skipped.append(domain)
-            log.warning("sending domain %r is not a plain hostname: no snapshot file", domain)
+            log.warning("sending domain %r is not a plain hostname, or its file would be the manifest: "
+                        "no snapshot file", domain)
             continue
         path = directory / name
         prev = old_domains.get(domain)
         prev = prev if isinstance(prev, dict) and prev.get("file") == name else {}
+        # unchanged: same generation, the same files in place, and `now` inside the span
+        # [computed_at, next_expiry) in which the set of active entries cannot change by
+        # itself; a clock stepped back before computed_at makes entries that had expired
+        # active again, so the domain is read again
         if (prev.get("generation") == generation
+                and isinstance(prev.get("computed_at"), int) and prev["computed_at"] <= now
                 and (prev.get("next_expiry") is None or prev["next_expiry"] > now)
                 and all(_intact(directory, item) for item in snapshot.manifest_files(prev))):
             domains[domain] = prev
@@ -270,7 +352,7 @@ def _export(store: Store, directory: Path, settings: ExportConfig, gid: int | No
                     job.batch.discard()
                     count, next_expiry = store.domain_summary(domain, now)
                     if count == 0:
-                        if path.exists():
+                        if name in own_files and path.is_file() and not path.is_symlink():
                             path.unlink()
                             result.removed.append(name)
                         continue
@@ -281,6 +363,10 @@ def _export(store: Store, directory: Path, settings: ExportConfig, gid: int | No
                         entry = _write_sharded(store, job, count, next_expiry, shards)
             finally:
                 conn.execute("COMMIT")
+            new_names = job.batch.names() - own_files
+            if new_names:              # on record before they exist (shards of a new count)
+                store.set_export_files(where, new_names, replace=False)
+                own_files |= new_names
             # shards first, then the index naming them: a reader of the new index finds them
             written = [path.name for path in job.batch.commit()]
         finally:
@@ -288,7 +374,7 @@ def _export(store: Store, directory: Path, settings: ExportConfig, gid: int | No
         for item in snapshot.manifest_files(entry):
             if item["file"] in written:
                 item["size"], item["mtime_ns"] = _file_state(directory / item["file"])
-        entry["generation"] = generation
+        entry.update(generation=generation, computed_at=now)
         if written:
             result.written += written
         else:
@@ -298,12 +384,14 @@ def _export(store: Store, directory: Path, settings: ExportConfig, gid: int | No
     result.domains = len(domains)
     if result.written:                 # the snapshots' renames are durable before the manifest's
         _fsync_dir(directory)
-    _remove_strays(directory, domains, result)
+    _remove_strays(directory, own_files, domains, result)
     manifest = snapshot.manifest_doc(generated_at, domains, store_id=store.store_id, snapshot_format=fmt,
                                      hash_recipients=settings.hash_recipients)
     if not usable or domains != old_domains or not (directory / snapshot.MANIFEST).exists():
         data = snapshot.manifest_bytes(manifest)
         atomic_write(directory / snapshot.MANIFEST, lambda fh: fh.write(data), gid=gid)
+    store.set_export_files(where, [item["file"] for entry in domains.values()
+                                   for item in snapshot.manifest_files(entry)], replace=True)
     return result
 
 
@@ -346,6 +434,8 @@ def _patch_sharded(store: Store, job: _Domain) -> dict | None:
     shards, files = prev["shards"], prev.get("shard_files")
     if (not isinstance(files, list) or len(files) != shards or not isinstance(prev.get("history_id"), int)
             or prev["history_id"] > store.history_mark()
+            # a clock stepped back revives entries the shards no longer hold
+            or not isinstance(prev.get("computed_at"), int) or prev["computed_at"] > job.now
             or not all(_intact(job.directory, f) for f in files)):
         return None
     changed = [r for r in store.changed_since(job.domain, prev["history_id"]) if not r.startswith("@")]
@@ -448,20 +538,19 @@ def _write_all_shards(store: Store, job: _Domain, shards: int) -> list[dict]:
     return files
 
 
-def _remove_strays(directory: Path, domains: dict, result: ExportResult) -> None:
-    """Snapshot files the manifest will not list go (a domain with no active entries, a
-    shard of a domain now written as one file or as another number of shards, the other
-    format): kumod must stop reading them. So do temp files a killed export left. Other
-    files are left alone."""
-    listed = {item["file"] for entry in domains.values() for item in snapshot.manifest_files(entry)}
+def _remove_strays(directory: Path, own_files: set[str], domains: dict, result: ExportResult) -> None:
+    """Files an earlier export wrote (listed in its manifest or on record in the store)
+    that no domain has now (no active entries, a shard of a domain now written as one
+    file or as another number of shards, the other format) go: kumod must stop reading
+    them. So do temp files a killed export left. Any other file is left alone."""
+    keep = {item["file"] for entry in domains.values() for item in snapshot.manifest_files(entry)}
+    for name in sorted(own_files - keep - set(result.removed)):
+        path = directory / name
+        if path.is_file() and not path.is_symlink():
+            os.unlink(path)
+            result.removed.append(name)
     for entry in os.scandir(directory):
         if _TEMP_NAME.match(entry.name) and entry.is_file(follow_symlinks=False):
             # we hold the export lock, so no other export is writing it: debris of a crash
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(entry.path)
-            continue
-        if (snapshot.parse_filename(entry.name) is None or entry.name in listed
-                or not entry.is_file(follow_symlinks=False)):
-            continue
-        os.unlink(entry.path)
-        result.removed.append(entry.name)

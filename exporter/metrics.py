@@ -38,8 +38,15 @@ def render(store: Store, now: int | None = None) -> str:
         return sorted((({label: k.split(":", 1)[1]}, v) for k, v in counters.items() if k.startswith(prefix + ":")),
                       key=lambda sample: sample[0][label])
 
-    family("records_ingested_total", "counter", "Log records ingested, by record type.",
+    family("records_ingested_total", "counter",
+           "Distinct log records ingested, by record type: a suppressing record seen again (a file "
+           "re-read, a webhook retry, the same record by file and by webhook) is counted once, here, "
+           "and its repeats in records_duplicate_total.",
            labelled("records_total", "type"))
+    family("records_duplicate_total", "counter",
+           "Suppressing records seen before (file and webhook, a hook retry), by record type; "
+           "not in records_ingested_total.",
+           labelled("records_duplicate_total", "type"))
     family("suppressions_added_total", "counter", "Suppressions added, by reason.", labelled("added_total", "reason"))
     family("suppressions_refreshed_total", "counter", "Suppressions refreshed by a newer event, by reason.",
            labelled("refreshed_total", "reason"))
@@ -49,7 +56,8 @@ def render(store: Store, now: int | None = None) -> str:
            [({}, counters.get("expired_total", 0))])
     family("records_skipped_total", "counter", "Suppressing-type records skipped, by why.",
            labelled("skipped_total", "why"))
-    family("records_malformed_total", "counter", "Malformed or oversized log lines skipped.",
+    family("records_malformed_total", "counter", "Malformed records skipped: bad JSON, oversized lines, records that "
+           "cannot be processed (invalid text, absurd nesting), records dated beyond [ingest] max_future_skew.",
            [({}, counters.get("malformed_total", 0))])
     family("events_duplicate_total", "counter", "Events seen before (re-read file, webhook retry).",
            [({}, counters.get("duplicates_total", 0))])

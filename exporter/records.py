@@ -112,14 +112,14 @@ def _recipients(value) -> list[str]:
         items = value[:MAX_RECIPIENTS]
     else:
         return []
-    out = []
+    out: dict[str, None] = {}   # an ordered set: de-duplication stays linear in the count
     for item in items:
         if isinstance(item, dict):  # an EnvelopeAddress serialized as an object
             item = item.get("email") or item.get("address")
         key = recipient_key(item) if isinstance(item, str) else None
-        if key and not key.startswith("@") and key not in out:
-            out.append(key)
-    return out
+        if key and not key.startswith("@"):
+            out[key] = None
+    return list(out)
 
 
 def _header(headers, name: str):

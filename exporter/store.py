@@ -8,7 +8,9 @@ that domain's generation, which is how export knows what to rewrite without read
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import hashlib
 import json
 import os
 import sqlite3
@@ -24,7 +26,8 @@ from .keys import recipient_domain_entry
 from .records import Event
 from .rules import Decision
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+WAL_SIZE_LIMIT = 4 << 20     # bytes of WAL kept after a checkpoint
 EVIDENCE = ("type", "message_id", "code", "enhanced_code", "content", "classification", "nodeid")
 _EV_COLS = ", ".join(f"ev_{c}" for c in EVIDENCE)
 
@@ -90,10 +93,13 @@ class Store:
     # ------------------------------------------------------------------ opening
     @classmethod
     def open(cls, path: os.PathLike | str, *, create: bool = True, busy_timeout: float = 30.0) -> "Store":
+        """`create=False` (every command but `init`): a missing, empty or foreign file is a
+        StoreError naming the path and `init`, never a new empty store: an empty list
+        exported would make kumod stop suppressing everything."""
         path = Path(path)
-        if not path.exists():
-            if not create:
-                raise StoreError(f"{path}: store does not exist (run `kumo-suppress init`)")
+        if not create:
+            _check_is_store_file(path)
+        elif not path.exists():
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 # 0600 from the first byte: the store holds every address ever bounced
@@ -107,9 +113,13 @@ class Store:
                 conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None,
                                        check_same_thread=False)
                 conn.row_factory = sqlite3.Row
+                conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+                _check_is_store(conn, path, create)
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
-                conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+                # a long-lived connection (the webhook writer, `run`) truncates the WAL to
+                # this each time it starts over after a complete checkpoint
+                conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
                 store = cls(conn, path)
                 store.migrate()
                 return store
@@ -125,8 +135,17 @@ class Store:
                 if conn is not None:
                     conn.close()
                 raise StoreError(f"{path}: cannot open store: {err}") from None
+            except StoreError:
+                conn.close()
+                raise
 
     def close(self) -> None:
+        """A TRUNCATE checkpoint first, without waiting: a panel that held a long read
+        transaction made the WAL grow; once no reader needs it any more it shrinks to
+        nothing here instead of staying at its peak size."""
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.execute("PRAGMA busy_timeout=0")
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         self.conn.close()
 
     def __enter__(self):
@@ -171,36 +190,69 @@ class Store:
         if version == SCHEMA_VERSION:
             return
         with self.transaction():
-            if self.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+            version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+            if version == SCHEMA_VERSION:
                 return     # another process migrated it while we waited for the lock
-            db = self.db
-            db["suppressions"].create({
-                "domain": str, "recipient": str, "reason": str, "source": str,
-                "first_seen": int, "last_seen": int, "expires": int, "count": int,
-                **{f"ev_{c}": (int if c == "code" else str) for c in EVIDENCE},
-                "note": str, "updated_at": int,
-            }, pk=("domain", "recipient"), not_null={"reason", "source", "first_seen", "last_seen", "count"},
-                if_not_exists=True)
-            db["tombstones"].create({"domain": str, "recipient": str, "removed_at": int, "note": str},
-                                    pk=("domain", "recipient"), if_not_exists=True)
-            db["history"].create({"id": int, "at": int, "action": str, "domain": str, "recipient": str,
-                                  "reason": str, "source": str, "event_time": int, "expires": int,
-                                  "detail": str}, pk="id", if_not_exists=True)
-            db["seen_events"].create({"key": bytes, "at": int}, pk="key", if_not_exists=True)
-            db["strikes"].create({"domain": str, "recipient": str, "reason": str, "at": int, "key": bytes},
-                                 pk="key", if_not_exists=True)
-            db["domains"].create({"domain": str, "generation": int}, pk="domain", if_not_exists=True)
-            db["segments"].create({"path": str, "lines": int, "complete": int, "size": int,
-                                   "updated_at": int}, pk="path", if_not_exists=True)
-            db["counters"].create({"name": str, "value": int}, pk="name", if_not_exists=True)
-            db["state"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
-            self.conn.execute("CREATE INDEX IF NOT EXISTS suppressions_expires ON suppressions(expires)")
-            self.conn.execute("CREATE INDEX IF NOT EXISTS suppressions_reason ON suppressions(reason)")
-            self.conn.execute("CREATE INDEX IF NOT EXISTS history_pair ON history(domain, recipient)")
-            self.conn.execute("CREATE INDEX IF NOT EXISTS strikes_pair ON strikes(domain, recipient, at)")
-            self.conn.execute("CREATE INDEX IF NOT EXISTS seen_events_at ON seen_events(at)")
-            self.conn.execute("INSERT OR IGNORE INTO state(key, value) VALUES ('store_id', ?)", (uuid.uuid4().hex,))
+            if version == 0:
+                self._create_v1()
+            self._migrate_v1_to_v2()
             self.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _create_v1(self) -> None:
+        """The v1 schema: a new store starts as v1 and is migrated like any other."""
+        db = self.db
+        db["suppressions"].create({
+            "domain": str, "recipient": str, "reason": str, "source": str,
+            "first_seen": int, "last_seen": int, "expires": int, "count": int,
+            **{f"ev_{c}": (int if c == "code" else str) for c in EVIDENCE},
+            "note": str, "updated_at": int,
+        }, pk=("domain", "recipient"), not_null={"reason", "source", "first_seen", "last_seen", "count"},
+            if_not_exists=True)
+        db["tombstones"].create({"domain": str, "recipient": str, "removed_at": int, "note": str},
+                                pk=("domain", "recipient"), if_not_exists=True)
+        db["history"].create({"id": int, "at": int, "action": str, "domain": str, "recipient": str,
+                              "reason": str, "source": str, "event_time": int, "expires": int,
+                              "detail": str}, pk="id", if_not_exists=True)
+        db["seen_events"].create({"key": bytes, "at": int}, pk="key", if_not_exists=True)
+        db["strikes"].create({"domain": str, "recipient": str, "reason": str, "at": int, "key": bytes},
+                             pk="key", if_not_exists=True)
+        db["domains"].create({"domain": str, "generation": int}, pk="domain", if_not_exists=True)
+        db["segments"].create({"path": str, "lines": int, "complete": int, "size": int,
+                               "updated_at": int}, pk="path", if_not_exists=True)   # replaced in v2
+        db["counters"].create({"name": str, "value": int}, pk="name", if_not_exists=True)
+        db["state"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
+        self.conn.execute("CREATE INDEX IF NOT EXISTS suppressions_expires ON suppressions(expires)")
+        self.conn.execute("CREATE INDEX IF NOT EXISTS suppressions_reason ON suppressions(reason)")
+        self.conn.execute("CREATE INDEX IF NOT EXISTS history_pair ON history(domain, recipient)")
+        self.conn.execute("CREATE INDEX IF NOT EXISTS strikes_pair ON strikes(domain, recipient, at)")
+        self.conn.execute("CREATE INDEX IF NOT EXISTS seen_events_at ON seen_events(at)")
+        self.conn.execute("INSERT OR IGNORE INTO state(key, value) VALUES ('store_id', ?)", (uuid.uuid4().hex,))
+
+    def _migrate_v1_to_v2(self) -> None:
+        """v2: a segment's checkpoint belongs to the file's identity (device, inode, a
+        fingerprint of its start), not its path; a strike keeps its evidence, so the
+        entry a threshold produces is the same in any arrival order; seen_events.at is
+        when the event stops mattering (v1 rows hold the event time, which is what v1
+        pruned by)."""
+        conn = self.conn
+        conn.execute("ALTER TABLE strikes ADD COLUMN evidence TEXT")
+        conn.execute("CREATE TABLE segments_v2 (dev INTEGER NOT NULL, ino INTEGER NOT NULL, "
+                     "fingerprint BLOB NOT NULL, fingerprint_len INTEGER NOT NULL, path TEXT, "
+                     "lines INTEGER, complete INTEGER, size INTEGER, updated_at INTEGER, PRIMARY KEY (dev, ino))")
+        for path, lines, complete, size, updated_at in conn.execute(
+                "SELECT path, lines, complete, size, updated_at FROM segments").fetchall():
+            identity = file_identity(Path(path))   # checkpoints of files still there carry over
+            if identity is not None:
+                dev, ino, head, _ = identity
+                conn.execute("INSERT OR REPLACE INTO segments_v2 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                             (dev, ino, hashlib.sha256(head).digest(), len(head), path, lines, complete, size,
+                              updated_at))
+        conn.execute("DROP TABLE segments")
+        conn.execute("ALTER TABLE segments_v2 RENAME TO segments")
+        # snapshot files an export of this store is about to write, per directory: an
+        # export killed before its manifest must not leave files no export may remove
+        conn.execute("CREATE TABLE export_files (directory TEXT NOT NULL, name TEXT NOT NULL, "
+                     "PRIMARY KEY (directory, name))")
 
     # ------------------------------------------------------------------ state
     def get_state(self, key: str) -> str | None:
@@ -224,17 +276,40 @@ class Store:
     def counters(self) -> dict[str, int]:
         return {r[0]: r[1] for r in self.conn.execute("SELECT name, value FROM counters")}
 
-    # ------------------------------------------------------------------ segments
-    def segment_checkpoint(self, path: str) -> tuple[int, bool]:
-        row = self.conn.execute("SELECT lines, complete FROM segments WHERE path = ?", (path,)).fetchone()
-        return (row[0], bool(row[1])) if row else (0, False)
+    # ------------------------------------------------------------------ export files
+    def export_files(self, directory: str) -> set[str]:
+        return {r[0] for r in self.conn.execute("SELECT name FROM export_files WHERE directory = ?", (directory,))}
 
-    def set_segment_checkpoint(self, path: str, lines: int, complete: bool, size: int, now: int) -> None:
+    def set_export_files(self, directory: str, names: Iterable[str], *, replace: bool) -> None:
+        """Remember `names` (before writing them); `replace`: these are all there are."""
+        with self.transaction():
+            if replace:
+                self.conn.execute("DELETE FROM export_files WHERE directory = ?", (directory,))
+            self.conn.executemany("INSERT OR IGNORE INTO export_files(directory, name) VALUES (?, ?)",
+                                  [(directory, n) for n in names])
+
+    # ------------------------------------------------------------------ segments
+    def segment_checkpoint(self, identity: "FileIdentity", size: int) -> tuple[int, bool]:
+        """(lines consumed, complete) of this file, (0, False) for a file never seen, or
+        one that replaced an earlier one (its inode reused, rewritten in place: other
+        first bytes, or shorter than it was)."""
+        dev, ino, head, _path = identity
+        row = self.conn.execute("SELECT fingerprint, fingerprint_len, lines, complete, size FROM segments "
+                                "WHERE dev = ? AND ino = ?", (dev, ino)).fetchone()
+        if row is None or len(head) < row[1] or hashlib.sha256(head[:row[1]]).digest() != row[0] \
+                or (row[4] or 0) > size:
+            return 0, False
+        return row[2], bool(row[3])
+
+    def set_segment_checkpoint(self, identity: "FileIdentity", lines: int, complete: bool, size: int,
+                               now: int) -> None:
+        dev, ino, head, path = identity
         self.conn.execute(
-            "INSERT INTO segments(path, lines, complete, size, updated_at) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT(path) DO UPDATE SET lines = excluded.lines, complete = excluded.complete, "
-            "size = excluded.size, updated_at = excluded.updated_at",
-            (path, lines, int(complete), size, now))
+            "INSERT INTO segments(dev, ino, fingerprint, fingerprint_len, path, lines, complete, size, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(dev, ino) DO UPDATE SET fingerprint = excluded.fingerprint, "
+            "fingerprint_len = excluded.fingerprint_len, path = excluded.path, lines = excluded.lines, "
+            "complete = excluded.complete, size = excluded.size, updated_at = excluded.updated_at",
+            (dev, ino, hashlib.sha256(head).digest(), len(head), path, lines, int(complete), size, now))
 
     # ------------------------------------------------------------------ writes
     def _bump(self, domain: str) -> None:
@@ -249,20 +324,24 @@ class Store:
             (now, action, domain, recipient, reason, source, event_time, expires, detail))
 
     def apply_event(self, event: Event, decision: Decision, source: str, now: int,
-                    result: ApplyResult) -> None:
-        """Record one suppressing event for each of its recipients. Call inside transaction()."""
+                    result: ApplyResult) -> bool:
+        """Record one suppressing event for each of its recipients. Call inside transaction().
+        False when every recipient's event was seen before: the record is a duplicate."""
         conn = self.conn
         expires_new = None if decision.ttl is None else event.timestamp + decision.ttl
         evidence = event.evidence()
-        seen_at = None if decision.ttl is None else event.timestamp
+        # the key is kept while the event can still matter (until its suppression would
+        # expire) and prune's retention after that; NULL: a suppression that never expires,
+        # whose key prune never forgets, so replaying a years-old complaint counts once
+        keep_until = expires_new
+        new = False
         for recipient in event.recipients:
             key = event.key(recipient)
-            # `at` NULL for a suppression that never expires: prune never forgets such a key,
-            # so replaying a years-old complaint cannot count it twice
             if conn.execute("INSERT OR IGNORE INTO seen_events(key, at) VALUES (?, ?)",
-                            (key, seen_at)).rowcount == 0:
+                            (key, keep_until)).rowcount == 0:
                 result.duplicates += 1
                 continue
+            new = True
             domain = event.domain
             if self._tombstones is None:
                 self._tombstones = conn.execute("SELECT EXISTS(SELECT 1 FROM tombstones)").fetchone()[0] == 1
@@ -271,41 +350,50 @@ class Store:
             if tomb and event.timestamp <= tomb[0]:
                 result.tombstoned += 1   # an operator removed it after this event happened
                 continue
+            if decision.threshold > 1:
+                self._strike(domain, recipient, decision, event, key, evidence, source, now, result)
+                continue
             if expires_new is not None and expires_new <= now:
                 result.stale += 1        # its suppression would already be over
                 continue
-            when = event.timestamp
-            if decision.threshold > 1:
-                conn.execute("INSERT OR IGNORE INTO strikes(domain, recipient, reason, at, key) "
-                             "VALUES (?, ?, ?, ?, ?)", (domain, recipient, decision.reason, when, key))
-                reached = self._threshold_reached(domain, recipient, decision, when)
-                if reached is None:
-                    result.below_threshold += 1
-                    continue
-                when = reached
-                expires_at = None if decision.ttl is None else when + decision.ttl
-            else:
-                expires_at = expires_new
-            self._upsert(domain, recipient, decision.reason, source, when, expires_at, evidence, None, now, result)
+            self._upsert(domain, recipient, decision.reason, source, event.timestamp, expires_new, evidence,
+                         None, now, result)
+        return new
 
-    def _threshold_reached(self, domain: str, recipient: str, decision: Decision, ts: int) -> int | None:
-        """The latest strike of a run of `threshold` strikes, all within `window` of each
-        other, that includes the strike at `ts`; None if there is none. Any window holding
-        `ts` counts, not only the one ending at it: webhook retries and several nodes
-        deliver events out of order, and the outcome must not depend on that order."""
-        times = [r[0] for r in self.conn.execute(
-            "SELECT at FROM strikes WHERE domain = ? AND recipient = ? AND reason = ? AND at > ? AND at < ? "
-            "ORDER BY at", (domain, recipient, decision.reason, ts - decision.window, ts + decision.window))]
-        latest = None
-        end = 0
-        for start, first in enumerate(times):
-            if first > ts:
-                break
-            while end < len(times) and times[end] < first + decision.window:
-                end += 1
-            if end - start >= decision.threshold and times[end - 1] >= ts:
-                latest = times[end - 1]
-        return latest
+    def _strike(self, domain: str, recipient: str, decision: Decision, event: Event, key: bytes,
+                evidence: dict, source: str, now: int, result: ApplyResult) -> None:
+        """A threshold rule: the entry is made of the *qualifying* strikes, those with at
+        least `threshold` strikes (themselves included) in the `window` up to them. Each
+        strike is applied once, when it first qualifies; since every strike keeps its
+        evidence, the same set of events gives the same entry in any arrival order
+        (webhook retries, several nodes). Only strikes within `window` after the new one
+        can start to qualify because of it."""
+        conn = self.conn
+        ts, window = event.timestamp, decision.window
+        conn.execute("INSERT OR IGNORE INTO strikes(domain, recipient, reason, at, key, evidence) "
+                     "VALUES (?, ?, ?, ?, ?, ?)", (domain, recipient, decision.reason, ts, key, json.dumps(evidence)))
+        rows = conn.execute(
+            "SELECT at, key, evidence FROM strikes WHERE domain = ? AND recipient = ? AND reason = ? "
+            "AND at > ? AND at < ? ORDER BY at", (domain, recipient, decision.reason, ts - window, ts + window)
+        ).fetchall()
+        times = [r[0] for r in rows]
+        qualified = False
+        for at, strike_key, strike_evidence in rows:
+            if at < ts:
+                continue
+            in_window = bisect.bisect_right(times, at) - bisect.bisect_right(times, at - window)
+            # an older strike qualified before this one arrived unless it has just reached the count
+            if in_window < decision.threshold or (strike_key != key and in_window != decision.threshold):
+                continue
+            qualified = True
+            expires = None if decision.ttl is None else at + decision.ttl
+            if expires is not None and expires <= now:
+                result.stale += 1
+                continue
+            ev = evidence if strike_key == key else json.loads(strike_evidence or "{}")
+            self._upsert(domain, recipient, decision.reason, source, at, expires, ev, None, now, result)
+        if not qualified:
+            result.below_threshold += 1
 
     def _upsert(self, domain: str, recipient: str, reason: str, source: str, when: int,
                 expires: int | None, evidence: dict, note: str | None, now: int,
@@ -392,7 +480,9 @@ class Store:
             return row["expires"] is None or row["expires"] > now
 
     def prune(self, now: int, seen_retention: int = 400 * 86400) -> int:
-        """Drop expired entries (with an `expire` history row each) and old event keys."""
+        """Drop expired entries (with an `expire` history row each), the keys of events
+        whose suppression ended more than `seen_retention` ago (a replay could change
+        nothing any more), and strikes that old."""
         with self.transaction():
             rows = self.conn.execute("SELECT domain, recipient, reason, expires FROM suppressions "
                                      "WHERE expires IS NOT NULL AND expires <= ?", (now,)).fetchall()
@@ -501,17 +591,91 @@ class Store:
     def backup(self, target: os.PathLike | str) -> None:
         """A consistent copy (VACUUM INTO) with a store_id of its own: restored later, it
         must not trust the manifest of the newer store it replaces (its domain
-        generations would climb back to the same numbers with other entries)."""
+        generations would climb back to the same numbers with other entries). The copy
+        is created empty, 0600 and exclusively (never through a symlink) before SQLite
+        writes its first byte: another local user must never be able to open it."""
         target = Path(target)
-        if target.exists():
-            raise StoreError(f"{target}: already exists")
+        try:
+            os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600))
+        except FileExistsError:
+            raise StoreError(f"{target}: already exists") from None
+        except OSError as err:
+            raise StoreError(f"{target}: cannot create backup: {err.strerror}") from None
         try:
             self.conn.execute("VACUUM INTO ?", (str(target),))
-            os.chmod(target, 0o600)
             with contextlib.closing(sqlite3.connect(target)) as copy, copy:
                 copy.execute("UPDATE state SET value = ? WHERE key = 'store_id'", (uuid.uuid4().hex,))
         except sqlite3.Error as err:
+            with contextlib.suppress(OSError):
+                os.unlink(target)
             raise StoreError(f"{target}: backup failed: {err}") from None
+
+
+_SQLITE_HEADER = b"SQLite format 3\0"
+
+
+def _not_a_store(path: Path, why: str) -> StoreError:
+    return StoreError(f"{path}: {why}; not a kumo-suppression store (create one with "
+                      "`kumo-suppress init`, or fix [store].path)")
+
+
+def _check_is_store_file(path: Path) -> None:
+    """Before SQLite touches it (connecting would create a missing file, and WAL mode
+    would write into an empty one)."""
+    try:
+        with open(path, "rb") as fh:
+            header = fh.read(len(_SQLITE_HEADER))
+    except FileNotFoundError:
+        raise StoreError(f"{path}: store does not exist (run `kumo-suppress init` to create it, "
+                         "or fix [store].path)") from None
+    except IsADirectoryError:
+        raise _not_a_store(path, "a directory") from None
+    except OSError as err:
+        raise StoreError(f"{path}: cannot open store: {err.strerror}") from None
+    if not header:
+        raise _not_a_store(path, "empty file")
+    if header != _SQLITE_HEADER:
+        raise _not_a_store(path, "not an SQLite file")
+
+
+def _check_is_store(conn: sqlite3.Connection, path: Path, create: bool) -> None:
+    """An SQLite file is a store when it has our schema version and a store id; `init`
+    may also start one in a fresh (table-less) file, never inside someone else's database."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version == 0:
+        tables = conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]
+        if tables or not create:
+            raise _not_a_store(path, "an SQLite database of something else" if tables else "an empty database")
+        return
+    try:
+        row = conn.execute("SELECT value FROM state WHERE key = 'store_id'").fetchone()
+    except sqlite3.OperationalError as err:
+        if "no such table" not in str(err):
+            raise
+        row = None
+    if row is None:
+        raise _not_a_store(path, "an SQLite database without a store id")
+
+
+FINGERPRINT_BYTES = 4096
+# (device, inode, the file's first FINGERPRINT_BYTES bytes (fewer while it is shorter), path)
+FileIdentity = tuple[int, int, bytes, str]
+
+
+def file_identity(path: Path, fh=None) -> FileIdentity | None:
+    """Who a log file is: a checkpoint follows a file moved or hard-linked elsewhere, and
+    is not inherited by a file that replaces it under the same name (other inode) or
+    rewrites it in place (other first bytes). The store keeps a hash of the first bytes
+    and how many there were, so a file that grows keeps its identity."""
+    try:
+        if fh is None:
+            with open(path, "rb") as own:
+                return file_identity(path, own)
+        st = os.fstat(fh.fileno())
+        head = os.pread(fh.fileno(), FINGERPRINT_BYTES, 0)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, head, str(path)
 
 
 def now_ts() -> int:

@@ -94,7 +94,7 @@ class Writer:
         self.config = config
         self.queue: queue.Queue[_Job] = queue.Queue()
         self._stop = threading.Event()
-        self.store = Store.open(config.store.path, create=True, busy_timeout=config.store.busy_timeout)
+        self.store = Store.open(config.store.path, create=False, busy_timeout=config.store.busy_timeout)
         # a 2xx tells kumod it may forget the record: the commit must survive a power
         # loss too, not only a crash of this process (WAL + NORMAL would not fsync it)
         self.store.conn.execute("PRAGMA synchronous=FULL")

@@ -48,6 +48,7 @@ class Install:
             "export": {"dir": "snapshots"},
         }
         self.configure(**sections)
+        self.ok("init")   # only `init` creates a store
 
     def configure(self, **sections) -> None:
         for name, values in sections.items():

@@ -161,6 +161,7 @@ def test_real_process_usage_errors_and_python_dash_m(install):
     assert p.returncode == 2
     p = install.subprocess("--help")
     assert p.returncode == 0 and b"ingest" in p.stdout
+    install.db.unlink()
     p = install.subprocess("stats")
     assert p.returncode == 3 and b"Traceback" not in p.stderr
 

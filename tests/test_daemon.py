@@ -141,8 +141,8 @@ def test_run_refuses_open_listen_without_token(fast):
 def test_sigint_also_stops_cleanly(fast):
     runner = Runner(fast)
     try:
-        wait_until(lambda: (fast.snap_dir / "manifest.json").exists() or fast.db.exists(), what="started",
-                   runner=runner)
+        # the first export's manifest: the process is up, its signal handlers installed
+        wait_until(lambda: (fast.snap_dir / "manifest.json").exists(), what="started", runner=runner)
         time.sleep(0.5)
         runner.proc.send_signal(signal.SIGINT)
         runner.proc.wait(5)

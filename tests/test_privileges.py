@@ -174,7 +174,7 @@ def test_webhook_token_never_logged(install):
 # f-string interpolations allowed inside execute(): constants, column/placeholder lists
 # built from constants, and ints. Anything else must be a bound parameter.
 ALLOWED_SQL_INTERPOLATIONS = {
-    "int(busy_timeout * 1000)", "SCHEMA_VERSION", "_EV_COLS", "', '.join(sets)", "' AND '.join(where)",
+    "int(busy_timeout * 1000)", "SCHEMA_VERSION", "WAL_SIZE_LIMIT", "_EV_COLS", "', '.join(sets)", "' AND '.join(where)",
 }
 
 

@@ -108,6 +108,7 @@ def test_disk_full_store_then_rerun_equals_one_run(tmp_path):
         data = tomllib.loads(cfg.read_text())
         data["store"]["path"] = str(fs / "suppression.db")
         cfg.write_text(tomli_w.dumps(data))
+        assert subprocess.run(_cmd(cfg, "init"), capture_output=True, timeout=120).returncode == 0
         r = subprocess.run(_cmd(cfg, "ingest"), capture_output=True, timeout=120)
         assert r.returncode == 3, r.stderr.decode()
         _one_line_error(r, "full")
@@ -167,6 +168,7 @@ def test_read_only_store_is_exit_3_and_check_never_says_no(install, tmp_path):
         data = tomllib.loads(install.config_path.read_text())
         data["store"]["path"] = str(fs / "suppression.db")
         install.config_path.write_text(tomli_w.dumps(data))
+        install.ok("init")
         install.ingest([logfactory.bounce("u@dest.example")])
         _remount(fs, "ro")
         install.segment([logfactory.bounce("v@dest.example")])
@@ -210,6 +212,7 @@ def test_snapshot_dir_is_a_file_is_exit_3(install):
 
 
 def test_missing_store_check_is_3_not_1(install):
+    install.db.unlink()
     r = install.subprocess("check", "u@dest.example", "--domain", "example.com")
     assert r.returncode == 3
     _one_line_error(r, str(install.db))

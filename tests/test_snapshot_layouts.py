@@ -300,3 +300,14 @@ def test_validate_flags_a_broken_manifest(install):
     (d.dir / "manifest.json").write_text(json.dumps({"format": "kumo-suppression-manifest", "version": 1}))
     r = install.run("validate")
     assert r.exit_code == 1 and "FAIL manifest.json" in r.output
+
+
+def test_sharded_domain_without_entries_loses_every_file_and_nothing_else(install):
+    d = Domain(install, shard_entries=4)
+    recipients = [f"user{i}@mail.example" for i in range(10)]
+    d.add(*recipients)
+    d.export()
+    (d.dir / "example.com_shard-0000-of-0008.json").write_text("not ours")   # no export wrote it
+    d.remove(*recipients)
+    d.export()
+    assert sorted(p.name for p in d.dir.iterdir()) == ["example.com_shard-0000-of-0008.json", "manifest.json"]
