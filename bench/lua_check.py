@@ -34,6 +34,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
+from exporter import snapshot  # noqa: E402
 from kumo_standin import FakeClock, Kumod  # noqa: E402
 
 POLICY_DIR = HERE.parent / "policy_lua"
@@ -41,23 +42,11 @@ NOW = 1795651200
 
 
 def write_snapshot(directory: Path, n: int) -> Path:
-    """example.com.json with n entries; user0@... is suppressed."""
+    """example.com.json with n entries, as the exporter writes it; user0@... is suppressed."""
     path = directory / "example.com.json"
-    head = json.dumps({"format": "kumo-suppression-snapshot", "version": 1, "domain": "example.com",
-                       "generated_at": "2026-11-26T00:00:00Z", "count": n}, separators=(",", ":"))
-    with open(path, "w") as f:
-        f.write(head[:-1] + ',"recipients":{')
-        chunk = []
-        for i in range(n):
-            chunk.append(f'"user{i}@mail{i % 5000}.example.net":{{"reason":"bounce",'
-                         f'"since":{NOW - 86400},"expires":{NOW + 300 * 86400}}}')
-            if len(chunk) >= 10000:
-                f.write(",".join(chunk))
-                chunk = []
-                if i + 1 < n:
-                    f.write(",")
-        f.write(",".join(chunk))
-        f.write("}}")
+    rows = ((f"user{i}@mail{i % 5000}.example.net", "bounce", NOW - 86400, NOW + 300 * 86400) for i in range(n))
+    with open(path, "wb") as f:
+        snapshot.write(f, "json", snapshot.header("example.com", "2026-11-26T00:00:00Z", n), rows)
     return path
 
 

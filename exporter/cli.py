@@ -20,8 +20,9 @@ import click
 
 from . import __version__
 from .config import REASONS, Config, ConfigError, find_config_path, load_config
-from .export import ExportError, snapshot_files, validate_snapshot_file
+from .export import ExportError
 from .facade import ArgumentError, IngestProgress, SuppressionList
+from .snapshot import MANIFEST, validate_directory, validate_manifest
 from .store import StoreError
 
 log = logging.getLogger("kumo_suppress")
@@ -404,19 +405,21 @@ def prune(ctx: Context):
 @click.argument("directory", required=False, type=click.Path(path_type=Path))
 @pass_ctx
 def validate(ctx: Context, directory):
-    """Check snapshot files against the schema; exit 1 if any fails."""
+    """Check snapshot files (both layouts) and the manifest against their schemas; exit 1 if any fails."""
     directory = directory or ctx.config.export.dir
     if not directory.is_dir():
         raise Fail(f"{directory}: no such snapshot directory", EXIT_RUNTIME)
+    results = validate_directory(directory)
     bad = 0
-    files = snapshot_files(directory)
-    for path in files:
-        problems = validate_snapshot_file(path)
+    for name, problems in results:
         if problems:
             bad += 1
-            click.echo(f"FAIL {path.name}: {'; '.join(problems)}")
-    click.echo(f"{len(files) - bad} valid, {bad} invalid")
-    if bad:
+            click.echo(f"FAIL {name}: {'; '.join(problems)}")
+    manifest_problems = validate_manifest(directory / MANIFEST) if (directory / MANIFEST).exists() else []
+    if manifest_problems:
+        click.echo(f"FAIL {MANIFEST}: {'; '.join(manifest_problems)}")
+    click.echo(f"{len(results) - bad} valid, {bad} invalid")
+    if bad or manifest_problems:
         sys.exit(EXIT_NEGATIVE)
 
 

@@ -131,6 +131,8 @@ class ExportConfig:
     dir: Path
     format: str = "json"
     group: str | None = None
+    shard_entries: int = 50_000      # a domain with more active entries is written as shards
+    hash_recipients: bool = False    # files hold sha256 digests of the keys, not addresses
 
 
 @dataclass
@@ -335,7 +337,9 @@ def build_config(raw: dict, base: Path, cfg_path: Path | None, where: str = "con
             feedback_types=frozenset(t.lower() for t in rules.get("feedback_types", DEFAULT_FEEDBACK_TYPES)),
             ttl=ttl, classifier=_classifier([path_of(p) for p in rules.get("classifier_files", [])], where)),
         export=ExportConfig(dir=path_of(export.get("dir", "var/snapshots")),
-                            format=export.get("format", "json"), group=export.get("group") or None),
+                            format=export.get("format", "json"), group=export.get("group") or None,
+                            shard_entries=export.get("shard_entries", ExportConfig.shard_entries),
+                            hash_recipients=export.get("hash_recipients", ExportConfig.hash_recipients)),
         schedule=ScheduleConfig(
             ingest_interval=dur(schedule, "ingest_interval", "30s", "schedule"),
             export_interval=dur(schedule, "export_interval", "60s", "schedule"),

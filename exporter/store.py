@@ -572,6 +572,33 @@ class Store:
                                  "WHERE domain = ? AND (expires IS NULL OR expires > ?) ORDER BY recipient",
                                  (domain, now))
 
+    def iter_domain_entries(self, domain: str, now: int) -> list[tuple[str, str, int, int | None]]:
+        """Like iter_snapshot, for the `@domain` entries alone (keys '@' up to 'A' exclusive:
+        a plain recipient key never starts with '@')."""
+        return self.conn.execute("SELECT recipient, reason, first_seen, expires FROM suppressions "
+                                 "WHERE domain = ? AND recipient >= '@' AND recipient < 'A' "
+                                 "AND (expires IS NULL OR expires > ?) ORDER BY recipient",
+                                 (domain, now)).fetchall()
+
+    def history_mark(self) -> int:
+        """The newest history row: every change to an entry writes one, so the keys changed
+        since a mark are those of the rows after it."""
+        return self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM history").fetchone()[0]
+
+    def changed_since(self, domain: str, mark: int) -> set[str]:
+        """Recipient keys of `domain` added, refreshed, removed or expired after `mark`."""
+        return {r[0] for r in self.conn.execute("SELECT DISTINCT recipient FROM history "
+                                                "WHERE id > ? AND domain = ?", (mark, domain))}
+
+    def snapshot_rows(self, domain: str, recipients: Iterable[str], now: int) -> dict[str, tuple]:
+        """recipient -> (recipient, reason, since, expires) for those of `recipients` with an
+        active entry in `domain`."""
+        # the keys travel as one bound JSON array, however many there are
+        return {row[0]: tuple(row) for row in self.conn.execute(
+            "SELECT recipient, reason, first_seen, expires FROM suppressions WHERE domain = ? "
+            "AND recipient IN (SELECT value FROM json_each(?)) AND (expires IS NULL OR expires > ?)",
+            (domain, json.dumps(list(recipients)), now))}
+
     def stats(self, now: int) -> dict:
         by_domain = {r[0]: r[1] for r in self.conn.execute(
             "SELECT domain, COUNT(*) FROM suppressions WHERE expires IS NULL OR expires > ? "

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import tomli_w
 
+from exporter import snapshot
 from kumo_standin import FakeClock, Kumod
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -26,9 +27,8 @@ SHARED_SNAPSHOT_TTL = 300
 
 
 def snapshot_doc(domain: str, recipients: dict, **overrides) -> dict:
-    doc = {"format": "kumo-suppression-snapshot", "version": 1, "domain": domain,
-           "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(NOW)),
-           "count": len(recipients), "recipients": recipients}
+    doc = snapshot.header(domain, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(NOW)), len(recipients))
+    doc["recipients"] = recipients
     doc.update(overrides)
     return doc
 
@@ -40,26 +40,34 @@ def write_snapshot(directory: Path, domain: str, recipients: dict, fmt: str = "j
     doc = snapshot_doc(domain, recipients, **overrides)
     path = directory / f"{domain}.{fmt}"
     tmp = directory / f".{domain}.{fmt}.tmp"
-    if fmt == "toml":
-        tmp.write_text(tomli_w.dumps(doc))
+    if snapshot.document_problems(doc):
+        # a deliberately broken file, which the format's writer cannot produce
+        tmp.write_text(tomli_w.dumps(doc) if fmt == "toml" else json.dumps(doc))
     else:
-        tmp.write_text(json.dumps(doc))
+        with open(tmp, "wb") as fh:
+            snapshot.write(fh, fmt, {k: v for k, v in doc.items() if k != "recipients"},
+                           snapshot.rows_of(doc["recipients"]))
     tmp.replace(path)
     return path
 
 
 def write_manifest(directory: Path, fmt: str = "json") -> Path:
-    domains = {}
-    for path in sorted(directory.glob(f"*.{fmt}")):
-        if path.name == "manifest.json":
+    """manifest.json listing every snapshot file there with its sha256, shards under
+    their domain, as the exporter lists them."""
+    domains: dict = {}
+    for path in snapshot.snapshot_files(directory):
+        name = snapshot.parse_filename(path.name)
+        if name.ext != fmt:
             continue
-        domain = path.name[: -len(fmt) - 1]
-        domains[domain] = {"file": path.name, "count": 0,
-                           "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
-    manifest = {"format": "kumo-suppression-manifest", "version": 1,
-                "generated_at": "2026-11-26T00:00:00Z", "domains": domains}
-    out = directory / "manifest.json"
-    out.write_text(json.dumps(manifest))
+        item = {"file": path.name, "count": 0, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+        entry = domains.setdefault(name.domain, {})
+        if name.shard is None:
+            entry.update(item)
+        else:
+            entry.setdefault("shard_files", []).append(item)
+            entry.update(shards=name.shards, history_id=0)
+    out = directory / snapshot.MANIFEST
+    out.write_bytes(snapshot.manifest_bytes(snapshot.manifest_doc("2026-11-26T00:00:00Z", domains)))
     return out
 
 

@@ -46,3 +46,18 @@ def test_bench_run_quick_prints_every_figure():
         if (ROOT / "bench" / f"{name}.py").exists():
             text = by_section.get(name, "")
             assert list(FIGURE.finditer(text)), f"{name}: no figure lines:\n{text}"
+
+
+SHARDS = [f"{layout}_{figure}" for layout in ("single", "sharded", "hashed")
+          for figure in ("first_export_seconds", "one_new_entry_seconds", "one_new_entry_bytes_rewritten",
+                         "domain_bytes", "rewritten_fraction", "bytes_per_entry")]
+
+
+def test_shards_bench_quick_prints_every_figure():
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "shards.py"), "--quick"], capture_output=True,
+                          text=True, timeout=170, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    found = {m["name"]: float(m["value"]) for m in FIGURE.finditer(proc.stdout)}
+    for fig in SHARDS:
+        assert found.get(fig, 0) > 0, f"figure {fig} missing or not positive:\n{proc.stdout}"
+    assert "reproduce: " in proc.stdout

@@ -20,7 +20,7 @@ from conftest import free_port
 from test_crash import _cmd, _make_install, reference_run, state_of
 
 from exporter.config import load_config
-from exporter.export import snapshot_files, validate_snapshot_file
+from exporter.snapshot import snapshot_files, validate_file as validate_snapshot_file
 from exporter.ingest import Ingestor
 from exporter.store import Store
 

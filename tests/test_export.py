@@ -11,7 +11,8 @@ import jsonschema
 import logfactory as f
 from conftest import wait_for
 from exporter.config import load_config
-from exporter.export import export_snapshots, snapshot_schema
+from exporter.export import export_snapshots
+from exporter.snapshot import schema as snapshot_schema
 from exporter.store import Store
 
 DAY = 86400

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import random
 
-from exporter.export import _json_entry, _toml_entry
+from exporter.snapshot import _json_entry, _toml_entry
 
 
 def _ref_json(recipient, reason, since, expires):

@@ -29,7 +29,7 @@ import logfactory
 from conftest import wait_for
 from test_crash import _cmd, _make_install, reference_run, state_of
 
-from exporter.export import snapshot_files, validate_snapshot_file
+from exporter.snapshot import snapshot_files, validate_file as validate_snapshot_file
 
 
 def _mount_tmpfs(where: Path, size: str) -> bool:
