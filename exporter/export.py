@@ -251,9 +251,7 @@ def _export(store: Store, directory: Path, fmt: str, gid: int | None, now: int,
             result.unchanged += 1
             result.entries += prev.get("count", 0)
             continue
-        conn = store.conn
-        conn.execute("BEGIN")          # one consistent view for the count and the rows
-        try:
+        with store.read_snapshot():    # one consistent view for the count and the rows
             count, next_expiry = store.domain_summary(domain, now)
             if count == 0:
                 if path.exists():
@@ -264,8 +262,6 @@ def _export(store: Store, directory: Path, fmt: str, gid: int | None, now: int,
             if isinstance(prev, dict) and _file_state(path) == (prev.get("size"), prev.get("mtime_ns")):
                 entries_sha = prev.get("entries_sha256")
             written = _write_domain(store, path, fmt, domain, generated_at, count, now, gid, entries_sha)
-        finally:
-            conn.execute("COMMIT")
         if written is None:            # same entries as the file there: leave it alone
             entry = dict(prev, generation=generation, next_expiry=next_expiry)
             result.unchanged += 1

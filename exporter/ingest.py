@@ -241,8 +241,7 @@ class Ingestor:
                 lines_done, complete = self.store.segment_checkpoint(checkpoint[0])
                 if complete or lines_done != expect:
                     raise _Superseded(checkpoint[0])
-            for event, decision in pending:
-                self.store.apply_event(event, decision, source, now, applied)
+            self.store.apply_events(pending, source, now, applied)
             if checkpoint is not None:
                 self.store.set_segment_checkpoint(*checkpoint, now)
             self.store.add_counters(batch.counters())

@@ -52,12 +52,15 @@ class Event:
     nodeid: str | None
     feedback_type: str | None = None
 
-    def key(self, recipient: str) -> bytes:
+    def key(self, recipient: str) -> int:
         """Identity of this event for one recipient: the same record seen twice (a file
-        re-read, a webhook retry, the file AND the webhook) has the same key."""
+        re-read, a webhook retry, the file AND the webhook) has the same key. 64 bits,
+        signed, so the store keeps it as a rowid (no index beside the table): the first
+        8 bytes of a 16-byte blake2b, which is what older stores kept whole."""
         material = "\x1f".join((self.type, self.message_id or "", recipient, self.domain,
                                 str(self.timestamp), str(self.code)))
-        return hashlib.blake2b(material.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        digest = hashlib.blake2b(material.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        return int.from_bytes(digest[:8], "big", signed=True)
 
     def evidence(self) -> dict:
         return {"type": self.type, "message_id": self.message_id, "code": self.code,

@@ -9,6 +9,7 @@ that domain's generation, which is how export knows what to rewrite without read
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import sqlite3
 import time
@@ -17,15 +18,67 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-import sqlite_utils
-
+from . import rules
 from .keys import recipient_domain_entry
 from .records import Event
-from .rules import Decision
+from .rules import Decision, Entry
 
-SCHEMA_VERSION = 1
+# 2: suppressions and tombstones clustered by (domain, recipient) (WITHOUT ROWID), event
+#    keys as 64-bit integers that are the rowid, no secondary index on suppressions
+SCHEMA_VERSION = 2
 EVIDENCE = ("type", "message_id", "code", "enhanced_code", "content", "classification", "nodeid")
 _EV_COLS = ", ".join(f"ev_{c}" for c in EVIDENCE)
+_ENTRY_COLS = f"reason, source, first_seen, last_seen, expires, count, {_EV_COLS}, note, updated_at"
+_ENTRY_WIDTH = 8 + len(EVIDENCE)
+_SAVE_ENTRY = (f"REPLACE INTO suppressions(domain, recipient, {_ENTRY_COLS}) "
+               f"VALUES ({', '.join('?' * (2 + _ENTRY_WIDTH))})")
+_HISTORY = ("INSERT INTO history(at, action, domain, recipient, reason, source, event_time, expires, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+# The schema, one statement each (executescript would commit the migration's transaction).
+# Pages fill in arrival order but are read per domain: clustering the entries by their key
+# is what keeps a full export of a store ingest filled as fast as one filled in key order.
+_TABLES = (
+    "CREATE TABLE suppressions (domain TEXT NOT NULL, recipient TEXT NOT NULL, reason TEXT NOT NULL, "
+    "source TEXT NOT NULL, first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL, expires INTEGER, "
+    "count INTEGER NOT NULL, ev_type TEXT, ev_message_id TEXT, ev_code INTEGER, ev_enhanced_code TEXT, "
+    "ev_content TEXT, ev_classification TEXT, ev_nodeid TEXT, note TEXT, updated_at INTEGER, "
+    "PRIMARY KEY (domain, recipient)) WITHOUT ROWID",
+    "CREATE TABLE tombstones (domain TEXT NOT NULL, recipient TEXT NOT NULL, removed_at INTEGER, note TEXT, "
+    "PRIMARY KEY (domain, recipient)) WITHOUT ROWID",
+    "CREATE TABLE history (id INTEGER PRIMARY KEY, at INTEGER, action TEXT, domain TEXT, recipient TEXT, "
+    "reason TEXT, source TEXT, event_time INTEGER, expires INTEGER, detail TEXT)",
+    "CREATE INDEX history_pair ON history(domain, recipient)",
+    "CREATE TABLE seen_events (key INTEGER PRIMARY KEY, at INTEGER)",
+    "CREATE TABLE strikes (key INTEGER PRIMARY KEY, domain TEXT, recipient TEXT, reason TEXT, at INTEGER)",
+    "CREATE INDEX strikes_pair ON strikes(domain, recipient, at)",
+    "CREATE TABLE domains (domain TEXT PRIMARY KEY, generation INTEGER)",
+    "CREATE TABLE segments (path TEXT PRIMARY KEY, lines INTEGER, complete INTEGER, size INTEGER, "
+    "updated_at INTEGER)",
+    "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER)",
+    "CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT)",
+)
+# schema 1 -> 2: the tables whose layout changed are rebuilt from their old rows; a
+# 16-byte event key becomes its first 8 bytes, which is what Event.key now is
+_MIGRATE_1 = (
+    "ALTER TABLE suppressions RENAME TO suppressions_1",
+    "ALTER TABLE tombstones RENAME TO tombstones_1",
+    "ALTER TABLE seen_events RENAME TO seen_events_1",
+    "ALTER TABLE strikes RENAME TO strikes_1",
+    "DROP INDEX IF EXISTS strikes_pair",
+    _TABLES[0], _TABLES[1], _TABLES[4], _TABLES[5], _TABLES[6],
+    f"INSERT INTO suppressions(domain, recipient, {_ENTRY_COLS}) "
+    f"SELECT domain, recipient, {_ENTRY_COLS} FROM suppressions_1 ORDER BY domain, recipient",
+    "INSERT INTO tombstones SELECT domain, recipient, removed_at, note FROM tombstones_1 ORDER BY domain, recipient",
+    "INSERT OR IGNORE INTO seen_events SELECT event_key_64(key), at FROM seen_events_1",
+    "INSERT OR IGNORE INTO strikes SELECT event_key_64(key), domain, recipient, reason, at FROM strikes_1",
+    "DROP TABLE suppressions_1", "DROP TABLE tombstones_1", "DROP TABLE seen_events_1", "DROP TABLE strikes_1",
+)
+
+
+def _event_key_64(key: bytes) -> int:
+    """A schema-1 event key (16 bytes) as the 64-bit integer Event.key gives now."""
+    return int.from_bytes(key[:8], "big", signed=True)
 
 
 class StoreError(Exception):
@@ -50,20 +103,6 @@ class ApplyResult:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
-def _later(a: int | None, b: int | None) -> int | None:
-    """The later of two expiry times, None meaning never."""
-    if a is None or b is None:
-        return None
-    return max(a, b)
-
-
-def _expiry_at_least(new: int | None, old: int | None) -> bool:
-    if new is None:
-        return True
-    if old is None:
-        return False
-    return new >= old
-
 
 def entry_dict(row: sqlite3.Row) -> dict:
     """A suppressions row -> the object `check --json` and the read API show."""
@@ -79,12 +118,9 @@ class Store:
     def __init__(self, conn: sqlite3.Connection, path: Path):
         self.conn = conn
         self.path = path
-        self.db = sqlite_utils.Database(conn)
         # per transaction: domains whose generation to bump at commit (one UPSERT each,
-        # not one per event), and whether any tombstone exists (most stores have none,
-        # so most events skip the tombstone lookup)
+        # not one per event)
         self._dirty: set[str] = set()
-        self._tombstones: bool | None = None
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -108,6 +144,10 @@ class Store:
                 conn.row_factory = sqlite3.Row
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
+                # batches look up and write entries all over the key space: a bigger page
+                # cache than SQLite's 2 MB saves re-reading the b-tree's inner pages
+                conn.execute("PRAGMA cache_size=-65536")
+                conn.execute("PRAGMA temp_store=MEMORY")
                 conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
                 store = cls(conn, path)
                 store.migrate()
@@ -143,7 +183,6 @@ class Store:
         except sqlite3.OperationalError as err:
             raise StoreError(f"{self.path}: {err}") from None
         self._dirty.clear()
-        self._tombstones = None
         try:
             yield self.conn
             if self._dirty:
@@ -163,6 +202,16 @@ class Store:
                 self.conn.execute("ROLLBACK")
             raise StoreError(f"{self.path}: cannot commit: {err}") from None
 
+    @contextlib.contextmanager
+    def read_snapshot(self):
+        """A read transaction: everything read inside sees one state of the store, however
+        long it takes and whatever writers commit meanwhile (WAL)."""
+        self.conn.execute("BEGIN")
+        try:
+            yield self
+        finally:
+            self.conn.execute("COMMIT")
+
     def migrate(self) -> None:
         version = self.conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
@@ -170,35 +219,17 @@ class Store:
         if version == SCHEMA_VERSION:
             return
         with self.transaction():
-            if self.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+            version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+            if version == SCHEMA_VERSION:
                 return     # another process migrated it while we waited for the lock
-            db = self.db
-            db["suppressions"].create({
-                "domain": str, "recipient": str, "reason": str, "source": str,
-                "first_seen": int, "last_seen": int, "expires": int, "count": int,
-                **{f"ev_{c}": (int if c == "code" else str) for c in EVIDENCE},
-                "note": str, "updated_at": int,
-            }, pk=("domain", "recipient"), not_null={"reason", "source", "first_seen", "last_seen", "count"},
-                if_not_exists=True)
-            db["tombstones"].create({"domain": str, "recipient": str, "removed_at": int, "note": str},
-                                    pk=("domain", "recipient"), if_not_exists=True)
-            db["history"].create({"id": int, "at": int, "action": str, "domain": str, "recipient": str,
-                                  "reason": str, "source": str, "event_time": int, "expires": int,
-                                  "detail": str}, pk="id", if_not_exists=True)
-            db["seen_events"].create({"key": bytes, "at": int}, pk="key", if_not_exists=True)
-            db["strikes"].create({"domain": str, "recipient": str, "reason": str, "at": int, "key": bytes},
-                                 pk="key", if_not_exists=True)
-            db["domains"].create({"domain": str, "generation": int}, pk="domain", if_not_exists=True)
-            db["segments"].create({"path": str, "lines": int, "complete": int, "size": int,
-                                   "updated_at": int}, pk="path", if_not_exists=True)
-            db["counters"].create({"name": str, "value": int}, pk="name", if_not_exists=True)
-            db["state"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
-            self.conn.execute("CREATE INDEX IF NOT EXISTS suppressions_expires ON suppressions(expires)")
-            self.conn.execute("CREATE INDEX IF NOT EXISTS suppressions_reason ON suppressions(reason)")
-            self.conn.execute("CREATE INDEX IF NOT EXISTS history_pair ON history(domain, recipient)")
-            self.conn.execute("CREATE INDEX IF NOT EXISTS strikes_pair ON strikes(domain, recipient, at)")
-            self.conn.execute("CREATE INDEX IF NOT EXISTS seen_events_at ON seen_events(at)")
-            self.conn.execute("INSERT OR IGNORE INTO state(key, value) VALUES ('store_id', ?)", (uuid.uuid4().hex,))
+            if version == 0:
+                for statement in _TABLES:
+                    self.conn.execute(statement)
+                self.conn.execute("INSERT INTO state(key, value) VALUES ('store_id', ?)", (uuid.uuid4().hex,))
+            else:
+                self.conn.create_function("event_key_64", 1, _event_key_64, deterministic=True)
+                for statement in _MIGRATE_1:
+                    self.conn.execute(statement)
             self.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     # ------------------------------------------------------------------ state
@@ -240,112 +271,140 @@ class Store:
         """The domain's snapshot changed: its generation goes up when the transaction commits."""
         self._dirty.add(domain)
 
-    def _history(self, now: int, action: str, domain: str, recipient: str, reason: str | None,
-                 source: str | None, event_time: int | None, expires: int | None, detail: str | None = None) -> None:
-        self.conn.execute(
-            "INSERT INTO history(at, action, domain, recipient, reason, source, event_time, expires, detail) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (now, action, domain, recipient, reason, source, event_time, expires, detail))
+    def _load(self, pairs: Iterable[tuple[str, str]]) -> tuple[dict[tuple[str, str], Entry], dict[tuple[str, str], int]]:
+        """The stored entries (expired ones included) and tombstones' removal times of
+        these (domain, recipient) pairs, looked up in one join each."""
+        conn = self.conn
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS wanted_pairs (domain TEXT, recipient TEXT, "
+                     "PRIMARY KEY (domain, recipient)) WITHOUT ROWID")
+        conn.execute("DELETE FROM temp.wanted_pairs")
+        conn.executemany("INSERT OR IGNORE INTO temp.wanted_pairs VALUES (?, ?)", sorted(pairs))
+        entries = {}
+        for row in conn.execute(f"SELECT s.domain, s.recipient, {_ENTRY_COLS} FROM temp.wanted_pairs w "
+                                "JOIN main.suppressions s ON s.domain = w.domain AND s.recipient = w.recipient"):
+            entries[row[0], row[1]] = Entry(row[2], row[3], row[4], row[5], row[6], row[7],
+                                            tuple(row[8:8 + len(EVIDENCE)]), row[-2], row[-1])
+        removed = {}
+        # most stores have no tombstone at all: then this is one lookup, not a join
+        if conn.execute("SELECT EXISTS(SELECT 1 FROM tombstones)").fetchone()[0]:
+            removed = {(r[0], r[1]): r[2] for r in conn.execute(
+                "SELECT t.domain, t.recipient, t.removed_at FROM temp.wanted_pairs w "
+                "JOIN main.tombstones t ON t.domain = w.domain AND t.recipient = w.recipient")}
+        return entries, removed
+
+    def _save(self, entries: dict[tuple[str, str], Entry], history: list[tuple]) -> None:
+        """Write changed entries (in key order: neighbouring rows share pages) and their
+        history rows (in the order they happened)."""
+        self.conn.executemany(_SAVE_ENTRY, [
+            (domain, recipient, e.reason, e.source, e.first_seen, e.last_seen, e.expires, e.count,
+             *e.evidence, e.note, e.updated_at)
+            for (domain, recipient), e in sorted(entries.items(), key=lambda item: item[0])])
+        self.conn.executemany(_HISTORY, history)
+
+    def _unseen(self, keyed: list[tuple[int, int | None]]) -> list[bool]:
+        """For each (event key, forget-after time) whether this is its first sighting; the
+        new ones are remembered. A key seen earlier in the same list is not new either."""
+        conn = self.conn
+        keys = [k for k, _at in keyed]
+        known: set[int] = set()
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
+            known.update(r[0] for r in conn.execute(
+                f"SELECT key FROM seen_events WHERE key IN ({', '.join('?' * len(chunk))})", chunk))
+        fresh, remember = [], {}
+        for key, at in keyed:
+            new = key not in known
+            fresh.append(new)
+            if new:
+                known.add(key)
+                remember[key] = at
+        # `at` NULL for a suppression that never expires: prune never forgets such a key,
+        # so replaying a years-old complaint cannot count it twice
+        conn.executemany("INSERT INTO seen_events(key, at) VALUES (?, ?)", sorted(remember.items()))
+        return fresh
 
     def apply_event(self, event: Event, decision: Decision, source: str, now: int,
                     result: ApplyResult) -> None:
         """Record one suppressing event for each of its recipients. Call inside transaction()."""
-        conn = self.conn
-        expires_new = None if decision.ttl is None else event.timestamp + decision.ttl
-        evidence = event.evidence()
-        seen_at = None if decision.ttl is None else event.timestamp
-        for recipient in event.recipients:
-            key = event.key(recipient)
-            # `at` NULL for a suppression that never expires: prune never forgets such a key,
-            # so replaying a years-old complaint cannot count it twice
-            if conn.execute("INSERT OR IGNORE INTO seen_events(key, at) VALUES (?, ?)",
-                            (key, seen_at)).rowcount == 0:
-                result.duplicates += 1
-                continue
-            domain = event.domain
-            if self._tombstones is None:
-                self._tombstones = conn.execute("SELECT EXISTS(SELECT 1 FROM tombstones)").fetchone()[0] == 1
-            tomb = self._tombstones and conn.execute(
-                "SELECT removed_at FROM tombstones WHERE domain = ? AND recipient = ?", (domain, recipient)).fetchone()
-            if tomb and event.timestamp <= tomb[0]:
-                result.tombstoned += 1   # an operator removed it after this event happened
-                continue
-            if expires_new is not None and expires_new <= now:
-                result.stale += 1        # its suppression would already be over
-                continue
+        self.apply_events([(event, decision)], source, now, result)
+
+    def apply_events(self, pending: Iterable[tuple[Event, Decision]], source: str, now: int,
+                     result: ApplyResult) -> None:
+        """Record suppressing events, in order, for each of their recipients, with the
+        outcome the same events one by one would have. Call inside transaction().
+        Entries are loaded and written once per batch; what happens to each is rules.py's."""
+        items = [(event, decision, recipient) for event, decision in pending for recipient in event.recipients]
+        if not items:
+            return
+        fresh = self._unseen([(event.key(recipient), None if decision.ttl is None else event.timestamp)
+                              for event, decision, recipient in items])
+        items = [item for item, new in zip(items, fresh) if new]
+        result.duplicates += len(fresh) - len(items)
+        entries, removed = self._load({(event.domain, recipient) for event, _d, recipient in items})
+        changed: dict[tuple[str, str], Entry] = {}
+        history: list[tuple] = []
+        for event, decision, recipient in items:
+            pair = (event.domain, recipient)
             when = event.timestamp
+            if rules.tombstoned(when, removed.get(pair)):
+                result.tombstoned += 1
+                continue
+            if rules.stale(rules.expiry(when, decision.ttl), now):
+                result.stale += 1
+                continue
             if decision.threshold > 1:
-                conn.execute("INSERT OR IGNORE INTO strikes(domain, recipient, reason, at, key) "
-                             "VALUES (?, ?, ?, ?, ?)", (domain, recipient, decision.reason, when, key))
-                reached = self._threshold_reached(domain, recipient, decision, when)
+                reached = self._strike(event, decision, recipient)
                 if reached is None:
                     result.below_threshold += 1
                     continue
                 when = reached
-                expires_at = None if decision.ttl is None else when + decision.ttl
-            else:
-                expires_at = expires_new
-            self._upsert(domain, recipient, decision.reason, source, when, expires_at, evidence, None, now, result)
+            evidence = (event.type, event.message_id, event.code, event.enhanced_code, event.content,
+                        event.classification, event.nodeid)
+            entry, action, shown = rules.record(entries.get(pair), decision.reason, source, when,
+                                                rules.expiry(when, decision.ttl), evidence, None, now)
+            entries[pair] = changed[pair] = entry
+            history.append((now, action, event.domain, recipient, decision.reason, source, when, entry.expires,
+                            None))
+            if shown:
+                self._bump(event.domain)
+            tally = result.added if action == "add" else result.refreshed
+            tally[decision.reason] = tally.get(decision.reason, 0) + 1
+        self._save(changed, history)
 
-    def _threshold_reached(self, domain: str, recipient: str, decision: Decision, ts: int) -> int | None:
-        """The latest strike of a run of `threshold` strikes, all within `window` of each
-        other, that includes the strike at `ts`; None if there is none. Any window holding
-        `ts` counts, not only the one ending at it: webhook retries and several nodes
-        deliver events out of order, and the outcome must not depend on that order."""
+    def _strike(self, event: Event, decision: Decision, recipient: str) -> int | None:
+        """Count the event toward its pair's threshold; when the threshold is reached, the
+        time the suppression starts (rules.threshold_reached), else None."""
+        ts = event.timestamp
+        self.conn.execute("INSERT OR IGNORE INTO strikes(key, domain, recipient, reason, at) VALUES (?, ?, ?, ?, ?)",
+                          (event.key(recipient), event.domain, recipient, decision.reason, ts))
         times = [r[0] for r in self.conn.execute(
             "SELECT at FROM strikes WHERE domain = ? AND recipient = ? AND reason = ? AND at > ? AND at < ? "
-            "ORDER BY at", (domain, recipient, decision.reason, ts - decision.window, ts + decision.window))]
-        latest = None
-        end = 0
-        for start, first in enumerate(times):
-            if first > ts:
-                break
-            while end < len(times) and times[end] < first + decision.window:
-                end += 1
-            if end - start >= decision.threshold and times[end - 1] >= ts:
-                latest = times[end - 1]
-        return latest
+            "ORDER BY at", (event.domain, recipient, decision.reason, ts - decision.window, ts + decision.window))]
+        return rules.threshold_reached(times, ts, decision.threshold, decision.window)
 
-    def _upsert(self, domain: str, recipient: str, reason: str, source: str, when: int,
-                expires: int | None, evidence: dict, note: str | None, now: int,
-                result: ApplyResult) -> str:
-        conn = self.conn
-        row = conn.execute("SELECT reason, first_seen, last_seen, expires, count FROM suppressions "
-                           "WHERE domain = ? AND recipient = ?", (domain, recipient)).fetchone()
-        ev = [evidence.get(c) for c in EVIDENCE]
-        if row is None or (row["expires"] is not None and row["expires"] <= now):
-            conn.execute(
-                f"INSERT OR REPLACE INTO suppressions(domain, recipient, reason, source, first_seen, last_seen, "
-                f"expires, count, {_EV_COLS}, note, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 1, "
-                f"?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (domain, recipient, reason, source, when, when, expires, *ev, note, now))
-            self._history(now, "add", domain, recipient, reason, source, when, expires, note)
-            self._bump(domain)
-            result.added[reason] = result.added.get(reason, 0) + 1
-            return "add"
-        new_expires = _later(row["expires"], expires)
-        keep_reason = row["reason"] if not _expiry_at_least(expires, row["expires"]) else reason
-        first_seen = min(row["first_seen"], when)
-        newer = when >= row["last_seen"]
-        # an operator's add or an import is not an event of the address: it counts once, as
-        # the entry's first; importing the same dump twice must not double the counts
-        seen = 0 if source in ("manual", "import") else 1
-        sets = ["reason = ?", "first_seen = ?", "last_seen = ?", "expires = ?", "count = count + ?",
-                "updated_at = ?"]
-        args: list = [keep_reason, first_seen, max(row["last_seen"], when), new_expires, seen, now]
-        if newer:
-            sets += [f"ev_{c} = ?" for c in EVIDENCE] + ["source = ?"]
-            args += ev + [source]
-        if note is not None:
-            sets.append("note = ?")
-            args.append(note)
-        conn.execute(f"UPDATE suppressions SET {', '.join(sets)} WHERE domain = ? AND recipient = ?",
-                     (*args, domain, recipient))
-        self._history(now, "refresh", domain, recipient, reason, source, when, new_expires, note)
-        if (keep_reason, first_seen, new_expires) != (row["reason"], row["first_seen"], row["expires"]):
-            self._bump(domain)
-        result.refreshed[reason] = result.refreshed.get(reason, 0) + 1
-        return "refresh"
+    def _record_operator(self, rows: Iterable[tuple[str, str, str, int, int | None, str | None]], source: str,
+                         now: int) -> list[str]:
+        """Operator suppressions (recipient, domain, reason, since, expires, note): each
+        clears the pair's tombstone (the operator has the last word). Returns each one's
+        history action."""
+        rows = list(rows)
+        self.conn.executemany("DELETE FROM tombstones WHERE domain = ? AND recipient = ?",
+                              [(domain, recipient) for recipient, domain, *_rest in rows])
+        entries, _removed = self._load({(domain, recipient) for recipient, domain, *_rest in rows})
+        changed: dict[tuple[str, str], Entry] = {}
+        history, actions = [], []
+        evidence = (source,) + (None,) * (len(EVIDENCE) - 1)
+        for recipient, domain, reason, since, expires, note in rows:
+            pair = (domain, recipient)
+            entry, action, shown = rules.record(entries.get(pair), reason, source, since, expires, evidence,
+                                                note, now)
+            entries[pair] = changed[pair] = entry
+            history.append((now, action, domain, recipient, reason, source, since, entry.expires, note))
+            if shown:
+                self._bump(domain)
+            actions.append(action)
+        self._save(changed, history)
+        return actions
 
     def add_manual(self, recipient: str, domain: str, reason: str, ttl: int | None, note: str | None,
                    now: int, source: str = "manual", since: int | None = None,
@@ -354,23 +413,19 @@ class Store:
         has the last word. Returns "add" or "refresh"."""
         when = now if since is None else since
         if expires is False:
-            expires = None if ttl is None else when + ttl
-        result = ApplyResult()
+            expires = rules.expiry(when, ttl)
         with self.transaction():
-            self.conn.execute("DELETE FROM tombstones WHERE domain = ? AND recipient = ?", (domain, recipient))
-            evidence = {"type": source}
-            return self._upsert(domain, recipient, reason, source, when, expires, evidence, note, now, result)
+            return self._record_operator([(recipient, domain, reason, when, expires, note)], source, now)[0]
 
     def import_rows(self, rows: Iterable[tuple[str, str, str, int, int | None]], now: int) -> int:
-        """(recipient, domain, reason, since, expires) rows, all in one transaction."""
-        result = ApplyResult()
+        """(recipient, domain, reason, since, expires) rows, all in one transaction,
+        written a chunk at a time so memory stays flat."""
         count = 0
+        rows = iter(rows)
         with self.transaction():
-            for recipient, domain, reason, since, expires in rows:
-                self.conn.execute("DELETE FROM tombstones WHERE domain = ? AND recipient = ?", (domain, recipient))
-                self._upsert(domain, recipient, reason, "import", since, expires, {"type": "import"}, None,
-                             now, result)
-                count += 1
+            while chunk := [(*row, None) for row in itertools.islice(rows, 10_000)]:
+                self._record_operator(chunk, "import", now)
+                count += len(chunk)
         return count
 
     def remove(self, recipient: str, domain: str, now: int, note: str | None = None) -> bool:
@@ -385,24 +440,29 @@ class Store:
                 return False
             self.conn.execute("DELETE FROM suppressions WHERE domain = ? AND recipient = ?", (domain, recipient))
             self.conn.execute("DELETE FROM strikes WHERE domain = ? AND recipient = ?", (domain, recipient))
-            self._history(now, "remove", domain, recipient, row["reason"], "manual", None, None, note)
+            self.conn.execute(_HISTORY, (now, "remove", domain, recipient, row["reason"], "manual", None, None, note))
             self._bump(domain)
             self.add_counters({"removed_total": 1})
-            return row["expires"] is None or row["expires"] > now
+            return rules.is_active(row["expires"], now)
 
-    def prune(self, now: int, seen_retention: int = 400 * 86400) -> int:
-        """Drop expired entries (with an `expire` history row each) and old event keys."""
+    def prune(self, now: int, seen_retention: int = 400 * 86400, history_retention: int | None = None) -> int:
+        """Drop expired entries (with an `expire` history row each), old event keys and,
+        with `history_retention`, history rows older than that."""
         with self.transaction():
+            # the SQL form of `not rules.is_active(expires, now)`
             rows = self.conn.execute("SELECT domain, recipient, reason, expires FROM suppressions "
                                      "WHERE expires IS NOT NULL AND expires <= ?", (now,)).fetchall()
-            for r in rows:
-                self._history(now, "expire", r["domain"], r["recipient"], r["reason"], None, None, r["expires"])
-            self.conn.execute("DELETE FROM suppressions WHERE expires IS NOT NULL AND expires <= ?", (now,))
+            self.conn.executemany(_HISTORY, [(now, "expire", r["domain"], r["recipient"], r["reason"], None, None,
+                                              r["expires"], None) for r in rows])
+            self.conn.executemany("DELETE FROM suppressions WHERE domain = ? AND recipient = ?",
+                                  [(r["domain"], r["recipient"]) for r in rows])
             for domain in {r["domain"] for r in rows}:
                 self._bump(domain)
             self.add_counters({"expired_total": len(rows)})
             self.conn.execute("DELETE FROM seen_events WHERE at < ?", (now - seen_retention,))
             self.conn.execute("DELETE FROM strikes WHERE at < ?", (now - seen_retention,))
+            if history_retention is not None:
+                self.conn.execute("DELETE FROM history WHERE at < ?", (now - history_retention,))
         return len(rows)
 
     # ------------------------------------------------------------------ reads

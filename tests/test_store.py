@@ -97,6 +97,16 @@ def test_tombstone_blocks_older_events_but_not_newer(store):
     assert actions == ["add", "remove", "add"]
 
 
+def test_event_at_the_moment_of_removal_stays_removed(store):
+    """The operator saw that event when they removed the pair: only a later one is news."""
+    apply(store, f.bounce("u@example.net", timestamp=NOW - 3 * DAY))
+    assert store.remove("u@example.net", "example.com", NOW - DAY)
+    r = apply(store, f.bounce("u@example.net", timestamp=NOW - DAY, id="same-second"))
+    assert r.tombstoned == 1 and store.get("u@example.net", "example.com", NOW) is None
+    r = apply(store, f.bounce("u@example.net", timestamp=NOW - DAY + 1, id="a-second-later"))
+    assert r.added == {"bounce": 1}
+
+
 def test_manual_add_clears_tombstone(store):
     store.remove("u@example.net", "example.com", NOW - 10)
     store.add_manual("u@example.net", "example.com", "manual", None, "asked by the customer", NOW)
