@@ -405,9 +405,10 @@ def stats(ctx: Context, as_json):
 @cli.command()
 @pass_ctx
 def prune(ctx: Context):
-    """Drop expired entries (each leaves an `expire` row in the history)."""
+    """Drop expired entries (each leaves an `expire` row in the history) and history
+    older than [store] history_retention."""
     with ctx.store() as store:
-        count = store.prune(int(time.time()))
+        count = store.prune(int(time.time()), history_retention=ctx.config.store.history_retention)
         _write_metrics(ctx, store)
     click.echo(f"pruned {count} expired entr{'y' if count == 1 else 'ies'}")
 

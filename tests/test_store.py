@@ -253,3 +253,16 @@ def test_schema_1_store_is_migrated_and_keeps_its_memory(tmp_path):
         assert [h["action"] for h in store.history("u@example.net", "example.com")] == ["add"]
         assert apply(store, rec).duplicates == 1, "the migrated event memory still knows the record"
         assert apply(store, f.bounce("gone@example.net", timestamp=1799000000 - 10)).tombstoned == 1
+
+
+def test_prune_trims_history_older_than_the_retention(store):
+    apply(store, f.bounce("u@example.net", timestamp=NOW - 100 * DAY), now=NOW - 100 * DAY)
+    apply(store, f.bounce("u@example.net", timestamp=NOW - DAY))
+    store.remove("v@example.net", "example.com", NOW - 200 * DAY)
+    store.prune(NOW, history_retention=90 * DAY)
+    assert [h["action"] for h in store.history("u@example.net", "example.com")] == ["refresh"]
+    entry = store.get("u@example.net", "example.com", NOW)
+    assert (entry["first_seen"], entry["count"]) == (NOW - 100 * DAY, 2), "the entry keeps its own record"
+    assert store.stats(NOW)["tombstones"] == 1, "a removal stays in force and on record"
+    store.prune(NOW, history_retention=None)
+    assert len(store.history("u@example.net", "example.com")) == 1
