@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import argparse
 import random
-import shutil
 import sqlite3
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import figure, note, reproduce  # noqa: E402
+from _common import figure, note, reproduce, scratch  # noqa: E402
 
 from exporter.config import build_config  # noqa: E402
 from exporter.records import Event  # noqa: E402
@@ -66,7 +64,7 @@ def through_store(path: Path, events: list[Event]) -> float:
 
 def floor(path: Path, events: list[Event]) -> float:
     conn = sqlite3.connect(path, isolation_level=None)
-    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "cache_size=-65536"):
+    for pragma in ("journal_mode=WAL", "synchronous=NORMAL"):
         conn.execute(f"PRAGMA {pragma}")
     conn.execute("CREATE TABLE pairs (domain TEXT, recipient TEXT, PRIMARY KEY (domain, recipient)) WITHOUT ROWID")
     pairs = [(e.domain, e.recipients[0]) for e in events]
@@ -87,8 +85,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.sizes = [20_000]
-    tmp = Path(tempfile.mkdtemp(prefix="bench-write-", dir=args.workdir))
-    try:
+    with scratch("bench-write-", args.workdir) as tmp:
         for size in args.sizes:
             events = storm(size)
             floor_s = floor(tmp / f"floor-{size}.db", events)
@@ -101,8 +98,6 @@ def main() -> None:
                 p.unlink()
         note("target: write_*_vs_floor_ratio <= 4")
         reproduce()
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

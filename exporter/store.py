@@ -144,10 +144,7 @@ class Store:
                 conn.row_factory = sqlite3.Row
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
-                # batches look up and write entries all over the key space: a bigger page
-                # cache than SQLite's 2 MB saves re-reading the b-tree's inner pages
-                conn.execute("PRAGMA cache_size=-65536")
-                conn.execute("PRAGMA temp_store=MEMORY")
+                conn.execute("PRAGMA temp_store=MEMORY")   # a batch's pairs (temp.wanted_pairs): no temp file
                 conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
                 store = cls(conn, path)
                 store.migrate()
