@@ -321,26 +321,34 @@ class Store:
         return fresh
 
     def apply_event(self, event: Event, decision: Decision, source: str, now: int,
-                    result: ApplyResult) -> None:
-        """Record one suppressing event for each of its recipients. Call inside transaction()."""
-        self.apply_events([(event, decision)], source, now, result)
+                    result: ApplyResult) -> bool:
+        """Record one suppressing event for each of its recipients. Call inside transaction().
+        False when every recipient's event was seen before."""
+        return self.apply_events([(event, decision)], source, now, result)[0]
 
     def apply_events(self, pending: Iterable[tuple[Event, Decision]], source: str, now: int,
-                     result: ApplyResult) -> None:
+                     result: ApplyResult) -> list[bool]:
         """Record suppressing events, in order, for each of their recipients, with the
         outcome the same events one by one would have. Call inside transaction().
-        Entries are loaded and written once per batch; what happens to each is rules.py's."""
-        items = [(event, decision, recipient) for event, decision in pending for recipient in event.recipients]
+        Entries are loaded and written once per batch; what happens to each is rules.py's.
+        Returns for each event whether it was new: False when every recipient's event
+        had been seen before (the record is a duplicate)."""
+        pending = list(pending)
+        items = [(i, event, decision, recipient) for i, (event, decision) in enumerate(pending)
+                 for recipient in event.recipients]
         if not items:
-            return
+            return [False] * len(pending)
         fresh = self._unseen([(event.key(recipient), None if decision.ttl is None else event.timestamp)
-                              for event, decision, recipient in items])
+                              for _i, event, decision, recipient in items])
         items = [item for item, new in zip(items, fresh) if new]
+        new_events = [False] * len(pending)
+        for i, *_rest in items:
+            new_events[i] = True
         result.duplicates += len(fresh) - len(items)
-        entries, removed = self._load({(event.domain, recipient) for event, _d, recipient in items})
+        entries, removed = self._load({(event.domain, recipient) for _i, event, _d, recipient in items})
         changed: dict[tuple[str, str], Entry] = {}
         history: list[tuple] = []
-        for event, decision, recipient in items:
+        for _i, event, decision, recipient in items:
             pair = (event.domain, recipient)
             when = event.timestamp
             if rules.tombstoned(when, removed.get(pair)):
@@ -367,6 +375,7 @@ class Store:
             tally = result.added if action == "add" else result.refreshed
             tally[decision.reason] = tally.get(decision.reason, 0) + 1
         self._save(changed, history)
+        return new_events
 
     def _strike(self, event: Event, decision: Decision, recipient: str) -> int | None:
         """Count the event toward its pair's threshold; when the threshold is reached, the

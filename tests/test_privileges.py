@@ -190,12 +190,18 @@ def _literal(node: ast.AST, env: "_Env", bound: frozenset = frozenset()) -> bool
         return lit(node.left) and lit(node.right)
     if isinstance(node, (ast.Tuple, ast.List)):
         return all(lit(e) for e in node.elts)
+    if isinstance(node, ast.Starred):
+        return lit(node.value)
     if isinstance(node, (ast.GeneratorExp, ast.ListComp)):
         names = set(bound)
         for gen in node.generators:
-            if not lit(gen.iter) or not isinstance(gen.target, ast.Name):
+            if isinstance(gen.target, ast.Name) and lit(gen.iter):
+                names.add(gen.target.id)
+            elif isinstance(gen.target, ast.Tuple) and gen.target.elts and isinstance(gen.target.elts[0], ast.Name) \
+                    and env.literal_keys(gen.iter):
+                names.add(gen.target.elts[0].id)     # `for sql, value in filters.items()`
+            else:
                 return False
-            names.add(gen.target.id)
         return _literal(node.elt, env, frozenset(names))
     if isinstance(node, ast.Subscript):
         return lit(node.value) and lit(node.slice)
@@ -238,6 +244,15 @@ class _Env:
                 and len(value.elts) == len(target.elts) else ((t, value) for t in target.elts)
             for t, v in pairs:
                 self._assign(t, v)
+
+    def literal_keys(self, node: ast.AST) -> bool:
+        """`NAME.items()` of a dict every key of which is a literal (its values need not be)."""
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "items"
+                and isinstance(node.func.value, ast.Name)):
+            return False
+        writes = self.writes.get(node.func.value.id)
+        return bool(writes) and all(isinstance(w, ast.Dict) and all(k is not None and _literal(k, self)
+                                                                    for k in w.keys) for w in writes)
 
     def literal_name(self, name: str) -> bool:
         if name in self.checking:
@@ -292,6 +307,17 @@ def update(conn, note, reason, domain):
     conn.execute(f"UPDATE suppressions SET {{', '.join(sets)}} WHERE {{' AND '.join(where)}}", (domain,))
 """
     assert sql_interpolations(source), "a value interpolated into SQL passed the check"
+
+
+def test_sql_check_accepts_filters_keyed_by_literal_sql():
+    source = """
+def entries(conn, domain, reason):
+    filters = {"domain = ?": domain, "reason = ?": reason}
+    where = ["1", *(sql for sql, value in filters.items() if value is not None)]
+    conn.execute(f"SELECT * FROM suppressions WHERE {' AND '.join(where)}", ())
+"""
+    assert sql_interpolations(source) == []
+    assert sql_interpolations(source.replace('{"domain = ?": domain', '{f"domain = {domain}": domain'))
 
 
 def test_sql_check_accepts_literal_lists():
