@@ -300,24 +300,24 @@ class Store:
 
     def _unseen(self, keyed: list[tuple[int, int | None]]) -> list[bool]:
         """For each (event key, forget-after time) whether this is its first sighting; the
-        new ones are remembered. A key seen earlier in the same list is not new either."""
+        new ones are remembered. A key seen earlier in the same list is not new either.
+        One INSERT per few hundred keys that returns the keys it inserted: looking a key
+        up and inserting it is one b-tree descent, not two."""
         conn = self.conn
-        keys = [k for k, _at in keyed]
-        known: set[int] = set()
-        for start in range(0, len(keys), 500):
-            chunk = keys[start:start + 500]
-            known.update(r[0] for r in conn.execute(
-                f"SELECT key FROM seen_events WHERE key IN ({', '.join('?' * len(chunk))})", chunk))
-        fresh, remember = [], {}
-        for key, at in keyed:
-            new = key not in known
-            fresh.append(new)
-            if new:
-                known.add(key)
-                remember[key] = at
-        # `at` NULL for a suppression that never expires: prune never forgets such a key,
-        # so replaying a years-old complaint cannot count it twice
-        conn.executemany("INSERT INTO seen_events(key, at) VALUES (?, ?)", sorted(remember.items()))
+        first = dict(reversed(keyed))       # key -> at, once per key
+        remembered: set[int] = set()
+        ordered = sorted(first.items())     # neighbouring keys share pages
+        for start in range(0, len(ordered), 400):
+            chunk = ordered[start:start + 400]
+            # `at` NULL for a suppression that never expires: prune never forgets such a key,
+            # so replaying a years-old complaint cannot count it twice
+            remembered.update(r[0] for r in conn.execute(
+                f"INSERT INTO seen_events(key, at) VALUES {', '.join(['(?, ?)'] * len(chunk))} "
+                "ON CONFLICT(key) DO NOTHING RETURNING key", [v for pair in chunk for v in pair]))
+        fresh = []
+        for key, _at in keyed:
+            fresh.append(key in remembered)
+            remembered.discard(key)         # a second sighting in the same list is not new
         return fresh
 
     def apply_event(self, event: Event, decision: Decision, source: str, now: int,
