@@ -72,8 +72,10 @@ class Event:
 
 def parse_line(line: bytes | str) -> dict:
     """One JSONL line -> a record dict, or MalformedRecord. orjson reads nearly every
-    line, at a fraction of json's cost; what it refuses (lone surrogates, NaN, integers
-    beyond 64 bits, deep nesting) goes to json, so what counts as malformed is json's call."""
+    line, at a fraction of json's cost; what it refuses (lone surrogates, NaN, 1e400, a
+    byte-order mark, deep nesting) goes to json, so what counts as malformed is json's
+    call. (orjson reads an integer beyond 64 bits as a float: every number field is
+    range-checked by _int, and such a value is out of range either way.)"""
     try:
         record = orjson.loads(line)
     except orjson.JSONDecodeError:
