@@ -7,29 +7,31 @@ one line naming the path or key; no tracebacks.
 
 from __future__ import annotations
 
-import csv
+import contextlib
 import datetime as dt
-import functools
 import json
 import logging
+import os
 import sqlite3
 import sys
-import time
 from pathlib import Path
 
 import click
 
 from . import __version__
-from .config import REASONS, Config, ConfigError, find_config_path, load_config, parse_lifetime
-from .export import ExportError, export_snapshots, snapshot_files, validate_snapshot_file
-from .ingest import Ingestor
-from .keys import domain_key, recipient_key
-from .records import MAX_TIMESTAMP
-from .store import Store, StoreError
+from .config import REASONS, Config, ConfigError, find_config_path, load_config
+from .export import ExportError, snapshot_files, validate_snapshot_file
+from .facade import ArgumentError, IngestProgress, SuppressionList
+from .store import StoreError
 
 log = logging.getLogger("kumo_suppress")
 
 EXIT_NEGATIVE, EXIT_USAGE, EXIT_RUNTIME = 1, 2, 3
+EXIT_BROKEN_PIPE = 128 + 13     # what a shell reports for a writer ended by SIGPIPE
+
+# the library names an argument as its parameter; the operator knows it by its option
+OPTION_OF = {"recipient": "RECIPIENT", "domain": "--domain", "reason": "--reason", "ttl": "--ttl",
+             "note": "--note", "paths": "PATH"}
 
 
 class Fail(Exception):
@@ -43,7 +45,12 @@ class Group(click.Group):
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            try:
+                return super().invoke(ctx)
+            finally:
+                sys.stdout.flush()     # a closed pipe shows here, not at interpreter exit
+        except BrokenPipeError:
+            _end_quietly()
         except Fail as err:
             _die(str(err), err.code)
         except ConfigError as err:
@@ -59,6 +66,8 @@ class Group(click.Group):
             raise   # usage errors: click's own message and exit 2
         except UnicodeDecodeError as err:
             _die(f"input is not UTF-8 text ({err.reason} at byte {err.start})", EXIT_USAGE)
+        except ArgumentError as err:     # the library refused an argument: "<name>: <why>", one per line
+            _die("\n".join(_option_named(line) for line in str(err).splitlines()), EXIT_USAGE)
         except Exception as err:  # noqa: BLE001 - the contract: one line, never a traceback
             log.debug("unexpected error", exc_info=True)
             _die(f"unexpected {type(err).__name__}: {err} (run with -vv for the details)", EXIT_RUNTIME)
@@ -71,9 +80,24 @@ def _store_path(ctx) -> str:
         return ""
 
 
+def _option_named(message: str) -> str:
+    name, sep, why = message.partition(": ")
+    return f"{OPTION_OF[name]}: {why}" if sep and name in OPTION_OF else message
+
+
 def _die(message: str, code: int):
-    click.echo(f"kumo-suppress: error: {message}", err=True)
+    for line in message.splitlines():
+        click.echo(f"kumo-suppress: error: {line}", err=True)
     sys.exit(code)
+
+
+def _end_quietly():
+    """The reader of our output left (`| head`): that is not an error. Later writes,
+    such as the interpreter's last flush, go nowhere."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(EXIT_BROKEN_PIPE)
 
 
 class Context:
@@ -90,35 +114,53 @@ class Context:
                                   "./config.toml or /etc/kumo-suppression/config.toml "
                                   "(config.example.toml documents every key)")
             self._config = load_config(path)
+            # a stray ./config.toml wins over /etc/kumo-suppression/config.toml: -v says so
+            log.info("config %s, store %s", path, self._config.store.path)
         return self._config
 
-    def store(self, create: bool = True) -> Store:
-        cfg = self.config
-        return Store.open(cfg.store.path, create=create, busy_timeout=cfg.store.busy_timeout)
+    def open(self, create: bool = False) -> SuppressionList:
+        """Only `init` creates a store (create=True); every other command refuses a missing,
+        empty or foreign file, so a lost store never becomes an empty list that an export
+        would then push to kumod."""
+        return SuppressionList.open(self.config, create=create)
 
 
 pass_ctx = click.make_pass_decorator(Context)
 
 
-def _progress_printer():
-    """Progress on a terminal only; cron and systemd logs stay clean."""
-    if not sys.stderr.isatty():
+class Progress:
+    """click's progress bar on stderr when it is a terminal, opened once the total is
+    known; nothing at all otherwise (cron, systemd and pipes keep clean logs).
+    Call it with the position reached and the total."""
+
+    def __init__(self, label: str, describe=None):
+        self.label = label
+        self.describe = describe       # current item -> the text beside the bar
+        self.bar = None
+        self._stack = contextlib.ExitStack()
+
+    def __call__(self, done: int, total: int, item=None) -> None:
+        if self.bar is None:
+            if not total or not sys.stderr.isatty():
+                return
+            self.bar = self._stack.enter_context(click.progressbar(
+                length=total, label=self.label, file=sys.stderr, item_show_func=self.describe,
+                show_pos=self.describe is None, bar_template="%(label)s: %(info)s  [%(bar)s]"))
+        self.bar.update(done - self.bar.pos, item)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._stack.close()
+
+
+def _ingest_progress(state: IngestProgress) -> str | None:
+    if state is None:
         return None
-    last = [0.0]
-
-    def show(what, done, total=None):
-        now = time.monotonic()
-        if now - last[0] < 0.2:
-            return
-        last[0] = now
-        text = f"{what}: {done}" + (f"/{total}" if total else "")
-        click.echo(f"\r\033[K{text}", err=True, nl=False)
-    return show
-
-
-def _end_progress(progress) -> None:
-    if progress:
-        click.echo("\r\033[K", err=True, nl=False)
+    scale, unit = (1e6, "MB") if state.bytes_total >= 1e6 else (1e3, "kB")
+    return (f"{state.files_done}/{state.files_total} segments, {state.bytes_done / scale:.1f}/"
+            f"{state.bytes_total / scale:.1f} {unit}  {state.current}")
 
 
 def _date(ts: int | None) -> str:
@@ -127,34 +169,11 @@ def _date(ts: int | None) -> str:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-def _rcpt(value: str) -> str:
-    key = recipient_key(value)
-    if key is None:
-        raise click.BadParameter(f"{value!r} is not an address (user@domain) or a domain entry (@domain)")
-    return key
-
-
-def _domain(value: str) -> str:
-    key = domain_key(value)
-    if key is None:
-        raise click.BadParameter(f"{value!r} is not a domain")
-    return key
-
-
 def pair_arguments(command):
-    """RECIPIENT and --domain D, normalized to their keys (as kumod's module computes them)
-    before the command runs."""
-    @functools.wraps(command)
-    def normalized(recipient, domain, **kw):
-        return command(recipient=_rcpt(recipient), domain=_domain(domain), **kw)
-    normalized = click.option("--domain", "-d", required=True, help="Sending domain.")(normalized)
-    return click.argument("recipient")(normalized)
-
-
-def _write_metrics(ctx: Context, store: Store) -> None:
-    if ctx.config.metrics.textfile:
-        from .metrics import write_textfile
-        write_textfile(ctx.config.metrics.textfile, store)
+    """RECIPIENT (an address or @domain) and --domain D, as given: the library checks
+    and normalizes them."""
+    command = click.option("--domain", "-d", required=True, help="Sending domain.")(command)
+    return click.argument("recipient")(command)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -176,29 +195,19 @@ def cli(click_ctx, config_path, verbose):
 @pass_ctx
 def init(ctx: Context):
     """Create or migrate the store."""
-    with ctx.store() as store:
-        click.echo(f"store ready: {store.path}")
+    with ctx.open(create=True) as sl:
+        click.echo(f"store ready: {sl.store.path}")
 
 
-def _ingest(ctx: Context, store: Store, paths) -> None:
-    progress = _progress_printer()
-    ingestor = Ingestor(store, ctx.config, progress=progress)
-    try:
-        result = ingestor.ingest_paths(paths) if paths else ingestor.ingest_configured()
-    except FileNotFoundError as err:
-        raise Fail(str(err), EXIT_USAGE) from None
-    finally:
-        _end_progress(progress)
+def _ingest(sl: SuppressionList, paths) -> None:
+    with Progress("ingest", _ingest_progress) as progress:
+        result = sl.ingest(paths or None, progress=lambda state: progress(state.bytes_done, state.bytes_total, state))
     click.echo(result.summary())
 
 
-def _export(ctx: Context, store: Store) -> None:
-    progress = _progress_printer()
-    try:
-        result = export_snapshots(store, ctx.config,
-                                  progress=(lambda i, n: progress("export", i, n)) if progress else None)
-    finally:
-        _end_progress(progress)
+def _export(sl: SuppressionList, force: bool) -> None:
+    with Progress("export") as progress:
+        result = sl.export(force=force, progress=progress)
     click.echo(result.summary())
 
 
@@ -207,45 +216,47 @@ def _export(ctx: Context, store: Store) -> None:
 @pass_ctx
 def ingest(ctx: Context, paths):
     """Ingest the configured log dirs, or the given files/dirs (`-` reads JSONL from stdin)."""
-    with ctx.store() as store:
-        _ingest(ctx, store, paths)
-        _write_metrics(ctx, store)
+    with ctx.open() as sl:
+        _ingest(sl, paths)
 
 
 @cli.command()
+@click.option("--force", is_flag=True,
+              help="Export even though the snapshot dir was written from another store and most of its "
+                   "snapshots would be removed.")
 @pass_ctx
-def export(ctx: Context):
+def export(ctx: Context, force):
     """Write one snapshot per sending domain; prints written / unchanged / removed."""
-    with ctx.store() as store:
-        _export(ctx, store)
-        _write_metrics(ctx, store)
+    with ctx.open() as sl:
+        _export(sl, force)
 
 
 @cli.command()
+@click.option("--force", is_flag=True,
+              help="Export even though the snapshot dir was written from another store and most of its "
+                   "snapshots would be removed.")
 @pass_ctx
-def sync(ctx: Context):
+def sync(ctx: Context, force):
     """Ingest, then export (for cron or a systemd timer)."""
-    with ctx.store() as store:
-        _ingest(ctx, store, ())
-        _export(ctx, store)
-        _write_metrics(ctx, store)
+    with ctx.open() as sl:
+        _ingest(sl, ())
+        _export(sl, force)
 
 
 @cli.command()
 @pair_arguments
-@click.option("--reason", "-r", type=click.Choice(REASONS), default="manual", show_default=True)
+@click.option("--reason", "-r", default="manual", show_default=True, help=f"One of {', '.join(REASONS)}.")
 @click.option("--ttl", "-t", default=None, help='Lifetime like "30d" or "never" (default: [rules.ttl] of the reason).')
 @click.option("--note", "-n", default=None, help="Why (kept in the store and its history).")
 @pass_ctx
 def add(ctx: Context, recipient, domain, reason, ttl, note):
     """Suppress RECIPIENT (or @domain, every recipient there) for a sending domain."""
-    lifetime = ctx.config.rules.ttl[reason] if ttl is None else parse_lifetime(ttl, "--ttl")
-    now = int(time.time())
-    with ctx.store() as store:
-        action = store.add_manual(recipient, domain, reason, lifetime, note, now)
-        entry = store.get(recipient, domain, now)
+    with ctx.open() as sl:
+        before = sl.check(recipient, domain)
+        entry = sl.add(recipient, domain, reason, ttl, note, actor="cli")
+    refreshed = before is not None and before["recipient"] == entry["recipient"]
     # a refresh keeps the later expiry (and its reason): say what the entry now is
-    click.echo(f"{'added' if action == 'add' else 'refreshed'}: {recipient} for {domain}: "
+    click.echo(f"{'refreshed' if refreshed else 'added'}: {entry['recipient']} for {entry['domain']}: "
                f"{entry['reason']}, expires {_date(entry['expires'])}")
 
 
@@ -254,11 +265,25 @@ def add(ctx: Context, recipient, domain, reason, ttl, note):
 @click.option("--note", "-n", default=None, help="Why (kept in the history).")
 @pass_ctx
 def remove(ctx: Context, recipient, domain, note):
-    """Remove a suppression, leaving a tombstone so replayed old logs cannot re-add it."""
-    with ctx.store() as store:
-        removed = store.remove(recipient, domain, int(time.time()), note)
-    click.echo(f"removed: {recipient} for {domain}" if removed
-               else f"not suppressed (tombstone recorded): {recipient} for {domain}")
+    """Remove a suppression, leaving a tombstone so replayed old logs cannot re-add it.
+    Exit 1, writing nothing, when the pair is not suppressed."""
+    with ctx.open() as sl:
+        answer = sl.lookup(recipient, domain)
+        removed = sl.remove(recipient, domain, note, actor="cli")
+    if removed:
+        click.echo(f"removed: {answer['recipient']} for {answer['domain']}")
+        return
+    if answer["suppressed"]:      # by its recipient domain's entry, which is not the one named
+        click.echo(f"not suppressed by an entry of its own: {recipient} for {answer['domain']} "
+                   f"(the entry {answer['recipient']} suppresses it)")
+    else:
+        click.echo(f"not suppressed: {answer['recipient']} for {answer['domain']}{_elsewhere(answer)}")
+    sys.exit(EXIT_NEGATIVE)
+
+
+def _elsewhere(answer: dict) -> str:
+    others = answer["other_domains"]
+    return f" (suppressed for {', '.join(others)})" if others else ""
 
 
 def _describe(entry: dict) -> str:
@@ -279,26 +304,30 @@ def _describe(entry: dict) -> str:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object with the entry and its evidence.")
 @pass_ctx
 def check(ctx: Context, recipient, domain, as_json):
-    """Exit 0 and show the entry if suppressed, 1 if not."""
-    with ctx.store(create=False) as store:
-        entry = store.get(recipient, domain, int(time.time()))
-    if entry is None:
-        if not as_json:
-            click.echo(f"{recipient} is not suppressed for {domain}")
+    """Exit 0 and show the entry if suppressed, 1 if not; both say which other sending
+    domains suppress the recipient."""
+    with ctx.open() as sl:
+        answer = sl.lookup(recipient, domain)
+    if as_json:
+        click.echo(json.dumps(answer))
+    elif answer["suppressed"]:
+        click.echo(_describe(answer) + (f"\n  also suppressed for {', '.join(answer['other_domains'])}"
+                                        if answer["other_domains"] else ""))
+    else:
+        click.echo(f"{answer['recipient']} is not suppressed for {answer['domain']}{_elsewhere(answer)}")
+    if not answer["suppressed"]:
         sys.exit(EXIT_NEGATIVE)
-    click.echo(json.dumps(entry) if as_json else _describe(entry))
 
 
 @cli.command(name="list")
 @click.option("--domain", "-d", default=None, help="Only this sending domain.")
-@click.option("--reason", "-r", type=click.Choice(REASONS), default=None)
+@click.option("--reason", "-r", default=None, help=f"Only this reason ({', '.join(REASONS)}).")
 @click.option("--json", "as_json", is_flag=True, help="A JSON array of entries (as `check --json`).")
 @pass_ctx
 def list_(ctx: Context, domain, reason, as_json):
     """List active entries."""
-    dom = _domain(domain) if domain else None
-    with ctx.store(create=False) as store:
-        entries = store.iter_entries(int(time.time()), dom, reason)
+    with ctx.open() as sl:
+        entries = sl.entries(domain=domain, reason=reason)
         if as_json:
             out = sys.stdout
             out.write("[")
@@ -311,75 +340,35 @@ def list_(ctx: Context, domain, reason, as_json):
                        f"{_date(entry['first_seen'])}\t{_date(entry['expires'])}")
 
 
-def _parse_time(value: str, what: str, where: str) -> int:
-    value = value.strip()
-    if value.isdigit():
-        seconds = int(value)
-    else:
-        try:
-            when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            raise Fail(f"{where}: {what} {value!r} is neither unix seconds nor an ISO 8601 date",
-                       EXIT_USAGE) from None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.timezone.utc)
-        seconds = int(when.timestamp())
-    if not 0 <= seconds < MAX_TIMESTAMP:
-        raise Fail(f"{where}: {what} {value!r} is out of range", EXIT_USAGE)
-    return seconds
-
-
 @cli.command(name="import")
 @click.argument("file", type=click.File("r", encoding="utf-8"))
 @pass_ctx
 def import_(ctx: Context, file):
-    """Import CSV rows recipient,domain[,reason,since,expires] (`-` for stdin). All rows or
-    none: a bad row stops the import, naming its line. An empty expires means never."""
-    now = int(time.time())
-    progress = _progress_printer()
-    # rows stream from the file into one transaction: a bad row rolls it all back
-    try:
-        with ctx.store() as store:
-            count = store.import_rows(_csv_rows(file, ctx.config, now, progress), now)
-    finally:
-        _end_progress(progress)
+    """Import CSV rows recipient,domain[,reason,since,expires] (`-` for stdin; a header
+    row and a UTF-8 BOM are fine). All rows or none: every bad row is reported by its
+    line and nothing is stored. An empty expires means never."""
+    lines = _count_lines(file)
+    with ctx.open() as sl, Progress("import") as progress:
+        count = sl.import_csv(file, progress=lambda line: progress(line, lines))
     click.echo(f"imported {count} row(s)")
 
 
-def _csv_rows(file, config: Config, now: int, progress):
-    for line, row in enumerate(csv.reader(file), start=1):
-        if progress:
-            progress("import", line)
-        if not row or (line == 1 and row[0].strip().lower() == "recipient"):
-            continue
-        if len(row) < 2 or len(row) > 5:
-            raise Fail(f"{file.name}:{line}: expected recipient,domain[,reason,since,expires]", EXIT_USAGE)
-        rcpt, dom = recipient_key(row[0]), domain_key(row[1])
-        if rcpt is None or dom is None:
-            raise Fail(f"{file.name}:{line}: bad recipient or domain: {row[0]!r}, {row[1]!r}", EXIT_USAGE)
-        reason = (row[2].strip() if len(row) > 2 else "") or "manual"
-        if reason not in REASONS:
-            raise Fail(f"{file.name}:{line}: unknown reason {reason!r} (one of {', '.join(REASONS)})", EXIT_USAGE)
-        where = f"{file.name}:{line}"
-        since = _parse_time(row[3], "since", where) if len(row) > 3 and row[3].strip() else now
-        if len(row) > 4:
-            expires = _parse_time(row[4], "expires", where) if row[4].strip() else None
-        else:
-            ttl = config.rules.ttl[reason]
-            expires = None if ttl is None else since + ttl
-        yield rcpt, dom, reason, since, expires
+def _count_lines(file) -> int | None:
+    """The lines of a regular file (the total of the progress bar); None for a pipe."""
+    if not sys.stderr.isatty() or not file.seekable():
+        return None
+    total = sum(1 for _ in file)
+    file.seek(0)
+    return total
 
 
 @cli.command()
 @pass_ctx
 def dump(ctx: Context):
-    """Write every active entry as CSV: recipient,domain,reason,since,expires."""
-    writer = csv.writer(sys.stdout, lineterminator="\n")
-    writer.writerow(["recipient", "domain", "reason", "since", "expires"])
-    with ctx.store(create=False) as store:
-        for entry in store.iter_entries(int(time.time())):
-            writer.writerow([entry["recipient"], entry["domain"], entry["reason"], entry["first_seen"],
-                             "" if entry["expires"] is None else entry["expires"]])
+    """Write every active entry as CSV: recipient,domain,reason,since,expires (a cell a
+    spreadsheet would take for a formula gets a leading ', which import removes)."""
+    with ctx.open() as sl:
+        sl.dump_csv(sys.stdout)
 
 
 @cli.command()
@@ -387,8 +376,8 @@ def dump(ctx: Context):
 @pass_ctx
 def stats(ctx: Context, as_json):
     """Counts by domain and by reason, last ingest, last export."""
-    with ctx.store(create=False) as store:
-        data = store.stats(int(time.time()))
+    with ctx.open() as sl:
+        data = sl.stats()
     if as_json:
         click.echo(json.dumps(data, indent=1))
         return
@@ -407,9 +396,8 @@ def stats(ctx: Context, as_json):
 def prune(ctx: Context):
     """Drop expired entries (each leaves an `expire` row in the history) and history
     older than [store] history_retention."""
-    with ctx.store() as store:
-        count = store.prune(int(time.time()), history_retention=ctx.config.store.history_retention)
-        _write_metrics(ctx, store)
+    with ctx.open() as sl:
+        count = sl.prune()
     click.echo(f"pruned {count} expired entr{'y' if count == 1 else 'ies'}")
 
 
@@ -438,8 +426,8 @@ def validate(ctx: Context, directory):
 @pass_ctx
 def backup(ctx: Context, target):
     """Write a consistent copy of the store to TARGET (VACUUM INTO; safe while running)."""
-    with ctx.store(create=False) as store:
-        store.backup(target)
+    with ctx.open() as sl:
+        sl.backup(target)
     click.echo(f"backup written: {target}")
 
 
@@ -457,8 +445,29 @@ def run(ctx: Context):
 def serve(ctx: Context):
     """Webhook receiver only: POST /v1/events, GET /healthz, /metrics and
     /v1/suppressions/{domain}/{recipient} on [webhook].listen."""
-    from .webhook import serve as serve_webhook
+    from .server import serve as serve_webhook
     sys.exit(serve_webhook(ctx.config))
+
+
+@cli.command(name="install-policy")
+@click.argument("directory", type=click.Path(path_type=Path))
+def install_policy(directory):
+    """Copy the kumod module (suppression.lua, as installed with this package) into
+    DIRECTORY, kumod's policy dir on its package.path: 0644, replaced atomically, so a
+    kumod loading it meanwhile reads the old or the new file, never half of one."""
+    from importlib import resources
+
+    from .export import atomic_write
+    if not directory.is_dir():
+        raise Fail(f"{directory}: not a directory (kumod's policy dir, e.g. /opt/kumomta/etc/policy)",
+                   EXIT_USAGE)
+    module = resources.files("exporter").joinpath("data/suppression.lua").read_bytes()
+    target = directory / "suppression.lua"
+    try:
+        atomic_write(target, lambda fh: fh.write(module), mode=0o644)
+    except OSError as err:
+        raise Fail(f"{target}: {err.strerror or err}", EXIT_RUNTIME) from err
+    click.echo(str(target))
 
 
 def main() -> None:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import jsonschema
 
+from .classifier import BounceClassifier, ClassifierError
+
 DEFAULT_SEARCH = (Path("config.toml"), Path("/etc/kumo-suppression/config.toml"))
 
 DEFAULT_IGNORE_CLASSIFICATIONS = (
@@ -100,6 +102,7 @@ class IngestConfig:
     include_open: bool = False
     max_line: int = 1_000_000
     batch_lines: int = 50_000     # lines per transaction (and checkpoint) when reading a file
+    max_future_skew: float = 3600.0   # seconds: a record dated further ahead is malformed
 
 
 @dataclass
@@ -120,6 +123,8 @@ class RulesConfig:
     ignore_classifications: frozenset[str] = frozenset(DEFAULT_IGNORE_CLASSIFICATIONS)
     feedback_types: frozenset[str] = frozenset(DEFAULT_FEEDBACK_TYPES)
     ttl: dict[str, int | None] = field(default_factory=dict)
+    # KumoMTA bounce classifier rule files; None when none are configured
+    classifier: BounceClassifier | None = None
 
 
 @dataclass
@@ -143,6 +148,18 @@ class WebhookConfig:
     port: int = 8086
     token: str = ""
     max_body: int = 10_000_000
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    name: str          # the actor recorded in the history of every change the token makes
+    token: str = field(repr=False)
+    scope: str         # "read" (every GET) or "write" (GET and the writes)
+
+
+@dataclass
+class ApiConfig:
+    tokens: tuple[ApiToken, ...] = ()
 
 
 @dataclass
@@ -169,6 +186,7 @@ class Config:
     export: ExportConfig
     schedule: ScheduleConfig
     webhook: WebhookConfig
+    api: ApiConfig
     metrics: MetricsConfig
     policy: PolicyConfig
 
@@ -243,9 +261,20 @@ def load_config(path: str | os.PathLike | None) -> Config:
             raise ConfigError(f"{cfg_path}: invalid TOML: {err}") from None
         except RecursionError:
             raise ConfigError(f"{cfg_path}: invalid TOML: nested too deeply") from None
-        base = cfg_path.resolve().parent
+        # the directory of the path AS GIVEN, symlinks not followed: kumod's Lua cannot
+        # realpath, and both sides must find the same snapshot dir
+        base = cfg_path.absolute().parent
     _validate(raw, where)
     return build_config(raw, base, cfg_path, where)
+
+
+def _classifier(paths: list[Path], where: str) -> BounceClassifier | None:
+    if not paths:
+        return None
+    try:
+        return BounceClassifier(paths)
+    except ClassifierError as err:
+        raise ConfigError(f"{where}: [rules] classifier_files: {err}") from None
 
 
 def build_config(raw: dict, base: Path, cfg_path: Path | None, where: str = "config") -> Config:
@@ -263,6 +292,7 @@ def build_config(raw: dict, base: Path, cfg_path: Path | None, where: str = "con
     export = section("export")
     schedule = section("schedule")
     webhook = section("webhook")
+    api = section("api")
     metrics = section("metrics")
     policy = section("policy")
 
@@ -295,7 +325,8 @@ def build_config(raw: dict, base: Path, cfg_path: Path | None, where: str = "con
         ingest=IngestConfig(log_dirs=[path_of(d) for d in ingest.get("log_dirs", ["/var/log/kumomta"])],
                             include_open=ingest.get("include_open", False),
                             max_line=parse_size(ingest.get("max_line", "1MB"), f"{where}: [ingest] max_line"),
-                            batch_lines=ingest.get("batch_lines", 50_000)),
+                            batch_lines=ingest.get("batch_lines", 50_000),
+                            max_future_skew=dur(ingest, "max_future_skew", "1h", "ingest")),
         keys=KeysConfig(sending_domain=keys.get("sending_domain", "from_header"), aliases=aliases),
         rules=RulesConfig(
             bounce=rules.get("bounce", True), oob=rules.get("oob", True),
@@ -305,7 +336,7 @@ def build_config(raw: dict, base: Path, cfg_path: Path | None, where: str = "con
             expiration_window=int(dur(rules, "expiration_window", "30d", "rules")),
             ignore_classifications=frozenset(rules.get("ignore_classifications", DEFAULT_IGNORE_CLASSIFICATIONS)),
             feedback_types=frozenset(t.lower() for t in rules.get("feedback_types", DEFAULT_FEEDBACK_TYPES)),
-            ttl=ttl),
+            ttl=ttl, classifier=_classifier([path_of(p) for p in rules.get("classifier_files", [])], where)),
         export=ExportConfig(dir=path_of(export.get("dir", "var/snapshots")),
                             format=export.get("format", "json"), group=export.get("group") or None),
         schedule=ScheduleConfig(
@@ -315,8 +346,23 @@ def build_config(raw: dict, base: Path, cfg_path: Path | None, where: str = "con
         webhook=WebhookConfig(enabled=webhook.get("enabled", False), host=host, port=int(port),
                               token=webhook.get("token", ""),
                               max_body=parse_size(webhook.get("max_body", "10MB"), f"{where}: [webhook] max_body")),
+        api=ApiConfig(tokens=_api_tokens(api.get("tokens", []), where)),
         metrics=MetricsConfig(textfile=path_of(metrics["textfile"]) if metrics.get("textfile") else None),
         policy=PolicyConfig(queue=policy.get("queue", "suppressed.kumo_suppression"),
                             domain_meta=policy.get("domain_meta", "x_suppression_domain"),
                             check_interval=dur(policy, "check_interval", "5 seconds", "policy")),
     )
+
+
+def _api_tokens(items: list[dict], where: str) -> tuple[ApiToken, ...]:
+    tokens = tuple(ApiToken(name=t["name"], token=t["token"], scope=t["scope"]) for t in items)
+    names: set[str] = set()
+    owner_of: dict[str, str] = {}           # token -> the name it was first given to
+    for t in tokens:
+        if t.name in names:
+            raise ConfigError(f"{where}: [api] tokens: name {t.name!r} is used twice (it is the actor in the history)")
+        if t.token in owner_of:
+            raise ConfigError(f"{where}: [api] tokens: {t.name!r} has the same token as {owner_of[t.token]!r}")
+        names.add(t.name)
+        owner_of[t.token] = t.name
+    return tokens

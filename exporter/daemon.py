@@ -5,7 +5,7 @@ APScheduler 3.x (BackgroundScheduler) runs three jobs: ingest every
 Each job has max_instances=1 and coalesce=True, so a slow run is never overlapped by the
 next one and missed runs collapse into one. A failing job logs one line; the next run
 goes on. After each job the metrics textfile is written when [metrics].textfile is set.
-When [webhook].enabled, the receiver (webhook.py) runs in the same process.
+When [webhook].enabled, the HTTP server (server.py) runs in the same process.
 
 Every job opens its own Store connection in its worker thread, and the webhook writer
 has its own; no connection is used by two threads at once. SIGTERM/SIGINT: the receiver stops accepting and commits
@@ -30,8 +30,9 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from .config import Config
 from .export import export_snapshots
 from .ingest import Ingestor
+from .metrics import JOB_FAILURES
 from .store import Store, now_ts
-from .webhook import EVENTS_PATH, WebhookService, on_stop_signals, wait_for
+from .server import EVENTS_PATH, WebhookService, on_stop_signals, wait_for
 
 log = logging.getLogger("kumo_suppress.run")
 
@@ -56,7 +57,8 @@ class Daemon:
 
     # ------------------------------------------------------------------ jobs
     def _open(self) -> Store:
-        return Store.open(self.config.store.path, create=True, busy_timeout=self.config.store.busy_timeout)
+        # only `init` creates a store: a missing one is StoreError (exit 3 at start)
+        return Store.open(self.config.store.path, create=False, busy_timeout=self.config.store.busy_timeout)
 
     def _job(self, name: str, work) -> None:
         if self.stop_event.is_set():
@@ -74,6 +76,7 @@ class Daemon:
         except Stopping:
             log.info("%s: stopped after a committed batch", name)
         except Exception as err:  # noqa: BLE001 - one line, and the next run goes on
+            JOB_FAILURES.labels(job=name).inc()
             log.error("%s failed: %s", name, _one_line(err))
         finally:
             with self._running_lock:
@@ -100,6 +103,7 @@ class Daemon:
     def start(self) -> None:
         sched = self.config.schedule
         now = datetime.now().astimezone()
+        self._open().close()           # a missing or foreign store fails here, not in every job
         if self.config.webhook.enabled:
             self.webhook = WebhookService(self.config)   # binds now: a bad listen fails at start
             self.webhook.start()

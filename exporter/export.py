@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+import stat
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from typing import Callable, Iterable
 import tomli_w
 
 from .config import Config, ConfigError
-from .keys import is_plain_hostname, snapshot_filename
+from .keys import snapshot_filename
 from .locking import exclusive
 from .store import Store
 
@@ -39,8 +40,7 @@ log = logging.getLogger("kumo_suppress.export")
 SNAPSHOT_FORMAT = "kumo-suppression-snapshot"
 MANIFEST_FORMAT = "kumo-suppression-manifest"
 MANIFEST = "manifest.json"
-LOCK = ".export.lock"
-_SNAPSHOT_NAME = re.compile(r"^(?P<domain>.+)\.(?P<ext>json|toml)$")
+OLD_LOCK = ".export.lock"   # where versions before the directory lock kept their lock file
 # atomic_write's temp files: `.<name>.<random>.tmp`; one left behind was a killed export's
 _TEMP_NAME = re.compile(r"^\..+\.(json|toml)\.[A-Za-z0-9_]+\.tmp$")
 
@@ -180,9 +180,16 @@ def read_manifest(directory: Path) -> dict:
     return data if isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT else {}
 
 
+@contextlib.contextmanager
 def export_lock(directory: Path):
-    """One export at a time per snapshot directory: the second waits for the first."""
-    return exclusive(directory / LOCK, "export", mode=0o644)
+    """One export at a time per snapshot directory: the second waits for the first. The
+    lock is a flock on the directory itself, so no lock file sits among the snapshots
+    (the directory is what kumod reads and what gets copied to other nodes)."""
+    with exclusive(directory, "export", directory=True):
+        with contextlib.suppress(FileNotFoundError):
+            if (directory / OLD_LOCK).is_file() and not (directory / OLD_LOCK).is_symlink():
+                os.unlink(directory / OLD_LOCK)
+        yield
 
 
 def _file_state(path: Path) -> tuple[int, int] | None:
@@ -194,7 +201,9 @@ def _file_state(path: Path) -> tuple[int, int] | None:
 
 
 def export_snapshots(store: Store, config: Config, now: float | None = None,
-                     progress: Callable[[int, int], None] | None = None) -> ExportResult:
+                     progress: Callable[[int, int], None] | None = None, *, force: bool = False) -> ExportResult:
+    """`force`: export even when the snapshot dir was written from another store and this
+    export would remove most of its snapshots (a lost store re-created empty)."""
     started = time.monotonic()
     now = int(time.time() if now is None else now)
     directory = config.export.dir
@@ -214,8 +223,9 @@ def export_snapshots(store: Store, config: Config, now: float | None = None,
             os.chmod(directory, 0o755)
             if gid is not None:
                 os.chown(directory, -1, gid)
+        _fix_dir_mode(directory)
         with export_lock(directory):
-            result = _export(store, directory, fmt, gid, now, progress)
+            result = _export(store, directory, fmt, gid, now, progress, force)
     except OSError as err:
         raise ExportError(f"{err.filename or directory}: cannot write snapshots: {err.strerror}") from None
     result.duration = time.monotonic() - started
@@ -225,26 +235,86 @@ def export_snapshots(store: Store, config: Config, now: float | None = None,
     return result
 
 
+def _fix_dir_mode(directory: Path) -> None:
+    """A snapshot dir others may write into lets them plant or swap the files kumod
+    enforces: group/world write bits are taken away, with a warning."""
+    st = os.stat(directory)
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o022:
+        os.chmod(directory, mode & ~0o022)
+        log.warning("%s: snapshot directory was writable by group or others (%o); now %o",
+                    directory, mode, mode & ~0o022)
+
+
+def _own_files(old: dict) -> set[str]:
+    """The snapshot files the manifest says an export wrote: the only files an export
+    ever replaces or removes (never queues.toml, shaping.toml, ... beside them). A name
+    that is not a plain snapshot name in this directory is ignored (a tampered manifest)."""
+    domains = old.get("domains")
+    if not isinstance(domains, dict):
+        return set()
+    names = set()
+    for domain, entry in domains.items():
+        name = entry.get("file") if isinstance(entry, dict) else None
+        if (isinstance(name, str) and isinstance(domain, str) and name != MANIFEST
+                and name in (snapshot_filename(domain, "json"), snapshot_filename(domain, "toml"))):
+            names.add(name)
+    return names
+
+
+def _guard_mass_removal(store: Store, directory: Path, old: dict, own_files: set[str], now: int,
+                        force: bool) -> None:
+    """A store that is not the one that wrote the manifest (a lost store re-created, the
+    wrong [store].path) and would remove most snapshots is refused: kumod would stop
+    suppressing for those domains. A restored backup, which has most domains, goes on."""
+    old_id = old.get("store_id")
+    if force or not old_id or old_id == store.store_id or not own_files:
+        return
+    active = {row[0] for row in store.conn.execute(
+        "SELECT DISTINCT domain FROM suppressions WHERE expires IS NULL OR expires > ?", (now,))}
+    listed = [d for d, e in old["domains"].items() if isinstance(e, dict) and e.get("file") in own_files]
+    gone = [d for d in listed if d not in active]
+    if len(gone) * 2 > len(listed):
+        raise ExportError(
+            f"{directory}: these snapshots were written from another store (id {str(old_id)[:12]}), and an export "
+            f"from {store.path} (id {store.store_id[:12]}) would remove {len(gone)} of their {len(listed)} "
+            "domain(s); if this store is the right one, run `kumo-suppress export --force` (or `sync --force`)")
+
+
 def _export(store: Store, directory: Path, fmt: str, gid: int | None, now: int,
-            progress: Callable[[int, int], None] | None) -> ExportResult:
+            progress: Callable[[int, int], None] | None, force: bool) -> ExportResult:
     result = ExportResult()
     old = read_manifest(directory)
+    listed = _own_files(old)
+    _guard_mass_removal(store, directory, old, listed, now, force)
+    generations = store.domain_generations()
+    # the files this export may write are on record before the first is written, so the
+    # export after a killed one may remove them even though no manifest lists them
+    where = str(directory.absolute())
+    planned = {name for name in (snapshot_filename(d, fmt) for d in generations) if name and name != MANIFEST}
+    store.set_export_files(where, planned - store.export_files(where), replace=False)
+    own_files = listed | store.export_files(where)
     usable = old.get("store_id") == store.store_id and old.get("snapshot_format") == fmt
     old_domains = old.get("domains", {}) if usable and isinstance(old.get("domains"), dict) else {}
     generated_at = iso_now(now)
     domains: dict[str, dict] = {}
-    generations = store.domain_generations()
     for i, (domain, generation) in enumerate(sorted(generations.items())):
         if progress:
             progress(i + 1, len(generations))
         name = snapshot_filename(domain, fmt)
-        if name is None:
+        if name is None or name == MANIFEST:
             result.skipped.append(domain)
-            log.warning("sending domain %r is not a plain hostname: no snapshot file", domain)
+            log.warning("sending domain %r is not a plain hostname, or its file would be the manifest: "
+                        "no snapshot file", domain)
             continue
         path = directory / name
         prev = old_domains.get(domain)
+        # unchanged: same generation, the same file in place, and `now` inside the span
+        # [computed_at, next_expiry) in which the set of active entries cannot change by
+        # itself; a clock stepped back before computed_at makes entries that had expired
+        # active again, so the domain is read again
         if (isinstance(prev, dict) and prev.get("generation") == generation
+                and isinstance(prev.get("computed_at"), int) and prev["computed_at"] <= now
                 and (prev.get("next_expiry") is None or prev["next_expiry"] > now)
                 and _file_state(path) == (prev.get("size"), prev.get("mtime_ns"))):
             domains[domain] = prev
@@ -254,7 +324,7 @@ def _export(store: Store, directory: Path, fmt: str, gid: int | None, now: int,
         with store.read_snapshot():    # one consistent view for the count and the rows
             count, next_expiry = store.domain_summary(domain, now)
             if count == 0:
-                if path.exists():
+                if name in own_files and path.is_file() and not path.is_symlink():
                     path.unlink()
                     result.removed.append(name)
                 continue
@@ -263,24 +333,26 @@ def _export(store: Store, directory: Path, fmt: str, gid: int | None, now: int,
                 entries_sha = prev.get("entries_sha256")
             written = _write_domain(store, path, fmt, domain, generated_at, count, now, gid, entries_sha)
         if written is None:            # same entries as the file there: leave it alone
-            entry = dict(prev, generation=generation, next_expiry=next_expiry)
+            entry = dict(prev, generation=generation, next_expiry=next_expiry, computed_at=now)
             result.unchanged += 1
         else:
             size, mtime_ns = _file_state(path)
             entry = {"file": name, "count": count, "sha256": written[0], "entries_sha256": written[1],
-                     "generation": generation, "next_expiry": next_expiry, "size": size, "mtime_ns": mtime_ns}
+                     "generation": generation, "next_expiry": next_expiry, "computed_at": now,
+                     "size": size, "mtime_ns": mtime_ns}
             result.written.append(name)
         domains[domain] = entry
         result.entries += count
     result.domains = len(domains)
     if result.written:                 # the snapshots' renames are durable before the manifest's
         _fsync_dir(directory)
-    _remove_strays(directory, fmt, domains, result)
+    _remove_strays(directory, own_files, domains, result)
     manifest = {"format": MANIFEST_FORMAT, "version": 1, "store_id": store.store_id,
                 "snapshot_format": fmt, "generated_at": generated_at, "domains": domains}
     if not usable or domains != old_domains or not (directory / MANIFEST).exists():
         data = json.dumps(manifest, indent=1, sort_keys=True).encode() + b"\n"
         atomic_write(directory / MANIFEST, lambda fh: fh.write(data), gid=gid)
+    store.set_export_files(where, [entry["file"] for entry in domains.values()], replace=True)
     return result
 
 
@@ -295,26 +367,21 @@ def _write_domain(store: Store, path: Path, fmt: str, domain: str, generated_at:
     return atomic_write(path, write, gid=gid, sync_dir=False)
 
 
-def _remove_strays(directory: Path, fmt: str, domains: dict, result: ExportResult) -> None:
-    """Snapshot files of domains with no active entries (or in the other format) go:
-    kumod must stop suppressing for them, and so do temp files a killed export left.
-    Other files are left alone."""
+def _remove_strays(directory: Path, own_files: set[str], domains: dict, result: ExportResult) -> None:
+    """Files an earlier export wrote (listed in its manifest) that no domain has now (no
+    active entries, the other format) go: kumod must stop suppressing for them. So do
+    temp files a killed export left. Any other file is left alone."""
+    keep = {entry["file"] for entry in domains.values()}
+    for name in sorted(own_files - keep - set(result.removed)):
+        path = directory / name
+        if path.is_file() and not path.is_symlink():
+            os.unlink(path)
+            result.removed.append(name)
     for entry in os.scandir(directory):
         if _TEMP_NAME.match(entry.name) and entry.is_file(follow_symlinks=False):
             # we hold the export lock, so no other export is writing it: debris of a crash
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(entry.path)
-            continue
-        m = _SNAPSHOT_NAME.match(entry.name)
-        if not m or entry.name == MANIFEST or not entry.is_file(follow_symlinks=False):
-            continue
-        domain, ext = m.group("domain"), m.group("ext")
-        if not is_plain_hostname(domain):
-            continue
-        if ext == fmt and domain in domains:
-            continue
-        os.unlink(entry.path)
-        result.removed.append(entry.name)
 
 
 # ---------------------------------------------------------------------- validation

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import re
+import sqlite3
 import stat
 import sys
 from collections import Counter
@@ -28,7 +29,7 @@ from .locking import exclusive
 from .records import KNOWN_TYPES, SUPPRESSING_TYPES, DomainSource, MalformedRecord, Skip, check_record, \
     parse_line, to_event
 from .rules import decide
-from .store import ApplyResult, Store, now_ts
+from .store import ApplyResult, FileIdentity, Store, StoreError, file_identity, now_ts
 
 log = logging.getLogger("kumo_suppress.ingest")
 
@@ -52,6 +53,7 @@ class IngestResult:
     malformed: int = 0
     oversized: int = 0
     skipped: dict = field(default_factory=dict)       # reason -> count
+    duplicate_records: dict = field(default_factory=dict)   # type -> records seen before
     segments: int = 0
     segments_skipped_open: int = 0
     warnings: list = field(default_factory=list)
@@ -64,7 +66,7 @@ class IngestResult:
         self.segments += other.segments
         self.segments_skipped_open += other.segments_skipped_open
         self.warnings += other.warnings
-        for name in ("by_type", "skipped"):
+        for name in ("by_type", "skipped", "duplicate_records"):
             mine = getattr(self, name)
             for k, v in getattr(other, name).items():
                 mine[k] = mine.get(k, 0) + v
@@ -73,6 +75,7 @@ class IngestResult:
     def counters(self) -> dict[str, int]:
         """Flat counters persisted in the store (and exposed as metrics)."""
         out = {f"records_total:{k}": v for k, v in self.by_type.items()}
+        out.update({f"records_duplicate_total:{k}": v for k, v in self.duplicate_records.items()})
         out.update({f"skipped_total:{k}": v for k, v in self.skipped.items()})
         out.update({f"added_total:{k}": v for k, v in self.applied.added.items()})
         out.update({f"refreshed_total:{k}": v for k, v in self.applied.refreshed.items()})
@@ -104,13 +107,39 @@ def ingest_lock(store_path: Path):
     with contextlib.ExitStack() as stack:
         try:
             stack.enter_context(exclusive(lock, "ingest"))
-        except OSError:
-            pass   # cannot lock here; _commit's checkpoint check still keeps counts exact
+        except OSError as err:
+            # cannot lock here (read-only dir; a symlink planted as the lock, never
+            # followed): _commit's checkpoint check still keeps counts exact
+            log.warning("%s: cannot take the ingest lock (%s); going on without it", lock, err.strerror)
         yield
 
 
 class _Superseded(Exception):
     """Another process advanced this segment's checkpoint while we read it."""
+
+
+class _RecordFailed(Exception):
+    """A record the store could not take: write the batch again, one savepoint per record."""
+
+
+def _store_failure(err: BaseException) -> bool:
+    """Errors of the store itself (locked, disk full, I/O, corrupt file): the batch must
+    fail and be retried later. Everything else raised while storing one record (a
+    UnicodeEncodeError binding a lone surrogate, a RecursionError, a value SQLite refuses)
+    is that record's fault."""
+    return isinstance(err, (StoreError, OSError, MemoryError, sqlite3.OperationalError, sqlite3.InternalError)) \
+        or type(err) is sqlite3.DatabaseError
+
+
+def _printable(text: str, limit: int = 200) -> str:
+    """A message that is safe to log: a lone surrogate would break the log handler itself."""
+    return text[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _malformed(result: "IngestResult", where: str, err: BaseException) -> None:
+    result.malformed += 1
+    why = str(err) if isinstance(err, MalformedRecord) else f"{type(err).__name__}: {err}"
+    log.warning("%s: malformed record skipped: %s", _printable(where, 1000), _printable(why))
 
 
 def is_done(st: os.stat_result) -> bool:
@@ -205,69 +234,141 @@ class _Lines:
 
 
 class Ingestor:
-    def __init__(self, store: Store, config: Config, *, progress: Callable[[str, int], None] | None = None):
+    def __init__(self, store: Store, config: Config, *, progress: Callable[[str, int], None] | None = None,
+                 file_done: Callable[[Path], None] | None = None):
+        """`progress(origin, line)` after each committed batch; `file_done(path)` after each
+        file of a directory or path list, read or passed over."""
         self.store = store
         self.config = config
         self.source = DomainSource(config.keys.sending_domain, config.policy.domain_meta,
                                    config.keys.aliases or None)
         self.own_queue = config.policy.queue
         self.progress = progress
+        self.file_done = file_done
 
     # ------------------------------------------------------------------ records
-    def _handle(self, record: dict, result: IngestResult, pending: list) -> None:
+    def _horizon(self) -> int:
+        """Records dated after this are malformed: beyond [ingest] max_future_skew."""
+        return now_ts() + int(self.config.ingest.max_future_skew)
+
+    def _handle(self, record: dict, result: IngestResult, pending: list, where: str, horizon: int) -> None:
+        """One record -> a pending (event, decision), a counted skip, or a malformed record.
+        Any failure while turning it into an event (absurd nesting in a header, a type no
+        field should have) is that record's alone: counted, logged at `where`, skipped."""
         kind = record["type"]
         # a future (or garbage) type is counted as "other": every distinct string would
         # otherwise become a counter row and a metrics label
         counted = kind if kind in KNOWN_TYPES else "other"
-        result.records += 1
-        result.by_type[counted] = result.by_type.get(counted, 0) + 1
         try:
             event = to_event(record, self.source, self.own_queue)
+            if event.timestamp > horizon:
+                raise MalformedRecord(f"dated {event.timestamp}, more than [ingest] max_future_skew "
+                                      "ahead of this host's clock")
+            decision = decide(event, self.config.rules)
         except Skip as skip:
+            result.records += 1
+            result.by_type[counted] = result.by_type.get(counted, 0) + 1
             if skip.reason != "not_suppressing":
                 result.skipped[skip.reason] = result.skipped.get(skip.reason, 0) + 1
             return
-        decision = decide(event, self.config.rules)
+        except Exception as err:  # noqa: BLE001 - one bad record never stops the others
+            _malformed(result, where, err)
+            return
+        result.records += 1
         if decision is None:
+            result.by_type[counted] = result.by_type.get(counted, 0) + 1
             result.skipped["rule"] = result.skipped.get("rule", 0) + 1
             return
-        pending.append((event, decision))
+        # counted by type at commit: a record seen before (file and webhook, a hook retry)
+        # goes to the duplicates instead
+        pending.append((event, decision, counted, where))
 
     def _commit(self, pending: list, batch: IngestResult, result: IngestResult, source: str,
                 checkpoint: tuple | None = None, expect: int | None = None) -> None:
         """One transaction: the batch's entries, its counters and (for a file) its
         checkpoint. Then the batch is folded into `result` and emptied.
         `expect`: the checkpoint this batch starts from; if another process (an
-        overlapping cron run) moved it meanwhile, nothing is written: _Superseded."""
+        overlapping cron run) moved it meanwhile, nothing is written: _Superseded.
+        A record the store cannot take (text SQLite cannot encode, ...) rolls the batch
+        back once; it is then written again with a savepoint per record, so that record
+        alone is skipped as malformed and every other one commits."""
         now = now_ts()
-        applied = batch.applied
-        with self.store.transaction():
-            if checkpoint is not None and expect is not None:
-                lines_done, complete = self.store.segment_checkpoint(checkpoint[0])
-                if complete or lines_done != expect:
-                    raise _Superseded(checkpoint[0])
-            self.store.apply_events(pending, source, now, applied)
-            if checkpoint is not None:
-                self.store.set_segment_checkpoint(*checkpoint, now)
-            self.store.add_counters(batch.counters())
-            self.store.set_state("last_ingest", str(now))
+        try:
+            outcome = self._write(pending, batch, source, now, checkpoint, expect, isolate=False)
+        except _RecordFailed:
+            outcome = self._write(pending, batch, source, now, checkpoint, expect, isolate=True)
         pending.clear()
-        result.merge(batch)
+        result.merge(outcome)
         batch.__init__()
 
-    def ingest_records(self, records: Iterable[dict], source: str = "webhook") -> IngestResult:
-        """Already-parsed records (the webhook): all of them commit in one transaction,
-        or none does. MalformedRecord if any item is not a record."""
+    def _write(self, pending: list, batch: IngestResult, source: str, now: int, checkpoint: tuple | None,
+               expect: int | None, isolate: bool) -> IngestResult:
+        store, conn = self.store, self.store.conn
+        outcome = IngestResult()
+        applied, by_type, duplicated = outcome.applied, outcome.by_type, outcome.duplicate_records
+        with store.transaction():
+            if checkpoint is not None and expect is not None:
+                lines_done, complete = store.segment_checkpoint(checkpoint[0], checkpoint[3])
+                if complete or lines_done != expect:
+                    raise _Superseded(checkpoint[0])
+            if not isolate:
+                # the whole batch at once: one load and one write of its entries
+                try:
+                    news = store.apply_events([(event, decision) for event, decision, _c, _w in pending],
+                                              source, now, applied)
+                except Exception as err:  # noqa: BLE001 - a store failure, or one record's fault
+                    if _store_failure(err):
+                        raise
+                    raise _RecordFailed() from err
+                for (_e, _d, counted, _w), new in zip(pending, news):
+                    counts = by_type if new else duplicated
+                    counts[counted] = counts.get(counted, 0) + 1
+            else:
+                for event, decision, counted, where in pending:
+                    conn.execute("SAVEPOINT record")
+                    try:
+                        one = ApplyResult()
+                        new = store.apply_event(event, decision, source, now, one)
+                        conn.execute("RELEASE record")
+                        applied.merge(one)
+                    except Exception as err:  # noqa: BLE001 - sorted out below
+                        if _store_failure(err):
+                            raise
+                        conn.execute("ROLLBACK TO record")
+                        conn.execute("RELEASE record")
+                        outcome.records -= 1      # counted as read in _handle; it is malformed
+                        _malformed(outcome, where, err)
+                        continue
+                    counts = by_type if new else duplicated
+                    counts[counted] = counts.get(counted, 0) + 1
+            outcome.merge(batch)
+            if checkpoint is not None:
+                store.set_segment_checkpoint(*checkpoint, now)
+            store.add_counters(outcome.counters())
+            store.set_state("last_ingest", str(now))
+        return outcome
+
+    def ingest_records(self, records: Iterable, source: str = "webhook") -> IngestResult:
+        """Already-parsed records (the webhook), in one transaction. An item that is not
+        a usable record is malformed (counted, logged with its index, skipped); the others
+        commit. StoreError only when the store cannot commit now."""
         result, batch = IngestResult(), IngestResult()
         pending: list = []
-        for record in records:
-            check_record(record)
-            self._handle(record, batch, pending)
+        horizon = self._horizon()
+        for i, record in enumerate(records):
+            where = f"{source} record {i}"
+            try:
+                check_record(record)
+            except MalformedRecord as err:
+                _malformed(batch, where, err)
+                continue
+            self._handle(record, batch, pending, where, horizon)
         self._commit(pending, batch, result, source)
         return result
 
     # ------------------------------------------------------------------ streams
-    def _scan(self, lines: list[bytes], lineno: int, origin: str, batch: IngestResult, pending: list) -> None:
+    def _scan(self, lines: list[bytes], lineno: int, origin: str, batch: IngestResult, pending: list,
+              horizon: int) -> None:
         """Complete lines that follow line `lineno`: passed-over records are counted in
         bulk, every other non-blank line is parsed and handled, in order."""
         block = b"\n" + b"\n".join(lines)
@@ -307,10 +408,10 @@ class Ingestor:
                 batch.malformed += 1
                 log.warning("%s:%d: malformed record skipped: %s", origin, lineno + at + 1, err)
             else:
-                handle(record, batch, pending)
+                handle(record, batch, pending, f"{origin}:{lineno + at + 1}", horizon)
 
     def _ingest_lines(self, lines: _Lines, origin: str, source: str, skip_lines: int,
-                      checkpoint_key: str | None, size: int, final: bool, result: IngestResult) -> None:
+                      identity: FileIdentity | None, size: int, final: bool, result: IngestResult) -> None:
         """Lines after `skip_lines`, committed every [ingest] batch_lines with the checkpoint.
         `final`: the file is done, so a torn last line will never be completed."""
         pending: list = []
@@ -319,9 +420,10 @@ class Ingestor:
         lineno = 0
         batch_start = skip_lines    # the checkpoint the current batch continues from
         batch_lines = self.config.ingest.batch_lines
+        horizon = self._horizon()
 
         def checkpoint(complete: bool = False):
-            return (checkpoint_key, lineno, complete, size) if checkpoint_key else None
+            return (identity, lineno, complete, size) if identity else None
 
         def at_batch_end() -> None:
             nonlocal batch_start
@@ -349,34 +451,38 @@ class Ingestor:
                 # up to the next multiple of batch_lines: a batch commits exactly there
                 part = block[:batch_lines - lineno % batch_lines]
                 block = block[len(part):]
-                self._scan(part, lineno, origin, batch, pending)
+                self._scan(part, lineno, origin, batch, pending, horizon)
                 lineno += len(part)
                 at_batch_end()
         if lines.truncated and final:   # an open segment's frame is simply not finished yet
             result.warnings.append(f"{origin}: truncated zstd stream; kept its {lineno} complete line(s)")
             log.warning("%s: truncated zstd stream; kept its %d complete line(s)", origin, lineno)
-        if lines.torn and final:
-            # the last line of a finished input without its newline: a whole record (a
-            # hand-made JSONL file, `printf ... | ingest -`) is read; half of one (kumod
-            # crashed mid-write) is a torn line
-            lineno += 1
+        if lines.torn:
+            # the last line without its newline: a whole record (a hand-made JSONL file,
+            # `printf ... | ingest -`, a file nobody writes any more but still writable)
+            # is read, even from an open file: a writer appends nothing to a line that
+            # already holds a whole JSON object. Half of one is a torn line once the
+            # input is finished (kumod crashed mid-write), else it is read next time.
             try:
                 record = parse_line(lines.tail) if lines.tail else None
             except MalformedRecord:
                 record = None
-            if record is None:
+            if lineno + 1 <= skip_lines:
+                lineno += 1                 # that whole record, read by an earlier run
+            elif record is not None:
+                lineno += 1
+                handle(record, batch, pending, f"{origin}:{lineno}", horizon)
+            elif final:
+                lineno += 1
                 batch.malformed += 1
                 result.warnings.append(f"{origin}:{lineno}: torn last line skipped")
                 log.warning("%s:%d: torn last line skipped", origin, lineno)
-            else:
-                handle(record, batch, pending)
         # an open segment's unfinished last line is read next time, from the checkpoint
         self._commit(pending, batch, result, source, checkpoint(final), batch_start)
 
     def ingest_file(self, path: Path, *, require_done: bool, source: str = "log") -> IngestResult:
         """One segment or JSONL file, from its checkpoint on."""
         result = IngestResult()
-        key = str(path.resolve())
         try:
             fh = open(path, "rb")
         except OSError as err:
@@ -389,12 +495,17 @@ class Ingestor:
             if require_done and not done:
                 result.segments_skipped_open = 1
                 return result
-            skip, complete = self.store.segment_checkpoint(key)
+            identity = file_identity(path, fh)
+            if identity is None:
+                result.warnings.append(f"{path}: cannot read")
+                log.warning("%s: cannot read", path)
+                return result
+            skip, complete = self.store.segment_checkpoint(identity, st.st_size)
             if complete:
                 return result
             lines = _Lines(fh, self.config.ingest.max_line)
             try:
-                self._ingest_lines(lines, str(path), source, skip, key, st.st_size, done, result)
+                self._ingest_lines(lines, str(path), source, skip, identity, st.st_size, done, result)
             except _Superseded:
                 # another ingest (cron overlap) is reading this segment: it counts the rest
                 log.info("%s: another ingest is processing this segment; leaving it to that one", path)
@@ -416,6 +527,8 @@ class Ingestor:
             return result
         for path in iter_segments(root):
             result.merge(self.ingest_file(path, require_done=not include_open))
+            if self.file_done:
+                self.file_done(path)
         return result
 
     def ingest_paths(self, paths: Iterable[str]) -> IngestResult:
@@ -434,6 +547,8 @@ class Ingestor:
             elif path.exists():
                 with ingest_lock(self.store.path):
                     result.merge(self.ingest_file(path, require_done=False))
+                if self.file_done:
+                    self.file_done(path)
             else:
                 raise FileNotFoundError(f"{path}: no such file or directory")
         return result
@@ -444,6 +559,19 @@ class Ingestor:
             for root in self.config.ingest.log_dirs:
                 result.merge(self.ingest_dir(root, include_open=self.config.ingest.include_open))
         return result
+
+
+def planned_files(paths: Iterable[str] | None, config: Config) -> list[Path]:
+    """The files an ingest of `paths` (None: the configured log dirs) will look at, in
+    the order it does: the totals of its progress."""
+    roots = config.ingest.log_dirs if paths is None else [Path(p) for p in paths if p != "-"]
+    files: list[Path] = []
+    for root in roots:
+        if root.is_dir():
+            files += iter_segments(root)
+        elif root.exists():
+            files.append(root)
+    return files
 
 
 def iter_segments(root: Path) -> Iterator[Path]:

@@ -8,6 +8,7 @@ tests/vectors/normalization.json holds the vectors both test suites check.
 from __future__ import annotations
 
 import re
+import unicodedata
 
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 # Lua's %s class in the C locale: space, \t, \n, \v, \f, \r
@@ -80,6 +81,51 @@ def is_plain_hostname(domain: str) -> bool:
 def snapshot_filename(domain: str, fmt: str) -> str | None:
     """`example.com.json`, or None for a domain that must never name a file."""
     return f"{domain}.{fmt}" if is_plain_hostname(domain) else None
+
+
+# what an operator may name (the CLI, the API, the library): stricter than the keys read
+# from kumod's logs, which are taken as kumod wrote them
+def operator_recipient(text: str) -> str:
+    """The key of an address (`local@domain`, optionally in one pair of `<>`) or of a
+    recipient-domain entry (`@domain`); ValueError saying why for anything else, such as
+    a display name (`Some One <x@y.example>`). The local part is the mailbox's business
+    (quoted local parts may hold spaces and quotes), the domain part must be a host name."""
+    key = recipient_key(text)
+    if key is None:
+        raise ValueError(f"{text!r} is not an address (user@domain) or a domain entry (@domain)")
+    local, _, domain = key.rpartition("@")
+    if "<" in key or ">" in key:
+        raise ValueError(f"{text!r}: give the bare address, without a display name or <>")
+    if any(unicodedata.category(ch) in ("Cc", "Cf") for ch in local):
+        raise ValueError(f"{text!r}: control characters in the address")
+    if not _hostname(domain):
+        raise ValueError(f"{text!r}: {domain!r} is not a host name")
+    return key
+
+
+def operator_domain(text: str) -> str:
+    """The key of a sending domain that is a host name (IDN labels in either form);
+    ValueError saying why for anything else (spaces, `*`, an address)."""
+    key = domain_key(text)
+    if key is None or not _hostname(key):
+        raise ValueError(f"{text!r} is not a domain (a host name like example.com)")
+    return key
+
+
+def _hostname(name: str) -> bool:
+    """Labels of letters, digits and inner hyphens, non-ASCII letters included (a U-label
+    domain is a key kumod can compute from a From header); is_plain_hostname then decides
+    which of them may also name a snapshot file."""
+    if not name or _utf8_length(name) > MAX_DOMAIN_LENGTH:
+        return False
+    for label in name.split("."):
+        if not label or _utf8_length(label) > 63 or label[0] == "-" or label[-1] == "-":
+            return False
+        for ch in label:
+            if not (ch.isascii() and (ch.isalnum() or ch == "-")) and \
+                    (ch.isascii() or unicodedata.category(ch)[0] not in "LMN"):
+                return False
+    return True
 
 
 def recipient_domain_entry(recipient: str) -> str:

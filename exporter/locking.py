@@ -13,9 +13,14 @@ log = logging.getLogger("kumo_suppress")
 
 
 @contextlib.contextmanager
-def exclusive(lock_path: Path, what: str, mode: int = 0o600):
-    """Hold an exclusive flock on `lock_path` (created if missing) for the block."""
-    fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, mode)
+def exclusive(lock_path: Path, what: str, mode: int = 0o600, *, directory: bool = False):
+    """Hold an exclusive flock on `lock_path` for the block: a lock file (created if
+    missing, never through a symlink: one planted there must not make us create or open
+    a file elsewhere, ELOOP instead), or with `directory` the directory itself."""
+    if directory:
+        fd = os.open(lock_path, os.O_RDONLY | os.O_DIRECTORY)
+    else:
+        fd = os.open(lock_path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, mode)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

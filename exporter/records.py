@@ -2,9 +2,16 @@
 the evidence an end user's panel shows.
 
 Field shapes follow KumoMTA's JsonLogRecord (docs/reference/log_record.md). The sending
-domain rules are PRODUCT.md section 4: the domain the Lua module stamped in meta comes
-first; OOB and Feedback records describe an incoming report, so their own meta and
-headers are never used for it.
+domain: the domain the Lua module stamped in meta comes first; OOB and Feedback records
+describe an incoming report, so their own meta and headers are never used for it.
+
+Records kumod writes about its OWN messages and failures never become events: a log
+hook's messages (queue `<name>.log_hook`, reception_protocol "LogRecord") carry the
+original recipient and meta, so a failed POST to a receiver would otherwise suppress
+every recipient of every record in flight; likewise kumod's internal queues
+(`*.kumomta.internal`), a policy's reject in smtp_server_message_deferred_inject
+(delivery_protocol "DeferredSmtpInjection") and failures kumod raised itself without a
+remote answer ("KumoMTA internal: ..."). None of them says anything about the recipient.
 """
 
 from __future__ import annotations
@@ -13,11 +20,11 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from email.utils import getaddresses
 
 import orjson
 
-from .keys import domain_key, domain_of_address, recipient_key
+from .keys import ascii_lower, domain_key, domain_of_address, recipient_key
+from .mailbox import HostileHeader, mailbox_domain
 
 # Types that can suppress; every other known type is counted and passed over.
 SUPPRESSING_TYPES = frozenset({"Bounce", "OOB", "Expiration", "Feedback", "AdminBounce"})
@@ -128,14 +135,14 @@ def _recipients(value) -> list[str]:
         items = value[:MAX_RECIPIENTS]
     else:
         return []
-    out = []
+    out: dict[str, None] = {}   # an ordered set: de-duplication stays linear in the count
     for item in items:
         if isinstance(item, dict):  # an EnvelopeAddress serialized as an object
             item = item.get("email") or item.get("address")
         key = recipient_key(item) if isinstance(item, str) else None
-        if key and not key.startswith("@") and key not in out:
-            out.append(key)
-    return out
+        if key and not key.startswith("@"):
+            out[key] = None
+    return list(out)
 
 
 def _header(headers, name: str):
@@ -154,23 +161,14 @@ def _header(headers, name: str):
     return value if isinstance(value, str) else None
 
 
-# `Name <user@domain>` or a bare `user@domain` with nothing that needs the full parser
-# (quotes, comments, groups, lists): nearly every From header, at a tenth of the cost
-_SIMPLE_FROM = re.compile(r'\s*(?:[^"(),;:<>@\\]*<([^<>()",;:\s@]+@[^<>()",;:\s@]+)>|([^<>()",;:\s@]+@[^<>()",;:\s@]+))\s*')
-
-
 def domain_of_header(value: str | None) -> str | None:
-    """The domain of the (first) address of a From header value; comments and display
-    names are the address parser's business (`a@b.example (Bob)` -> b.example)."""
+    """The sending-domain key of a From header value as kumod logs it: the domain of its
+    one mailbox, None when `msg:from_header().domain` would give none (several mailboxes,
+    a group, unparseable). HostileHeader for absurd input."""
     if not value:
         return None
-    simple = _SIMPLE_FROM.fullmatch(value)
-    if simple:
-        return domain_of_address(simple.group(1) or simple.group(2))
-    for _name, addr in getaddresses([value[:4096]]):
-        if "@" in addr:
-            return domain_of_address(addr)
-    return None
+    domain = mailbox_domain(value)
+    return domain_key(domain) if domain else None
 
 
 _FROM_LINE = re.compile(rb"^from[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.I | re.M)
@@ -206,21 +204,28 @@ def _enhanced(value) -> str | None:
 
 
 def _complainants(report: dict) -> list[str]:
-    """The complaining user of an ARF report (never the record's own recipient)."""
-    found = _recipients(report.get("original_rcpto_to") or report.get("original_rcpt_to"))
-    if found:
-        return found
+    """The complaining user of an ARF report (never the record's own recipient).
+    kumod's own trace comes first: supplemental_trace is decoded from the X-KumoRef header
+    this MTA put on the message, so its recipient is the address this MTA actually sent
+    to. original_rcpto_to is whatever the reporting provider chose to write (often
+    nothing, a redacted or rewritten address, or a forwarding alias). A trace of a
+    multi-recipient message lists every recipient, but one user complained: then only
+    the provider's own account can say who, and without it no one is suppressed."""
     trace = report.get("supplemental_trace")
-    if isinstance(trace, dict):
-        found = _recipients(trace.get("recipient"))
-        if found:
-            return found
-    ext = report.get("extensions")
-    if isinstance(ext, dict):
-        for name, value in ext.items():
-            if isinstance(name, str) and name.lower() == "removal-recipient":
-                return _recipients(value)
-    return []
+    traced = _recipients(trace.get("recipient")) if isinstance(trace, dict) else []
+    reported = _recipients(report.get("original_rcpto_to") or report.get("original_rcpt_to"))
+    if not reported:
+        ext = report.get("extensions")
+        if isinstance(ext, dict):
+            for name, value in ext.items():
+                if isinstance(name, str) and name.lower() == "removal-recipient":
+                    reported = _recipients(value)
+                    break
+    if len(traced) == 1:
+        return traced
+    if traced:
+        return [r for r in reported if r in traced]
+    return reported
 
 
 @dataclass(slots=True)
@@ -245,6 +250,12 @@ def sending_domain(record: dict, source: DomainSource) -> str | None:
         report = record.get("feedback_report")
         if not isinstance(report, dict):
             return None
+        # the domain the module stamped, when kumod's trace header carries that meta
+        # (trace_headers include_meta_names): exactly the key the message was checked by
+        trace = report.get("supplemental_trace")
+        stamped = trace.get(source.domain_meta) if isinstance(trace, dict) else None
+        if isinstance(stamped, str) and domain_key(stamped):
+            return domain_key(stamped)
         domain = from_of_message(report.get("original_message"))
         if domain:
             return domain
@@ -262,12 +273,57 @@ def sending_domain(record: dict, source: DomainSource) -> str | None:
             return domain_key(stamped)
     how = source.sending_domain
     if how == "from_header":
-        return domain_of_header(_header(record.get("headers"), "From"))
+        value = _header(record.get("headers"), "From")
+        if value is None:
+            return None     # not logged (or no From): which domain the module used is unknown
+        # a From without one mailbox: msg:from_header().domain raises and the module
+        # falls back to the envelope sender, so that is the key
+        return domain_of_header(value) or _return_path_domain(record, source)
     if how == "sender":   # a return path: aliased, exactly as the Lua module keys it
-        return source.alias(domain_of_address(_str(record.get("sender")) or ""))
+        return _return_path_domain(record, source)
     name = how[5:]
     value = meta.get(name) if isinstance(meta, dict) else None
     return domain_key(value) if isinstance(value, str) else None
+
+
+def _return_path_domain(record: dict, source: DomainSource) -> str | None:
+    return source.alias(domain_of_address(_str(record.get("sender")) or ""))
+
+
+KUMOD_INTERNAL_PREFIX = "KumoMTA internal: "
+
+
+def _queue_domains(queue: str) -> tuple[str, ...]:
+    """The domain and routing domain of a kumod queue name
+    (`campaign:tenant@domain!routing_domain`), ASCII-lowercased."""
+    domain = queue.split("@", 1)[1] if "@" in queue else queue
+    return tuple(ascii_lower(part) for part in domain.split("!", 1))
+
+
+def internal_reason(record: dict, own_queue: str) -> str | None:
+    """Why a record is about kumod's own doing rather than the recipient, or None.
+    kumod's own queues: a log hook's (log_hooks.lua names it `<hook name>.log_hook`) and
+    the ones kumod creates itself (generator.kumomta.internal for HTTP deferred
+    generation, deferred_smtp_inject.kumomta.internal, `<...>.xfer.kumomta.internal`)."""
+    if record.get("reception_protocol") == "LogRecord":
+        return "log_hook"
+    queue = record.get("queue")
+    if isinstance(queue, str):
+        domains = _queue_domains(queue)
+        if _queue_domains(own_queue)[0] in domains:
+            return "own_queue"   # our own suppression bounces must never feed themselves
+        for domain in domains:
+            if domain.endswith(".log_hook"):
+                return "log_hook"
+            if domain.endswith(".kumomta.internal"):
+                return "kumod_internal"
+    if record.get("delivery_protocol") == "DeferredSmtpInjection":
+        return "deferred_inject"     # a policy's reject in smtp_server_message_deferred_inject
+    response = record.get("response")
+    content = response.get("content") if isinstance(response, dict) else None
+    if isinstance(content, str) and content.startswith(KUMOD_INTERNAL_PREFIX):
+        return "kumod_internal"
+    return None
 
 
 def to_event(record: dict, source: DomainSource, own_queue: str) -> Event:
@@ -275,8 +331,9 @@ def to_event(record: dict, source: DomainSource, own_queue: str) -> Event:
     kind = record["type"]
     if kind not in SUPPRESSING_TYPES:
         raise Skip("unknown_type" if kind not in KNOWN_TYPES else "not_suppressing")
-    if record.get("queue") == own_queue:
-        raise Skip("own_queue")  # our own suppression bounces must never feed themselves
+    internal = internal_reason(record, own_queue)
+    if internal:
+        raise Skip(internal)
     timestamp = _int(record.get("timestamp"), MAX_TIMESTAMP)
     if timestamp is None or timestamp <= 0:
         raise Skip("no_timestamp")
@@ -289,7 +346,10 @@ def to_event(record: dict, source: DomainSource, own_queue: str) -> Event:
         recipients = _recipients(record.get("recipient"))
     if not recipients:
         raise Skip("no_recipient")
-    domain = sending_domain(record, source)
+    try:
+        domain = sending_domain(record, source)
+    except HostileHeader:
+        raise Skip("malformed_header") from None
     if not domain:
         raise Skip("no_domain")
     response = record.get("response")

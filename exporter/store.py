@@ -9,7 +9,9 @@ that domain's generation, which is how export knows what to rewrite without read
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
+import json
 import os
 import sqlite3
 import time
@@ -18,27 +20,37 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
+import sqlite_utils
+
 from . import rules
 from .keys import recipient_domain_entry
 from .records import Event
 from .rules import Decision, Entry
 
-# 2: suppressions and tombstones clustered by (domain, recipient) (WITHOUT ROWID), event
-#    keys as 64-bit integers that are the rowid, no secondary index on suppressions
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 4
+WAL_SIZE_LIMIT = 4 << 20     # bytes of WAL kept after a checkpoint
 EVIDENCE = ("type", "message_id", "code", "enhanced_code", "content", "classification", "nodeid")
 _EV_COLS = ", ".join(f"ev_{c}" for c in EVIDENCE)
 _ENTRY_COLS = f"reason, source, first_seen, last_seen, expires, count, {_EV_COLS}, note, updated_at"
 _ENTRY_WIDTH = 8 + len(EVIDENCE)
 _SAVE_ENTRY = (f"REPLACE INTO suppressions(domain, recipient, {_ENTRY_COLS}) "
                f"VALUES ({', '.join('?' * (2 + _ENTRY_WIDTH))})")
-_HISTORY = ("INSERT INTO history(at, action, domain, recipient, reason, source, event_time, expires, detail) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_HISTORY = ("INSERT INTO history(at, action, domain, recipient, reason, source, event_time, expires, note, actor) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
-# The schema, one statement each (executescript would commit the migration's transaction).
-# Pages fill in arrival order but are read per domain: clustering the entries by their key
-# is what keeps a full export of a store ingest filled as fast as one filled in key order.
-_TABLES = (
+# schema 3 -> 4: suppressions and tombstones clustered by (domain, recipient) (WITHOUT
+# ROWID: pages fill in arrival order but are read per domain, so a full export of a store
+# ingest filled is as fast as one filled in key order), no secondary index on suppressions
+# but the recipient one (prune and stats scan), event keys as 64-bit integers that are the
+# rowid of seen_events and strikes: a 16-byte key becomes its first 8 bytes, which is what
+# Event.key is now. One statement each: executescript would commit the migration.
+_MIGRATE_3_TO_4 = (
+    "ALTER TABLE suppressions RENAME TO suppressions_3",
+    "ALTER TABLE tombstones RENAME TO tombstones_3",
+    "ALTER TABLE seen_events RENAME TO seen_events_3",
+    "ALTER TABLE strikes RENAME TO strikes_3",
+    "DROP INDEX IF EXISTS strikes_pair",
+    "DROP INDEX IF EXISTS suppressions_recipient",
     "CREATE TABLE suppressions (domain TEXT NOT NULL, recipient TEXT NOT NULL, reason TEXT NOT NULL, "
     "source TEXT NOT NULL, first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL, expires INTEGER, "
     "count INTEGER NOT NULL, ev_type TEXT, ev_message_id TEXT, ev_code INTEGER, ev_enhanced_code TEXT, "
@@ -46,39 +58,23 @@ _TABLES = (
     "PRIMARY KEY (domain, recipient)) WITHOUT ROWID",
     "CREATE TABLE tombstones (domain TEXT NOT NULL, recipient TEXT NOT NULL, removed_at INTEGER, note TEXT, "
     "PRIMARY KEY (domain, recipient)) WITHOUT ROWID",
-    "CREATE TABLE history (id INTEGER PRIMARY KEY, at INTEGER, action TEXT, domain TEXT, recipient TEXT, "
-    "reason TEXT, source TEXT, event_time INTEGER, expires INTEGER, detail TEXT)",
-    "CREATE INDEX history_pair ON history(domain, recipient)",
     "CREATE TABLE seen_events (key INTEGER PRIMARY KEY, at INTEGER)",
-    "CREATE TABLE strikes (key INTEGER PRIMARY KEY, domain TEXT, recipient TEXT, reason TEXT, at INTEGER)",
-    "CREATE INDEX strikes_pair ON strikes(domain, recipient, at)",
-    "CREATE TABLE domains (domain TEXT PRIMARY KEY, generation INTEGER)",
-    "CREATE TABLE segments (path TEXT PRIMARY KEY, lines INTEGER, complete INTEGER, size INTEGER, "
-    "updated_at INTEGER)",
-    "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER)",
-    "CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT)",
-)
-# schema 1 -> 2: the tables whose layout changed are rebuilt from their old rows; a
-# 16-byte event key becomes its first 8 bytes, which is what Event.key now is
-_MIGRATE_1 = (
-    "ALTER TABLE suppressions RENAME TO suppressions_1",
-    "ALTER TABLE tombstones RENAME TO tombstones_1",
-    "ALTER TABLE seen_events RENAME TO seen_events_1",
-    "ALTER TABLE strikes RENAME TO strikes_1",
-    "DROP INDEX IF EXISTS strikes_pair",
-    _TABLES[0], _TABLES[1], _TABLES[4], _TABLES[5], _TABLES[6],
+    "CREATE TABLE strikes (key INTEGER PRIMARY KEY, domain TEXT, recipient TEXT, reason TEXT, at INTEGER, "
+    "evidence TEXT)",
     f"INSERT INTO suppressions(domain, recipient, {_ENTRY_COLS}) "
-    f"SELECT domain, recipient, {_ENTRY_COLS} FROM suppressions_1 ORDER BY domain, recipient",
-    "INSERT INTO tombstones SELECT domain, recipient, removed_at, note FROM tombstones_1 ORDER BY domain, recipient",
-    "INSERT OR IGNORE INTO seen_events SELECT event_key_64(key), at FROM seen_events_1",
-    "INSERT OR IGNORE INTO strikes SELECT event_key_64(key), domain, recipient, reason, at FROM strikes_1",
-    "DROP TABLE suppressions_1", "DROP TABLE tombstones_1", "DROP TABLE seen_events_1", "DROP TABLE strikes_1",
+    f"SELECT domain, recipient, {_ENTRY_COLS} FROM suppressions_3 ORDER BY domain, recipient",
+    "INSERT INTO tombstones SELECT domain, recipient, removed_at, note FROM tombstones_3 ORDER BY domain, recipient",
+    "INSERT OR IGNORE INTO seen_events SELECT event_key_64(key), at FROM seen_events_3",
+    "INSERT OR IGNORE INTO strikes SELECT event_key_64(key), domain, recipient, reason, at, evidence FROM strikes_3",
+    "DROP TABLE suppressions_3", "DROP TABLE tombstones_3", "DROP TABLE seen_events_3", "DROP TABLE strikes_3",
+    "CREATE INDEX strikes_pair ON strikes(domain, recipient, at)",
+    "CREATE INDEX suppressions_recipient ON suppressions(recipient)",
 )
 
 
-def _event_key_64(key: bytes) -> int:
-    """A schema-1 event key (16 bytes) as the 64-bit integer Event.key gives now."""
-    return int.from_bytes(key[:8], "big", signed=True)
+def _event_key_64(key: bytes | int) -> int:
+    """An event key of schema 3 or older (16 bytes) as the 64-bit integer Event.key gives now."""
+    return key if isinstance(key, int) else int.from_bytes(key[:8], "big", signed=True)
 
 
 class StoreError(Exception):
@@ -118,6 +114,7 @@ class Store:
     def __init__(self, conn: sqlite3.Connection, path: Path):
         self.conn = conn
         self.path = path
+        self.db = sqlite_utils.Database(conn)
         # per transaction: domains whose generation to bump at commit (one UPSERT each,
         # not one per event)
         self._dirty: set[str] = set()
@@ -125,10 +122,13 @@ class Store:
     # ------------------------------------------------------------------ opening
     @classmethod
     def open(cls, path: os.PathLike | str, *, create: bool = True, busy_timeout: float = 30.0) -> "Store":
+        """`create=False` (every command but `init`): a missing, empty or foreign file is a
+        StoreError naming the path and `init`, never a new empty store: an empty list
+        exported would make kumod stop suppressing everything."""
         path = Path(path)
-        if not path.exists():
-            if not create:
-                raise StoreError(f"{path}: store does not exist (run `kumo-suppress init`)")
+        if not create:
+            _check_is_store_file(path)
+        elif not path.exists():
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 # 0600 from the first byte: the store holds every address ever bounced
@@ -142,10 +142,14 @@ class Store:
                 conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None,
                                        check_same_thread=False)
                 conn.row_factory = sqlite3.Row
+                conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+                _check_is_store(conn, path, create)
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute("PRAGMA temp_store=MEMORY")   # a batch's pairs (temp.wanted_pairs): no temp file
-                conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+                # a long-lived connection (the webhook writer, `run`) truncates the WAL to
+                # this each time it starts over after a complete checkpoint
+                conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
                 store = cls(conn, path)
                 store.migrate()
                 return store
@@ -161,8 +165,17 @@ class Store:
                 if conn is not None:
                     conn.close()
                 raise StoreError(f"{path}: cannot open store: {err}") from None
+            except StoreError:
+                conn.close()
+                raise
 
     def close(self) -> None:
+        """A TRUNCATE checkpoint first, without waiting: a panel that held a long read
+        transaction made the WAL grow; once no reader needs it any more it shrinks to
+        nothing here instead of staying at its peak size."""
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.execute("PRAGMA busy_timeout=0")
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         self.conn.close()
 
     def __enter__(self):
@@ -220,14 +233,82 @@ class Store:
             if version == SCHEMA_VERSION:
                 return     # another process migrated it while we waited for the lock
             if version == 0:
-                for statement in _TABLES:
-                    self.conn.execute(statement)
-                self.conn.execute("INSERT INTO state(key, value) VALUES ('store_id', ?)", (uuid.uuid4().hex,))
-            else:
-                self.conn.create_function("event_key_64", 1, _event_key_64, deterministic=True)
-                for statement in _MIGRATE_1:
-                    self.conn.execute(statement)
+                self._create_v1()
+            if version <= 1:
+                self._migrate_v1_to_v2()
+            if version <= 2:
+                self._migrate_v2_to_v3()
+            self.conn.create_function("event_key_64", 1, _event_key_64, deterministic=True)
+            for statement in _MIGRATE_3_TO_4:
+                self.conn.execute(statement)
             self.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _create_v1(self) -> None:
+        """The v1 schema: a new store starts as v1 and is migrated like any other."""
+        db = self.db
+        db["suppressions"].create({
+            "domain": str, "recipient": str, "reason": str, "source": str,
+            "first_seen": int, "last_seen": int, "expires": int, "count": int,
+            **{f"ev_{c}": (int if c == "code" else str) for c in EVIDENCE},
+            "note": str, "updated_at": int,
+        }, pk=("domain", "recipient"), not_null={"reason", "source", "first_seen", "last_seen", "count"},
+            if_not_exists=True)
+        db["tombstones"].create({"domain": str, "recipient": str, "removed_at": int, "note": str},
+                                pk=("domain", "recipient"), if_not_exists=True)
+        db["history"].create({"id": int, "at": int, "action": str, "domain": str, "recipient": str,
+                              "reason": str, "source": str, "event_time": int, "expires": int,
+                              "detail": str}, pk="id", if_not_exists=True)
+        db["seen_events"].create({"key": bytes, "at": int}, pk="key", if_not_exists=True)
+        db["strikes"].create({"domain": str, "recipient": str, "reason": str, "at": int, "key": bytes},
+                             pk="key", if_not_exists=True)
+        db["domains"].create({"domain": str, "generation": int}, pk="domain", if_not_exists=True)
+        db["segments"].create({"path": str, "lines": int, "complete": int, "size": int,
+                               "updated_at": int}, pk="path", if_not_exists=True)   # replaced in v2
+        db["counters"].create({"name": str, "value": int}, pk="name", if_not_exists=True)
+        db["state"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
+        self.conn.execute("CREATE INDEX IF NOT EXISTS suppressions_expires ON suppressions(expires)")
+        self.conn.execute("CREATE INDEX IF NOT EXISTS suppressions_reason ON suppressions(reason)")
+        self.conn.execute("CREATE INDEX IF NOT EXISTS history_pair ON history(domain, recipient)")
+        self.conn.execute("CREATE INDEX IF NOT EXISTS strikes_pair ON strikes(domain, recipient, at)")
+        self.conn.execute("CREATE INDEX IF NOT EXISTS seen_events_at ON seen_events(at)")
+        self.conn.execute("INSERT OR IGNORE INTO state(key, value) VALUES ('store_id', ?)", (uuid.uuid4().hex,))
+
+    def _migrate_v1_to_v2(self) -> None:
+        """v2: a segment's checkpoint belongs to the file's identity (device, inode, a
+        fingerprint of its start), not its path; a strike keeps its evidence, so the
+        entry a threshold produces is the same in any arrival order; seen_events.at is
+        when the event stops mattering (v1 rows hold the event time, which is what v1
+        pruned by)."""
+        conn = self.conn
+        conn.execute("ALTER TABLE strikes ADD COLUMN evidence TEXT")
+        conn.execute("CREATE TABLE segments_v2 (dev INTEGER NOT NULL, ino INTEGER NOT NULL, "
+                     "fingerprint BLOB NOT NULL, fingerprint_len INTEGER NOT NULL, path TEXT, "
+                     "lines INTEGER, complete INTEGER, size INTEGER, updated_at INTEGER, PRIMARY KEY (dev, ino))")
+        for path, lines, complete, size, updated_at in conn.execute(
+                "SELECT path, lines, complete, size, updated_at FROM segments").fetchall():
+            identity = file_identity(Path(path))   # checkpoints of files still there carry over
+            if identity is not None:
+                dev, ino, head, _ = identity
+                conn.execute("INSERT OR REPLACE INTO segments_v2 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                             (dev, ino, hashlib.sha256(head).digest(), len(head), path, lines, complete, size,
+                              updated_at))
+        conn.execute("DROP TABLE segments")
+        conn.execute("ALTER TABLE segments_v2 RENAME TO segments")
+        # snapshot files an export of this store is about to write, per directory: an
+        # export killed before its manifest must not leave files no export may remove
+        conn.execute("CREATE TABLE export_files (directory TEXT NOT NULL, name TEXT NOT NULL, "
+                     "PRIMARY KEY (directory, name))")
+
+    def _migrate_v2_to_v3(self) -> None:
+        """v3: history rows say who made a change (an API token's name, "cli"; NULL for log
+        ingestion) and why (the note, formerly `detail`); a recipient can be looked up
+        across every sending domain."""
+        columns = set(self.db["history"].columns_dict)
+        if "note" not in columns:
+            self.conn.execute("ALTER TABLE history RENAME COLUMN detail TO note")
+        if "actor" not in columns:
+            self.conn.execute("ALTER TABLE history ADD COLUMN actor TEXT")
+        self.conn.execute("CREATE INDEX IF NOT EXISTS suppressions_recipient ON suppressions(recipient)")
 
     # ------------------------------------------------------------------ state
     def get_state(self, key: str) -> str | None:
@@ -251,17 +332,40 @@ class Store:
     def counters(self) -> dict[str, int]:
         return {r[0]: r[1] for r in self.conn.execute("SELECT name, value FROM counters")}
 
-    # ------------------------------------------------------------------ segments
-    def segment_checkpoint(self, path: str) -> tuple[int, bool]:
-        row = self.conn.execute("SELECT lines, complete FROM segments WHERE path = ?", (path,)).fetchone()
-        return (row[0], bool(row[1])) if row else (0, False)
+    # ------------------------------------------------------------------ export files
+    def export_files(self, directory: str) -> set[str]:
+        return {r[0] for r in self.conn.execute("SELECT name FROM export_files WHERE directory = ?", (directory,))}
 
-    def set_segment_checkpoint(self, path: str, lines: int, complete: bool, size: int, now: int) -> None:
+    def set_export_files(self, directory: str, names: Iterable[str], *, replace: bool) -> None:
+        """Remember `names` (before writing them); `replace`: these are all there are."""
+        with self.transaction():
+            if replace:
+                self.conn.execute("DELETE FROM export_files WHERE directory = ?", (directory,))
+            self.conn.executemany("INSERT OR IGNORE INTO export_files(directory, name) VALUES (?, ?)",
+                                  [(directory, n) for n in names])
+
+    # ------------------------------------------------------------------ segments
+    def segment_checkpoint(self, identity: "FileIdentity", size: int) -> tuple[int, bool]:
+        """(lines consumed, complete) of this file, (0, False) for a file never seen, or
+        one that replaced an earlier one (its inode reused, rewritten in place: other
+        first bytes, or shorter than it was)."""
+        dev, ino, head, _path = identity
+        row = self.conn.execute("SELECT fingerprint, fingerprint_len, lines, complete, size FROM segments "
+                                "WHERE dev = ? AND ino = ?", (dev, ino)).fetchone()
+        if row is None or len(head) < row[1] or hashlib.sha256(head[:row[1]]).digest() != row[0] \
+                or (row[4] or 0) > size:
+            return 0, False
+        return row[2], bool(row[3])
+
+    def set_segment_checkpoint(self, identity: "FileIdentity", lines: int, complete: bool, size: int,
+                               now: int) -> None:
+        dev, ino, head, path = identity
         self.conn.execute(
-            "INSERT INTO segments(path, lines, complete, size, updated_at) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT(path) DO UPDATE SET lines = excluded.lines, complete = excluded.complete, "
-            "size = excluded.size, updated_at = excluded.updated_at",
-            (path, lines, int(complete), size, now))
+            "INSERT INTO segments(dev, ino, fingerprint, fingerprint_len, path, lines, complete, size, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(dev, ino) DO UPDATE SET fingerprint = excluded.fingerprint, "
+            "fingerprint_len = excluded.fingerprint_len, path = excluded.path, lines = excluded.lines, "
+            "complete = excluded.complete, size = excluded.size, updated_at = excluded.updated_at",
+            (dev, ino, hashlib.sha256(head).digest(), len(head), path, lines, int(complete), size, now))
 
     # ------------------------------------------------------------------ writes
     def _bump(self, domain: str) -> None:
@@ -299,7 +403,7 @@ class Store:
         self.conn.executemany(_HISTORY, history)
 
     def _unseen(self, keyed: list[tuple[int, int | None]]) -> list[bool]:
-        """For each (event key, forget-after time) whether this is its first sighting; the
+        """For each (event key, keep-until time) whether this is its first sighting; the
         new ones are remembered. A key seen earlier in the same list is not new either.
         One INSERT per few hundred keys that returns the keys it inserted: looking a key
         up and inserting it is one b-tree descent, not two."""
@@ -309,8 +413,6 @@ class Store:
         ordered = sorted(first.items())     # neighbouring keys share pages
         for start in range(0, len(ordered), 400):
             chunk = ordered[start:start + 400]
-            # `at` NULL for a suppression that never expires: prune never forgets such a key,
-            # so replaying a years-old complaint cannot count it twice
             remembered.update(r[0] for r in conn.execute(
                 f"INSERT INTO seen_events(key, at) VALUES {', '.join(['(?, ?)'] * len(chunk))} "
                 "ON CONFLICT(key) DO NOTHING RETURNING key", [v for pair in chunk for v in pair]))
@@ -323,7 +425,7 @@ class Store:
     def apply_event(self, event: Event, decision: Decision, source: str, now: int,
                     result: ApplyResult) -> bool:
         """Record one suppressing event for each of its recipients. Call inside transaction().
-        False when every recipient's event was seen before."""
+        False when every recipient's event was seen before: the record is a duplicate."""
         return self.apply_events([(event, decision)], source, now, result)[0]
 
     def apply_events(self, pending: Iterable[tuple[Event, Decision]], source: str, now: int,
@@ -338,7 +440,10 @@ class Store:
                  for recipient in event.recipients]
         if not items:
             return [False] * len(pending)
-        fresh = self._unseen([(event.key(recipient), None if decision.ttl is None else event.timestamp)
+        # an event's key is kept while the event can still matter (until its suppression
+        # would expire) and prune's retention after that; NULL: a suppression that never
+        # expires, whose key prune never forgets, so replaying a years-old complaint counts once
+        fresh = self._unseen([(event.key(recipient), rules.expiry(event.timestamp, decision.ttl))
                               for _i, event, decision, recipient in items])
         items = [item for item, new in zip(items, fresh) if new]
         new_events = [False] * len(pending)
@@ -350,46 +455,61 @@ class Store:
         history: list[tuple] = []
         for _i, event, decision, recipient in items:
             pair = (event.domain, recipient)
-            when = event.timestamp
-            if rules.tombstoned(when, removed.get(pair)):
-                result.tombstoned += 1
+            if rules.tombstoned(event.timestamp, removed.get(pair)):
+                result.tombstoned += 1   # an operator removed it after this event happened
                 continue
-            if rules.stale(rules.expiry(when, decision.ttl), now):
-                result.stale += 1
-                continue
-            if decision.threshold > 1:
-                reached = self._strike(event, decision, recipient)
-                if reached is None:
-                    result.below_threshold += 1
-                    continue
-                when = reached
             evidence = (event.type, event.message_id, event.code, event.enhanced_code, event.content,
                         event.classification, event.nodeid)
-            entry, action, shown = rules.record(entries.get(pair), decision.reason, source, when,
-                                                rules.expiry(when, decision.ttl), evidence, None, now)
-            entries[pair] = changed[pair] = entry
-            history.append((now, action, event.domain, recipient, decision.reason, source, when, entry.expires,
-                            None))
-            if shown:
-                self._bump(event.domain)
-            tally = result.added if action == "add" else result.refreshed
-            tally[decision.reason] = tally.get(decision.reason, 0) + 1
+            if decision.threshold > 1:
+                suppressions = self._strike(event, decision, recipient, evidence)
+                if not suppressions:
+                    result.below_threshold += 1
+                    continue
+            else:
+                suppressions = [(event.timestamp, evidence)]
+            for when, strike_evidence in suppressions:
+                expires = rules.expiry(when, decision.ttl)
+                if rules.stale(expires, now):
+                    result.stale += 1        # its suppression would already be over
+                    continue
+                entry, action, shown = rules.record(entries.get(pair), decision.reason, source, when, expires,
+                                                    strike_evidence, None, now)
+                entries[pair] = changed[pair] = entry
+                history.append((now, action, event.domain, recipient, decision.reason, source, when,
+                                entry.expires, None, None))
+                if shown:
+                    self._bump(event.domain)
+                tally = result.added if action == "add" else result.refreshed
+                tally[decision.reason] = tally.get(decision.reason, 0) + 1
         self._save(changed, history)
         return new_events
 
-    def _strike(self, event: Event, decision: Decision, recipient: str) -> int | None:
-        """Count the event toward its pair's threshold; when the threshold is reached, the
-        time the suppression starts (rules.threshold_reached), else None."""
-        ts = event.timestamp
-        self.conn.execute("INSERT OR IGNORE INTO strikes(key, domain, recipient, reason, at) VALUES (?, ?, ?, ?, ?)",
-                          (event.key(recipient), event.domain, recipient, decision.reason, ts))
-        times = [r[0] for r in self.conn.execute(
-            "SELECT at FROM strikes WHERE domain = ? AND recipient = ? AND reason = ? AND at > ? AND at < ? "
-            "ORDER BY at", (event.domain, recipient, decision.reason, ts - decision.window, ts + decision.window))]
-        return rules.threshold_reached(times, ts, decision.threshold, decision.window)
+    def _strike(self, event: Event, decision: Decision, recipient: str, evidence: tuple) -> list[tuple[int, tuple]]:
+        """Count the event toward its pair's threshold (every strike keeps its evidence);
+        the (time, evidence) of each strike that qualifies because of it
+        (rules.qualifying_strikes), in time order."""
+        ts, window = event.timestamp, decision.window
+        key = event.key(recipient)
+        self.conn.execute("INSERT OR IGNORE INTO strikes(domain, recipient, reason, at, key, evidence) "
+                          "VALUES (?, ?, ?, ?, ?, ?)", (event.domain, recipient, decision.reason, ts, key,
+                                                        json.dumps(dict(zip(EVIDENCE, evidence)))))
+        rows = self.conn.execute(
+            "SELECT at, key, evidence FROM strikes WHERE domain = ? AND recipient = ? AND reason = ? "
+            "AND at > ? AND at < ? ORDER BY at", (event.domain, recipient, decision.reason, ts - window, ts + window)
+        ).fetchall()
+        qualifying = rules.qualifying_strikes([(r[0], r[1]) for r in rows], key, ts, decision.threshold, window)
+        out = []
+        for i in qualifying:
+            at, strike_key, strike_evidence = rows[i]
+            if strike_key == key:
+                out.append((at, evidence))
+            else:
+                stored = json.loads(strike_evidence or "{}")
+                out.append((at, tuple(stored.get(c) for c in EVIDENCE)))
+        return out
 
     def _record_operator(self, rows: Iterable[tuple[str, str, str, int, int | None, str | None]], source: str,
-                         now: int) -> list[str]:
+                         now: int, actor: str | None) -> list[str]:
         """Operator suppressions (recipient, domain, reason, since, expires, note): each
         clears the pair's tombstone (the operator has the last word). Returns each one's
         history action."""
@@ -405,7 +525,7 @@ class Store:
             entry, action, shown = rules.record(entries.get(pair), reason, source, since, expires, evidence,
                                                 note, now)
             entries[pair] = changed[pair] = entry
-            history.append((now, action, domain, recipient, reason, source, since, entry.expires, note))
+            history.append((now, action, domain, recipient, reason, source, since, entry.expires, note, actor))
             if shown:
                 self._bump(domain)
             actions.append(action)
@@ -414,52 +534,60 @@ class Store:
 
     def add_manual(self, recipient: str, domain: str, reason: str, ttl: int | None, note: str | None,
                    now: int, source: str = "manual", since: int | None = None,
-                   expires: int | None | bool = False) -> str:
+                   expires: int | None | bool = False, actor: str | None = None) -> str:
         """An operator's suppression (or an imported row). Clears a tombstone: the operator
         has the last word. Returns "add" or "refresh"."""
         when = now if since is None else since
         if expires is False:
             expires = rules.expiry(when, ttl)
         with self.transaction():
-            return self._record_operator([(recipient, domain, reason, when, expires, note)], source, now)[0]
+            return self._record_operator([(recipient, domain, reason, when, expires, note)], source, now, actor)[0]
 
-    def import_rows(self, rows: Iterable[tuple[str, str, str, int, int | None]], now: int) -> int:
-        """(recipient, domain, reason, since, expires) rows, all in one transaction,
+    def import_rows(self, rows: Iterable[tuple], now: int, *, source: str = "import",
+                    actor: str | None = None) -> int:
+        """(recipient, domain, reason, since, expires[, note]) rows, all in one transaction,
         written a chunk at a time so memory stays flat."""
         count = 0
         rows = iter(rows)
         with self.transaction():
-            while chunk := [(*row, None) for row in itertools.islice(rows, 10_000)]:
-                self._record_operator(chunk, "import", now)
+            while chunk := [(recipient, domain, reason, since, expires, note[0] if note else None)
+                            for recipient, domain, reason, since, expires, *note in itertools.islice(rows, 10_000)]:
+                self._record_operator(chunk, source, now, actor)
                 count += len(chunk)
         return count
 
-    def remove(self, recipient: str, domain: str, now: int, note: str | None = None) -> bool:
-        """Remove a pair and leave a tombstone: an event older than now never re-adds it."""
+    def remove(self, recipient: str, domain: str, now: int, note: str | None = None, *,
+               actor: str | None = None, source: str = "manual") -> bool:
+        """Remove an active entry and leave a tombstone: an event older than now never
+        re-adds it. False, and nothing written, when the pair has no active entry (a typo
+        must not leave a tombstone that silently blocks a later event)."""
         with self.transaction():
             row = self.conn.execute("SELECT reason, expires FROM suppressions WHERE domain = ? AND recipient = ?",
                                     (domain, recipient)).fetchone()
+            if row is None or not rules.is_active(row["expires"], now):
+                return False
             self.conn.execute("INSERT INTO tombstones(domain, recipient, removed_at, note) VALUES (?, ?, ?, ?) "
                               "ON CONFLICT(domain, recipient) DO UPDATE SET removed_at = excluded.removed_at, "
                               "note = excluded.note", (domain, recipient, now, note))
-            if row is None:
-                return False
             self.conn.execute("DELETE FROM suppressions WHERE domain = ? AND recipient = ?", (domain, recipient))
             self.conn.execute("DELETE FROM strikes WHERE domain = ? AND recipient = ?", (domain, recipient))
-            self.conn.execute(_HISTORY, (now, "remove", domain, recipient, row["reason"], "manual", None, None, note))
+            self.conn.execute(_HISTORY, (now, "remove", domain, recipient, row["reason"], source, None, None, note,
+                                         actor))
             self._bump(domain)
             self.add_counters({"removed_total": 1})
-            return rules.is_active(row["expires"], now)
+            return True
 
     def prune(self, now: int, seen_retention: int = 400 * 86400, history_retention: int | None = None) -> int:
-        """Drop expired entries (with an `expire` history row each), old event keys and,
-        with `history_retention`, history rows older than that."""
+        """Drop expired entries (with an `expire` history row each), the keys of events
+        whose suppression ended more than `seen_retention` ago (a replay could change
+        nothing any more), strikes that old and, with `history_retention`, history rows
+        older than that."""
         with self.transaction():
             # the SQL form of `not rules.is_active(expires, now)`
             rows = self.conn.execute("SELECT domain, recipient, reason, expires FROM suppressions "
                                      "WHERE expires IS NOT NULL AND expires <= ?", (now,)).fetchall()
             self.conn.executemany(_HISTORY, [(now, "expire", r["domain"], r["recipient"], r["reason"], None, None,
-                                              r["expires"], None) for r in rows])
+                                              r["expires"], None, None) for r in rows])
             self.conn.executemany("DELETE FROM suppressions WHERE domain = ? AND recipient = ?",
                                   [(r["domain"], r["recipient"]) for r in rows])
             for domain in {r["domain"] for r in rows}:
@@ -481,22 +609,33 @@ class Store:
                 return entry_dict(row)
         return None
 
-    def iter_entries(self, now: int, domain: str | None = None, reason: str | None = None) -> Iterator[dict]:
-        where, args = ["(expires IS NULL OR expires > ?)"], [now]
-        if domain is not None:
-            where.append("domain = ?")
-            args.append(domain)
-        if reason is not None:
-            where.append("reason = ?")
-            args.append(reason)
+    def iter_entries(self, now: int, domain: str | None = None, reason: str | None = None, *,
+                     recipient: str | None = None, source: str | None = None,
+                     after: tuple[str, str] | None = None, limit: int | None = None) -> Iterator[dict]:
+        """Active entries in (domain, recipient) order; `after` a (domain, recipient) to
+        continue behind (cursor pagination)."""
+        filters = {"domain = ?": domain, "reason = ?": reason, "recipient = ?": recipient, "source = ?": source}
+        where = ["(expires IS NULL OR expires > ?)", *(sql for sql, value in filters.items() if value is not None)]
+        args = [now, *(value for value in filters.values() if value is not None)]
+        if after is not None:
+            where.append("(domain, recipient) > (?, ?)")
+            args += after
+        args.append(-1 if limit is None else limit)      # LIMIT -1: no limit
         cur = self.conn.execute(f"SELECT * FROM suppressions WHERE {' AND '.join(where)} "
-                                "ORDER BY domain, recipient", args)
+                                "ORDER BY domain, recipient LIMIT ?", args)
         for row in cur:
             yield entry_dict(row)
 
+    def suppressing_domains(self, recipient: str, now: int) -> list[str]:
+        """The sending domains with an active entry for the recipient or its `@domain`."""
+        return [r[0] for r in self.conn.execute(
+            "SELECT DISTINCT domain FROM suppressions WHERE recipient IN (?, ?) "
+            "AND (expires IS NULL OR expires > ?) ORDER BY domain",
+            (recipient, recipient_domain_entry(recipient), now))]
+
     def history(self, recipient: str, domain: str) -> list[dict]:
         return [dict(r) for r in self.conn.execute(
-            "SELECT at, action, reason, source, event_time, expires, detail FROM history "
+            "SELECT at, action, reason, source, actor, note, event_time, expires FROM history "
             "WHERE domain = ? AND recipient = ? ORDER BY id", (domain, recipient))]
 
     def domain_generations(self) -> dict[str, int]:
@@ -539,17 +678,91 @@ class Store:
     def backup(self, target: os.PathLike | str) -> None:
         """A consistent copy (VACUUM INTO) with a store_id of its own: restored later, it
         must not trust the manifest of the newer store it replaces (its domain
-        generations would climb back to the same numbers with other entries)."""
+        generations would climb back to the same numbers with other entries). The copy
+        is created empty, 0600 and exclusively (never through a symlink) before SQLite
+        writes its first byte: another local user must never be able to open it."""
         target = Path(target)
-        if target.exists():
-            raise StoreError(f"{target}: already exists")
+        try:
+            os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600))
+        except FileExistsError:
+            raise StoreError(f"{target}: already exists") from None
+        except OSError as err:
+            raise StoreError(f"{target}: cannot create backup: {err.strerror}") from None
         try:
             self.conn.execute("VACUUM INTO ?", (str(target),))
-            os.chmod(target, 0o600)
             with contextlib.closing(sqlite3.connect(target)) as copy, copy:
                 copy.execute("UPDATE state SET value = ? WHERE key = 'store_id'", (uuid.uuid4().hex,))
         except sqlite3.Error as err:
+            with contextlib.suppress(OSError):
+                os.unlink(target)
             raise StoreError(f"{target}: backup failed: {err}") from None
+
+
+_SQLITE_HEADER = b"SQLite format 3\0"
+
+
+def _not_a_store(path: Path, why: str) -> StoreError:
+    return StoreError(f"{path}: {why}; not a kumo-suppression store (create one with "
+                      "`kumo-suppress init`, or fix [store].path)")
+
+
+def _check_is_store_file(path: Path) -> None:
+    """Before SQLite touches it (connecting would create a missing file, and WAL mode
+    would write into an empty one)."""
+    try:
+        with open(path, "rb") as fh:
+            header = fh.read(len(_SQLITE_HEADER))
+    except FileNotFoundError:
+        raise StoreError(f"{path}: store does not exist (run `kumo-suppress init` to create it, "
+                         "or fix [store].path)") from None
+    except IsADirectoryError:
+        raise _not_a_store(path, "a directory") from None
+    except OSError as err:
+        raise StoreError(f"{path}: cannot open store: {err.strerror}") from None
+    if not header:
+        raise _not_a_store(path, "empty file")
+    if header != _SQLITE_HEADER:
+        raise _not_a_store(path, "not an SQLite file")
+
+
+def _check_is_store(conn: sqlite3.Connection, path: Path, create: bool) -> None:
+    """An SQLite file is a store when it has our schema version and a store id; `init`
+    may also start one in a fresh (table-less) file, never inside someone else's database."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version == 0:
+        tables = conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]
+        if tables or not create:
+            raise _not_a_store(path, "an SQLite database of something else" if tables else "an empty database")
+        return
+    try:
+        row = conn.execute("SELECT value FROM state WHERE key = 'store_id'").fetchone()
+    except sqlite3.OperationalError as err:
+        if "no such table" not in str(err):
+            raise
+        row = None
+    if row is None:
+        raise _not_a_store(path, "an SQLite database without a store id")
+
+
+FINGERPRINT_BYTES = 4096
+# (device, inode, the file's first FINGERPRINT_BYTES bytes (fewer while it is shorter), path)
+FileIdentity = tuple[int, int, bytes, str]
+
+
+def file_identity(path: Path, fh=None) -> FileIdentity | None:
+    """Who a log file is: a checkpoint follows a file moved or hard-linked elsewhere, and
+    is not inherited by a file that replaces it under the same name (other inode) or
+    rewrites it in place (other first bytes). The store keeps a hash of the first bytes
+    and how many there were, so a file that grows keeps its identity."""
+    try:
+        if fh is None:
+            with open(path, "rb") as own:
+                return file_identity(path, own)
+        st = os.fstat(fh.fileno())
+        head = os.pread(fh.fileno(), FINGERPRINT_BYTES, 0)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, head, str(path)
 
 
 def now_ts() -> int:

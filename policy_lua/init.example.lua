@@ -4,17 +4,29 @@ Example kumod policy (/opt/kumomta/etc/policy/init.lua) with kumo-suppression.
 Copy suppression.lua next to this file (or anywhere on package.path), point `config` at
 the same config.toml the `kumo-suppress` exporter uses, and adjust paths/listeners.
 
-Order matters:
+Order matters (docs/kumod-setup.md explains each step):
+  0. A log hook, if the exporter is fed by webhook, BEFORE the queue helper: it owns the
+     queue `<name>.log_hook` through its own get_queue_config handler.
   1. suppression:new{} runs at the top level, when the policy loads (kumo.on may not be
      called from inside an event handler), and BEFORE the queue helper: both register a
      get_queue_config handler, they run in registration order, and the queue helper
-     answers for every queue. suppression's handler answers only for its own queue
-     (`suppressed.kumo_suppression`) and returns nothing for every other one.
-  2. The queue helper (policy-extras.queue) after it.
+     answers for every queue (the first answer wins). suppression's handler answers only
+     for its own queue (`suppressed.kumo_suppression`) and returns nothing for every
+     other one.
+  2. The queue helper (policy-extras.queue) after them.
   3. Your own message handlers call sup:check_smtp / sup:check_http AFTER the queue
      helper has applied its settings, so the module's `queue` meta (bounce/drop) wins.
 ]]
 local kumo = require 'kumo'
+
+-- (0) only when the exporter is fed by webhook: the log hook, before the queue helper
+-- (the README's Webhook section has variants with a token, retries and batching).
+-- local log_hooks = require 'policy-extras.log_hooks'
+-- log_hooks:new_json {
+--   name = 'suppression',
+--   url = 'http://127.0.0.1:8086/v1/events',
+--   log_parameters = { meta = { 'x_suppression_domain' }, headers = { 'From' } },
+-- }
 
 -- (1) the suppression module: reads [policy], [keys] and [export] from the shared config
 local suppression = require 'suppression'
@@ -56,6 +68,10 @@ kumo.on('init', function()
   kumo.start_esmtp_listener {
     listen = '0.0.0.0:25',
     relay_hosts = { '127.0.0.1', '10.0.0.0/8' },
+    -- kumod's X-KumoRef trace header then carries the stamped sending domain, and a
+    -- complaint (ARF report) is counted against exactly the domain the message was
+    -- checked against
+    trace_headers = { include_meta_names = { 'x_suppression_domain' } },
   }
 
   kumo.start_http_listener {
@@ -74,10 +90,21 @@ end)
 
 -- HTTP injection defaults to `reject`: the injector gets a failed recipient with the
 -- reason ("5.7.1 recipient suppressed for example.com: bounce since 2026-11-20").
+-- Requests with `deferred_generation: true` are answered before generation and kumod
+-- discards these per-recipient rejects: use http_action = 'bounce' for such injectors.
+-- `drop` over HTTP logs nothing at all, not even a Reception.
 kumo.on('http_message_generated', function(msg)
   queue_helper:apply(msg)
   sup:check_http(msg)
 end)
+
+-- Listeners with `deferred_queue = true` never run smtp_server_message_received: check
+-- the message when kumod injects it from deferred_smtp_inject.kumomta.internal, with the
+-- `bounce` action (a kumo.reject here bounces the WHOLE message, every recipient).
+-- kumo.on('smtp_server_message_deferred_inject', function(msg, conn_meta)
+--   queue_helper:apply(msg)
+--   sup:check_smtp(msg, conn_meta)
+-- end)
 
 -- Optional, with [keys].sending_domain = "sender" only: refuse suppressed recipients
 -- at RCPT TO, before DATA (rejects just that recipient).
@@ -88,11 +115,21 @@ end)
 --   sup:rcpt_to(rcpt, conn_meta)
 -- end)
 
--- The suppression queue needs no entry in queues.toml, but it does need a shaping entry:
--- the shaping helper's defaults (connection limits and rates meant for real MX hosts)
--- apply to it too and would hold diverted messages back. Add to your shaping TOML:
+-- The suppression queue (and a log hook's queue) needs no entry in queues.toml, but each
+-- needs a shaping entry: the shaping helper's ["default"] (limits and rates meant for
+-- real MX hosts) applies to them too, and an entry overrides only the keys it names, so
+-- max_message_rate (100/s per node in KumoMTA's default) must be lifted explicitly.
+-- Add to your shaping TOML:
 --   ['suppressed.kumo_suppression']
 --   mx_rollup = false
 --   connection_limit = 100
 --   max_deliveries_per_connection = 100000
 --   max_connection_rate = "1000/s"
+--   max_message_rate = "100000/s"
+--
+--   ['suppression.log_hook']        # '<hook name>.log_hook', with the log hook above
+--   mx_rollup = false
+--   connection_limit = 100
+--   max_deliveries_per_connection = 100000
+--   max_connection_rate = "1000/s"
+--   max_message_rate = "100000/s"

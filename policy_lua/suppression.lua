@@ -30,8 +30,10 @@ handlers run in registration order and the queue helper answers for every queue)
     --                                  -- exporter reads it there to ignore this queue's bounces
     -- domain_meta = 'x_suppression_domain',
     -- name = 'default',                -- memoize caches: user.kumo_suppression.<name>.*
-    -- cache_capacity = 100000,         -- file versions remembered (>= number of domains:
+    -- cache_capacity = 100000,         -- file versions remembered (>= number of files:
     --                                  -- beyond it, messages would stat their file again)
+    -- large_snapshot_bytes = 16777216, -- a file this large gets a memoize cache of its
+    --                                  -- own, so it is never held twice (docs/lua-module.md)
   }
   local queue_module = require 'policy-extras.queue'   -- AFTER suppression:new
   local queue_helper = queue_module:setup { '/opt/kumomta/etc/policy/queues.toml' }
@@ -70,10 +72,15 @@ A message with several recipients: suppressed ones are removed (msg:set_recipien
 listed in meta x_suppressed_recipients; the action applies only when all are suppressed.
 Every checked message gets meta <domain_meta> = the sending-domain key used.
 
+Layouts: one file per sending domain, or for a large domain an index plus shards
+(a shard loaded when a recipient first hashes into it), plain or sha256-hashed keys;
+see the "snapshots" section below.
+
 Loading: the snapshot file's version (mtime, size, inode via kumo.fs) is memoized for
 check_interval; the snapshot itself is memoized by (path, version), so no message pays
-file IO and a new export is seen within check_interval. kumod without kumo.fs: the
-version is the file's sha256 from manifest.json, itself memoized for check_interval.
+file IO and a new export is seen within check_interval. The number of memoize caches
+does not grow with the number of domains (see "snapshots" below). kumod without
+kumo.fs: the version is the file's sha256 from manifest.json, memoized for check_interval.
 With kumo.fs, snapshot files must be regular files (a symlink is refused). Memoized
 tables are userdata in kumod: this module only indexes them.
 
@@ -81,54 +88,249 @@ Fail open: a missing dir or file means no suppression; an unreadable, corrupt or
 wrong-version snapshot means no suppression for that domain and one kumo.log_error per
 bad file version. Nothing but the deliberate kumo.reject ever escapes check_*; bad
 options are reported by new(), at policy load time.
+
+Reading order: the per-message path first (check_message), then the keys, the snapshots
+(every memoize cache and file format detail), the reject text, the options and new().
 ]]
 local kumo = require 'kumo'
 
 local mod = {}
 mod.__index = mod
 
-local type, pcall, tostring, tonumber, error, select = type, pcall, tostring, tonumber, error, select
+local type, pcall, tostring, tonumber, error, pairs = type, pcall, tostring, tonumber, error, pairs
 local lower, sub, find, match, format, byte =
   string.lower, string.sub, string.find, string.match, string.format, string.byte
 local os_time, os_date = os.time, os.date
 local concat = table.concat
 local mtype = math.type
 
-local SNAPSHOT_FORMAT = 'kumo-suppression-snapshot'
-local SNAPSHOT_VERSION = 1
+local DEFAULT_QUEUE = 'suppressed.kumo_suppression'
 local MAX_RECIPIENT_LENGTH = 512 -- bytes, same limit as exporter/keys.py
 local MAX_DOMAIN_LENGTH = 253    -- bytes: no longer domain can name a snapshot file
-local DEFAULT_QUEUE = 'suppressed.kumo_suppression'
--- Each domain's snapshot has its own memoize cache holding one version: memoize evicts
--- only above capacity, so a new version replaces the old one at once and a large list
--- re-exported every minute is never held twice (one shared cache keyed by (path,
--- version) would keep every old copy until the ttl). The ttl only frees the memory of
--- a domain whose file went away. Each cache adds its own series to kumod's metrics.
-local SNAPSHOT_TTL = '1 day'
-local SNAPSHOT_VERSIONS = 1
 -- per Lua state: bounded, so hostile sending domains cannot grow these tables forever
 local MAX_DOMAINS_PER_STATE = 10000
 
-local DEFAULTS = {
-  format = 'json',
-  sending_domain = 'from_header',
-  check_interval = 5, -- seconds
-  smtp_action = 'bounce',
-  http_action = 'reject',
-  reject_code = 550,
-  reject_text = '5.7.1 recipient suppressed for {domain}: {reason} since {since}',
-  domain_meta = 'x_suppression_domain',
-  name = 'default',
-  cache_capacity = 100000,
-}
+-- defined further down; declared here so that the per-message path reads first
+local recipient_key, domain_key, sending_domain, recipients_of, suppressed_recipients, describe
+local log_error, log_info
 
-local ACTIONS = { reject = true, bounce = true, drop = true, shadow = true }
+---------------------------------------------------------------------------- the per-message path
 
--- module-level registry (per Lua state: kumod loads the policy once per state)
-local CONFIGURED_NAMES, CONFIGURED_QUEUES = {}, {}
+-- Everything one check does, inside the pcall of mod:_check. Returns the reject text when
+-- the caller must kumo.reject, nothing otherwise.
+local function check_message(self, msg, action)
+  local dkey = sending_domain(self, msg)
+  if dkey == nil then
+    return nil
+  end
+  msg:set_meta(self.domain_meta, dkey)
+  local snapshot = self.snapshots.open(dkey)
+  if snapshot == nil then
+    return nil -- no usable snapshot: nothing to check against
+  end
+  local verdict = suppressed_recipients(self.snapshots, snapshot, recipients_of(msg))
+  if verdict == nil then
+    return nil
+  end
+  if action == 'shadow' then
+    msg:set_meta('x_suppressed', verdict.entry.reason)
+    if verdict.hits then
+      msg:set_meta('x_suppressed_recipients', verdict.hits)
+    end
+    log_info(format('kumo-suppression: shadow: would suppress %s for %s', describe(verdict), dkey))
+    return nil
+  end
+  if verdict.kept then -- some recipients remain: drop the suppressed ones, deliver the rest
+    msg:set_recipient(verdict.kept)
+    msg:set_meta('x_suppressed_recipients', verdict.hits)
+    return nil
+  end
+  if action == 'drop' then
+    msg:set_meta('queue', 'null')
+    return nil
+  end
+  local text = self.reject_text(dkey, verdict.entry, verdict.email)
+  if action == 'reject' then
+    return text
+  end
+  msg:set_meta('x_suppression_text', text) -- bounce: the queue's delivery rejects with it
+  msg:set_meta('queue', self.queue)
+  return nil
+end
+
+-- nil when no recipient is suppressed, else { email =, entry = } of the first suppressed
+-- recipient (entry = its snapshot entry: reason, since, expires) and, for a message with
+-- several recipients, hits = { {recipient =, reason =, since =, expires =}... } and
+-- kept = the other recipients (nil when every one is suppressed). One recipient, the
+-- usual case, allocates nothing unless it is suppressed.
+function suppressed_recipients(snapshots, snapshot, list)
+  local n = #list
+  if n <= 1 then
+    local email = n == 1 and list[1].email or nil
+    local entry = snapshots.find(snapshot, recipient_key(email))
+    return entry and { email = email, entry = entry } or nil
+  end
+  local verdict, hits, kept = nil, {}, {}
+  for i = 1, n do
+    local email = list[i].email
+    local entry = snapshots.find(snapshot, recipient_key(email))
+    if entry then
+      verdict = verdict or { email = email, entry = entry, hits = hits }
+      hits[#hits + 1] = { recipient = email, reason = entry.reason, since = entry.since, expires = entry.expires }
+    else
+      kept[#kept + 1] = email
+    end
+  end
+  if verdict and #kept > 0 then
+    verdict.kept = kept
+  end
+  return verdict
+end
+
+function mod:_check(msg, action)
+  local ok, reject_text = pcall(check_message, self, msg, action)
+  if not ok then
+    -- never let a broken snapshot or odd message turn into a transient failure
+    pcall(log_error, 'kumo-suppression: check failed, message passed unchecked: ' .. tostring(reject_text))
+    return
+  end
+  if reject_text then
+    kumo.reject(self.code, reject_text) -- deliberately outside the pcall
+  end
+end
+
+function mod:check_smtp(msg, conn_meta)
+  return self:_check(msg, self.smtp_action)
+end
+
+function mod:check_http(msg)
+  return self:_check(msg, self.http_action)
+end
+
+function describe(verdict)
+  local hits = verdict.hits
+  if hits == nil then
+    return verdict.email .. ' (' .. verdict.entry.reason .. ')'
+  end
+  local parts = {}
+  for i = 1, #hits do
+    parts[i] = hits[i].recipient .. ' (' .. hits[i].reason .. ')'
+  end
+  return concat(parts, ', ')
+end
+
+-- the active entry for (recipient, sending domain), or nil; never raises
+local function find_entry(self, recipient, domain)
+  local dkey = domain_key(domain)
+  local snapshot = dkey and self.snapshots.open(dkey)
+  if snapshot == nil then
+    return nil
+  end
+  return self.snapshots.find(snapshot, recipient_key(recipient))
+end
+
+-- lookup(recipient, domain) -> {reason=, since=, expires=} (a plain table) or nil
+function mod:lookup(recipient, domain)
+  local ok, entry = pcall(find_entry, self, recipient, domain)
+  if not ok or entry == nil then
+    return nil
+  end
+  return { reason = entry.reason, since = entry.since, expires = entry.expires }
+end
+
+---------------------------------------------------------------------------- RCPT TO
+
+local SENDER_META = 'x_suppression_sender_domain'
+
+function mod:_return_path_domain(address)
+  local key = domain_key(address.domain)
+  return key and self.aliases[key] or key
+end
+
+local function remember_sender_domain(self, sender, conn_meta)
+  conn_meta:set_meta(SENDER_META, self:_return_path_domain(sender) or '')
+end
+
+function mod:mail_from(sender, conn_meta)
+  pcall(remember_sender_domain, self, sender, conn_meta)
+end
+
+-- the reject text for a suppressed RCPT TO, or nil
+local function rcpt_verdict(self, rcpt, conn_meta)
+  local dkey = conn_meta:get_meta(SENDER_META)
+  if type(dkey) ~= 'string' or dkey == '' then
+    return nil
+  end
+  local email = rcpt.email
+  local entry = find_entry(self, email, dkey)
+  if entry == nil then
+    return nil
+  end
+  if self.smtp_action == 'shadow' then
+    log_info(format('kumo-suppression: shadow: would refuse RCPT TO %s for %s (%s)', email, dkey, entry.reason))
+    return nil
+  end
+  return self.reject_text(dkey, entry, email)
+end
+
+function mod:rcpt_to(rcpt, conn_meta)
+  if self.source ~= 'sender' then
+    return
+  end
+  local ok, text = pcall(rcpt_verdict, self, rcpt, conn_meta)
+  if ok and text then
+    kumo.reject(self.code, text) -- deliberately outside the pcall
+  end
+end
+
+---------------------------------------------------------------------------- messages
+
+local function from_header_domain(msg)
+  local from = msg:from_header()
+  return from and from.domain
+end
+
+-- The sending-domain key of a message. The envelope sender's domain goes through
+-- [keys.aliases] (return-path domain -> sending domain), exactly as the exporter keys
+-- records whose domain comes from a return path.
+function sending_domain(self, msg)
+  local source = self.source
+  if source == 'from_header' then
+    local ok, d = pcall(from_header_domain, msg)
+    if ok and type(d) == 'string' and d ~= '' then
+      return domain_key(d)
+    end
+    return self:_return_path_domain(msg:sender())
+  elseif source == 'sender' then
+    return self:_return_path_domain(msg:sender())
+  end
+  return domain_key(msg:get_meta(self.source_meta))
+end
+
+-- msg:recipient_list() exists since kumod 2025.12.02; before it, msg:recipient() is the
+-- one recipient (and in between it may be an array)
+local function recipient_list(msg)
+  return msg:recipient_list()
+end
+local has_recipient_list = true -- per Lua state; false once this kumod showed it lacks it
+
+function recipients_of(msg)
+  if has_recipient_list then
+    local ok, list = pcall(recipient_list, msg)
+    if ok and type(list) == 'table' then
+      return list
+    end
+    has_recipient_list = false
+  end
+  local r = msg:recipient()
+  if type(r) == 'table' then
+    return r
+  end
+  return { r }
+end
 
 -- log helpers: kumo.log_* exist since 2025.03.19; older kumod gets print
-local function log_error(text)
+function log_error(text)
   local f = kumo.log_error
   if f then
     f(text)
@@ -136,7 +338,8 @@ local function log_error(text)
     print('ERROR ' .. text)
   end
 end
-local function log_info(text)
+
+function log_info(text)
   local f = kumo.log_info
   if f then
     f(text)
@@ -147,10 +350,10 @@ end
 
 ---------------------------------------------------------------------------- keys
 
--- Recipient key (PRODUCT.md section 3): strip surrounding whitespace and one pair of
+-- Recipient key: strip surrounding whitespace and one pair of
 -- <>, ASCII-lowercase. nil for something that cannot be a recipient (same rules as
 -- exporter/keys.py recipient_key).
-local function recipient_key(address)
+function recipient_key(address)
   if type(address) ~= 'string' then
     return nil
   end
@@ -167,7 +370,7 @@ mod.recipient_key = recipient_key
 
 -- Sending-domain key: ASCII-lowercased, one trailing dot removed. nil when empty or
 -- longer than any domain can be (same rules as exporter/keys.py domain_key).
-local function domain_key(domain)
+function domain_key(domain)
   if type(domain) ~= 'string' or #domain > 2 * MAX_DOMAIN_LENGTH then
     return nil
   end
@@ -214,7 +417,542 @@ function mod.snapshot_filename(domain, fmt)
   return nil
 end
 
+---------------------------------------------------------------------------- snapshots
+-- Every memoize cache and every detail of the snapshot files lives in this section.
+--
+-- Layouts (all: "format": "kumo-suppression-snapshot", "version": 1):
+--  * single: <domain>.json, recipients = every entry;
+--  * sharded: <domain>.json is the index (recipients = the '@domain' entries only,
+--    "shards": N, a power of two), and shard k is <domain>_shard-KKKK-of-NNNN.json
+--    ("shard": k, "shards": N) with the plain entries whose key's sha256 starts with a
+--    32-bit big-endian number = k (mod N). A shard is loaded when a recipient first
+--    hashes into it, and reloaded only when its own file changes.
+--  Either may carry "hash": "sha256" (every key is the sha256 hex of the recipient key)
+--  and "domain_entries": n (n = 0: no '@domain' lookup, no second digest).
+--
+-- Caches: kumod lists every memoize cache in its metrics with ~15 series that are
+-- never removed, so the number of caches must not follow the number of domains or
+-- shards. A cache keyed by (path, version) keeps an old version until its ttl (lruttl
+-- prunes expired entries every 30 s; its eviction is a sampled LRU that need not pick
+-- the old version), so:
+--  * files under large_snapshot_bytes (16 MiB; by the manifest: count >= bytes / 100)
+--    share ONE cache whose ttl bounds how long an old version stays (an unchanged file
+--    is re-read once per SHARED_SNAPSHOT_TTL). The exporter's shards are such files;
+--  * a larger file has a cache of its own with capacity 1: a new version replaces the
+--    old one when it is loaded, so a large list is never held twice for longer than it
+--    takes to notice the new export (check_interval), and is never re-read unchanged.
+local SNAPSHOT_FORMAT = 'kumo-suppression-snapshot'
+local SNAPSHOT_VERSION = 1
+local HASH = 'sha256'
+local SHARED_SNAPSHOT_TTL = 300 -- seconds
+local LARGE_SNAPSHOT_TTL = '1 day' -- frees the memory of a large file that went away
+local BYTES_PER_ENTRY = 100 -- roughly, in JSON: turns the manifest's count into a size
+local LOG_ONCE_TTL = '1 day'
+local MAX_SHARDS = 9999 -- four digits in the file name
+-- a version string: 'f:...' a regular file, 'L:...' a large one, 'x:...' not a file
+local REGULAR, LARGE = 'f:', 'L:'
+local log_once -- defined below, used by the manifest reader
+
+-- mlua hands a u64 above 2^63 (inode numbers on some file systems) to Lua as a float,
+-- which format('%d') refuses: such a number must still give a version string
+local function integer_text(n)
+  if mtype(n) == 'integer' then
+    return format('%d', n)
+  end
+  return format('%.0f', n)
+end
+
+-- what a snapshot path names: the sending domain, and for a shard its k and N
+local function parse_snapshot_path(path)
+  local stem = match(path, '([^/]*)%.%a+$')
+  local domain, k, n = match(stem, '^(.*)_shard%-(%d%d%d%d)%-of%-(%d%d%d%d)$')
+  if domain then
+    return domain, tonumber(k), tonumber(n)
+  end
+  return stem, nil, nil
+end
+
+-- the shard a key's sha256 hex falls into: its first 32 bits, big-endian, modulo N
+function mod.shard_of_digest(digest, n)
+  return tonumber(sub(digest, 1, 8), 16) % n
+end
+
+local function shard_path(index_path, k, n)
+  local base, ext = match(index_path, '^(.*)%.(%a+)$')
+  return format('%s_shard-%04d-of-%04d.%s', base, k, n, ext)
+end
+
+-- sha256 hex of a key: kumod's kumo.digest (a BinaryResult whose .hex is lowercase)
+local function sha256_hex(text)
+  return kumo.digest.sha256(text).hex
+end
+
+local function valid_entry(e)
+  -- entries are MemoizedTable userdata in kumod, tables elsewhere; anything else is junk
+  local te = type(e)
+  if te ~= 'userdata' and te ~= 'table' then
+    return false
+  end
+  local expires = e.expires
+  return type(e.reason) == 'string' and type(e.since) == 'number'
+    and (expires == nil or type(expires) == 'number')
+end
+
+-- optional top-level fields: present means the exporter meant something by them, so a
+-- wrong type is a broken file, not a field to ignore
+local TOP_LEVEL_TYPES = {
+  count = 'number', generated_at = 'string', domain = 'string', hash = 'string',
+  shards = 'number', shard = 'number', domain_entries = 'number',
+}
+
+local function is_power_of_two(n)
+  return mtype(n) == 'integer' and n >= 2 and n <= MAX_SHARDS and n & (n - 1) == 0
+end
+
+-- why a decoded document is not a usable snapshot for `path`, or nil. A shard must say
+-- what its name says, and be hashed the way its index is (shard_hash: 'sha256' or
+-- 'plain'). Runs once per file version (in the populate function), so lookups can
+-- trust every entry.
+local function snapshot_problem(doc, path, shard_hash)
+  local domain, k, n = parse_snapshot_path(path)
+  if type(doc) ~= 'table' then
+    return 'not a ' .. SNAPSHOT_FORMAT .. ' document'
+  elseif doc.format ~= SNAPSHOT_FORMAT then
+    return 'format is ' .. tostring(doc.format) .. ', expected ' .. SNAPSHOT_FORMAT
+  elseif doc.version ~= SNAPSHOT_VERSION then
+    return 'unsupported version ' .. tostring(doc.version)
+  elseif doc.domain ~= nil and doc.domain ~= domain then
+    return 'domain is ' .. tostring(doc.domain) .. ', expected ' .. tostring(domain)
+  end
+  for name, expected in pairs(TOP_LEVEL_TYPES) do
+    local v = doc[name]
+    if v ~= nil and type(v) ~= expected then
+      return format('%s is a %s, expected a %s', name, type(v), expected)
+    end
+  end
+  if doc.hash ~= nil and doc.hash ~= HASH then
+    return 'hash is ' .. doc.hash .. ', expected ' .. HASH
+  end
+  if k then
+    if doc.shard ~= k or doc.shards ~= n then
+      return format('shard %s of %s, expected %d of %d', tostring(doc.shard), tostring(doc.shards), k, n)
+    end
+    if (doc.hash == HASH) ~= (shard_hash == HASH) then
+      return 'hash is ' .. tostring(doc.hash) .. ' but the index says ' .. tostring(shard_hash)
+    end
+  elseif doc.shard ~= nil or (doc.shards ~= nil and not is_power_of_two(doc.shards)) then
+    return 'shards is ' .. tostring(doc.shards) .. ', expected a power of two from 2 to ' .. MAX_SHARDS
+  end
+  if (doc.hash or doc.shards) and not (kumo.digest and kumo.digest.sha256) then
+    return 'hashed or sharded, and this kumod has no kumo.digest'
+  end
+  local recipients = doc.recipients
+  if type(recipients) ~= 'table' then
+    return 'recipients is a ' .. type(recipients) .. ', expected a map'
+  end
+  for key, e in pairs(recipients) do
+    if type(key) ~= 'string' then
+      return 'recipients is an array, expected a map of recipient -> entry'
+    end
+    if not valid_entry(e) then
+      return format('entry %q has a wrong field type (reason: string, since: number, expires: number)', key)
+    end
+  end
+  return nil
+end
+
+-- The populate function of the snapshot caches: runs once per (path, version), which
+-- makes "one kumo.log_error per bad file version" hold process-wide. Never raises
+-- (kumod would keep the error for 60 s): a broken file is a cached false.
+-- Returns the recipients map itself for a plain single file and for a shard (the usual
+-- lookup: one index), else a layout: { recipients =, hashed =, shards =,
+-- domain_entries =, path =, version = }. A plain map never has a key 'recipients' (every key
+-- holds an '@'), which is how find() tells them apart.
+local function load_snapshot(path, version, shard_hash)
+  local kind = sub(version, 1, 2)
+  if kind ~= REGULAR and kind ~= LARGE then
+    log_error(format('kumo-suppression: %s is not a regular file (%s); no suppression for it', path, version))
+    return false
+  end
+  local serde = kumo.serde
+  local loader
+  if match(path, '%.(%a+)$') == 'toml' then
+    loader = (serde and serde.toml_load) or kumo.toml_load
+  else
+    loader = (serde and serde.json_load) or kumo.json_load
+  end
+  local ok, doc = pcall(loader, path)
+  local problem
+  if ok then
+    problem = snapshot_problem(doc, path, shard_hash)
+  else
+    problem = tostring(doc)
+  end
+  if problem then
+    log_error(format('kumo-suppression: bad snapshot %s: %s; no suppression for %s', path, problem,
+      tostring(parse_snapshot_path(path))))
+    return false
+  end
+  if shard_hash or (doc.hash == nil and doc.shards == nil) then
+    return doc.recipients
+  end
+  return {
+    recipients = doc.recipients, hashed = doc.hash == HASH, shards = doc.shards,
+    domain_entries = doc.domain_entries, path = path, version = version,
+  }
+end
+
+-- version_of(path) -> version string or false, memoized for check_interval: from
+-- kumo.fs (mtime, size, inode; no symlinks), or from manifest.json's sha256 per file
+local function version_source(o, prefix, dir)
+  local large_bytes = o.large_snapshot_bytes
+  local fs = kumo.fs
+  if fs and fs.metadata_for_path then
+    local stat = fs.symlink_metadata_for_path or fs.metadata_for_path
+    local function describe_file(md)
+      if md.is_symlink then
+        return 'x:symlink'
+      end
+      if not md.is_file then
+        return 'x:' .. (md.is_dir and 'directory' or 'special') .. ':' .. tostring(md.ino)
+      end
+      local size = md.len
+      return (size >= large_bytes and LARGE or REGULAR) .. integer_text(md.mtime.unix_timestamp_millis)
+        .. ':' .. integer_text(size) .. ':' .. integer_text(md.ino)
+    end
+    return kumo.memoize(function(path)
+      local ok, md = pcall(stat, path)
+      if not ok then
+        return false -- missing: no suppression, nothing to log
+      end
+      local ok2, version = pcall(describe_file, md)
+      return ok2 and version
+    end, { name = prefix .. '.version', ttl = o.check_interval, capacity = o.cache_capacity })
+  end
+  local serde = kumo.serde
+  local json_load = (serde and serde.json_load) or kumo.json_load
+  local function file_version(versions, info)
+    local file, sha, count = info.file, info.sha256, info.count
+    if type(file) == 'string' and type(sha) == 'string' then
+      local large = type(count) == 'number' and count * BYTES_PER_ENTRY >= large_bytes
+      versions[file] = (large and LARGE or REGULAR) .. sha
+    end
+  end
+  local get_manifest = kumo.memoize(function(manifest_dir)
+    local mpath = manifest_dir .. '/manifest.json'
+    local ok, doc = pcall(json_load, mpath)
+    if not ok then
+      local text = tostring(doc)
+      -- a missing manifest is just "nothing exported yet"
+      if not find(text, 'No such file', 1, true) and not find(text, 'os error 2', 1, true) then
+        log_once(prefix, 'kumo-suppression: cannot read ' .. mpath .. ': ' .. text)
+      end
+      return false
+    end
+    if type(doc) ~= 'table' or type(doc.domains) ~= 'table' then
+      log_once(prefix, 'kumo-suppression: ' .. mpath .. ' is not a kumo-suppression manifest')
+      return false
+    end
+    -- domains: domain -> {file, sha256, count, shard_files = {{file, sha256, count}...}}
+    local versions = {}
+    for domain, info in pairs(doc.domains) do
+      if type(domain) == 'string' and type(info) == 'table' then
+        file_version(versions, info)
+        local shard_files = info.shard_files
+        if type(shard_files) == 'table' then
+          for _, shard in pairs(shard_files) do
+            if type(shard) == 'table' then
+              file_version(versions, shard)
+            end
+          end
+        end
+      end
+    end
+    return versions
+  end, { name = prefix .. '.manifest', ttl = o.check_interval, capacity = 16 })
+  local base_start = #dir + 2
+  return function(path)
+    local versions = get_manifest(dir)
+    return versions and versions[sub(path, base_start)] or false
+  end
+end
+
+-- kumo.log_error(text) once per text (texts name the file version), process-wide
+local log_once_caches = {}
+log_once = function(prefix, text)
+  local once = log_once_caches[prefix]
+  if once == nil then
+    once = kumo.memoize(function(t)
+      log_error(t)
+      return true
+    end, { name = prefix .. '.log_once', ttl = LOG_ONCE_TTL, capacity = 1024 })
+    log_once_caches[prefix] = once
+  end
+  once(text)
+end
+
+-- e if it is an entry that has not expired (the clock is read only for an entry found)
+local function active(e)
+  if e == nil then
+    return nil
+  end
+  local expires = e.expires
+  if expires == nil or expires > os_time() then
+    return e
+  end
+  return nil
+end
+
+-- The snapshots of one instance: open(dkey) -> the snapshot of that sending domain or
+-- nil (two memoize hits, no file IO); find(snapshot, rkey) -> the active entry for
+-- recipient key rkey (its own entry, else its domain's '@domain' entry) or nil.
+local function new_snapshots(o, prefix)
+  local dir, ext = o.snapshot_dir, o.format
+  local version_of = version_source(o, prefix, dir)
+  local load_shared = kumo.memoize(load_snapshot, {
+    name = prefix .. '.snapshots', ttl = SHARED_SNAPSHOT_TTL, capacity = o.cache_capacity,
+  })
+  local large_loaders, nlarge = {}, 0
+  local function load(path, version, shard_hash)
+    if sub(version, 1, 2) ~= LARGE then
+      return load_shared(path, version, shard_hash)
+    end
+    local loader = large_loaders[path]
+    if loader == nil then
+      if nlarge >= MAX_DOMAINS_PER_STATE then
+        large_loaders, nlarge = {}, 0
+      end
+      loader = kumo.memoize(load_snapshot, {
+        name = prefix .. '.large_snapshot:' .. sub(path, #dir + 2), ttl = LARGE_SNAPSHOT_TTL, capacity = 1,
+      })
+      large_loaders[path] = loader
+      nlarge = nlarge + 1
+    end
+    return loader(path, version, shard_hash)
+  end
+  -- per state, bounded: domain key -> its file's path; index path -> its shards' paths
+  local paths, npaths = {}, 0
+  local shard_paths, nshard_paths = {}, 0
+  local function path_of(dkey)
+    local path = paths[dkey]
+    if path == nil then
+      if not mod.is_plain_hostname(dkey) then
+        return nil -- never cached: hostile names must not fill this table
+      end
+      if npaths >= MAX_DOMAINS_PER_STATE then
+        paths, npaths, shard_paths, nshard_paths = {}, 0, {}, 0
+      end
+      path = dir .. '/' .. dkey .. '.' .. ext
+      paths[dkey] = path
+      npaths = npaths + 1
+    end
+    return path
+  end
+  local function shard_path_of(index_path, k, n)
+    local by_k = shard_paths[index_path]
+    local path = by_k and by_k[k]
+    if path == nil then
+      if nshard_paths >= MAX_DOMAINS_PER_STATE then
+        shard_paths, nshard_paths = {}, 0
+      end
+      by_k = shard_paths[index_path] or {}
+      shard_paths[index_path] = by_k
+      path = shard_path(index_path, k, n)
+      by_k[k] = path
+      nshard_paths = nshard_paths + 1
+    end
+    return path
+  end
+  -- the recipients map of the shard that `digest` falls into, or nil
+  -- a layout's scalar fields, copied once per state and file version into a plain
+  -- table (a memoized table's every index is a call into kumod; scalars hold no memory)
+  local layouts, nlayouts = {}, 0
+  local function layout_of(snapshot)
+    local version = snapshot.version
+    local layout = layouts[version]
+    if layout == nil then
+      if nlayouts >= MAX_DOMAINS_PER_STATE then
+        layouts, nlayouts = {}, 0
+      end
+      layout = {
+        hashed = snapshot.hashed, shards = snapshot.shards, domain_entries = snapshot.domain_entries,
+        path = snapshot.path, version = version, shard_hash = snapshot.hashed and HASH or 'plain',
+      }
+      layouts[version] = layout
+      nlayouts = nlayouts + 1
+    end
+    return layout
+  end
+  local function open_shard(layout, digest)
+    local n = layout.shards
+    local k = mod.shard_of_digest(digest, n)
+    local path = shard_path_of(layout.path, k, n)
+    local version = version_of(path)
+    if not version then
+      log_once(prefix, format('kumo-suppression: %s (shard %d of index version %s) is missing; '
+        .. 'no suppression for its recipients', path, k, layout.version))
+      return nil
+    end
+    return load(path, version, layout.shard_hash) or nil
+  end
+
+  local snapshots = {}
+  function snapshots.npaths() -- how many domain paths this state remembers
+    return npaths
+  end
+  -- the snapshot: a plain recipients map or a layout table (see load_snapshot)
+  function snapshots.open(dkey)
+    local path = path_of(dkey)
+    local version = path and version_of(path)
+    if not version then
+      return nil
+    end
+    return load(path, version) or nil
+  end
+  function snapshots.find(snapshot, rkey)
+    if rkey == nil then
+      return nil
+    end
+    local at = match(rkey, '@[^@]*$')
+    local recipients = snapshot.recipients
+    if recipients == nil then -- a plain single file: the map itself
+      return active(snapshot[rkey]) or active(snapshot[at])
+    end
+    local layout = layout_of(snapshot)
+    local hashed = layout.hashed
+    local digest = sha256_hex(rkey) -- once per recipient: the shard and, hashed, the key
+    local own = recipients
+    if layout.shards then
+      own = open_shard(layout, digest)
+    end
+    local e = own and active(own[hashed and digest or rkey])
+    if e or layout.domain_entries == 0 then
+      return e
+    end
+    return active(recipients[hashed and sha256_hex(at) or at])
+  end
+  return snapshots
+end
+
+---------------------------------------------------------------------------- reject text
+
+-- "since" as YYYY-MM-DD (UTC), cached per day: os.date is the costly part of a text
+local day_strings, ndays = {}, 0
+local function day_string(since)
+  if type(since) ~= 'number' then
+    return 'unknown'
+  end
+  local day = since // 86400
+  local text = day_strings[day]
+  if text == nil then
+    if ndays >= 4096 then
+      day_strings, ndays = {}, 0
+    end
+    text = os_date('!%Y-%m-%d', math.floor(since))
+    day_strings[day] = text
+    ndays = ndays + 1
+  end
+  return text
+end
+
+local PLACEHOLDERS = { domain = true, reason = true, since = true, recipient = true }
+
+-- compile_template(reject_text) -> text(dkey, entry, recipient): the template is split
+-- once into literals and {placeholder} markers (unknown placeholders stay as written).
+-- The compiler knows whether a text depends on the recipient: when it does not, texts
+-- repeat (same domain, reason and day for every message to a suppressed address) and
+-- are kept per state, so a repeat costs three table reads and allocates nothing.
+local function compile_template(template)
+  local parts, pos, per_recipient = {}, 1, false
+  while true do
+    local s, e, name = find(template, '{(%w+)}', pos)
+    if not s then
+      break
+    end
+    if s > pos then
+      parts[#parts + 1] = sub(template, pos, s - 1)
+    end
+    parts[#parts + 1] = PLACEHOLDERS[name] and { name } or sub(template, s, e)
+    per_recipient = per_recipient or name == 'recipient'
+    pos = e + 1
+  end
+  if pos <= #template then
+    parts[#parts + 1] = sub(template, pos)
+  end
+
+  local n, buf = #parts, {}
+  local function build(dkey, entry, recipient)
+    for i = 1, n do
+      local part = parts[i]
+      if type(part) == 'table' then
+        local name = part[1]
+        if name == 'domain' then
+          part = tostring(dkey)
+        elseif name == 'reason' then
+          part = tostring(entry.reason)
+        elseif name == 'since' then
+          part = day_string(entry.since)
+        else
+          part = tostring(recipient or '')
+        end
+      end
+      buf[i] = part
+    end
+    return concat(buf, '', 1, n)
+  end
+  if per_recipient then
+    return build
+  end
+
+  local cache, ntexts = {}, 0 -- dkey -> reason -> day -> text, bounded per state
+  return function(dkey, entry, recipient)
+    local reason, since = entry.reason, entry.since
+    local day = type(since) == 'number' and since // 86400 or 'unknown'
+    local by_reason = cache[dkey]
+    local by_day = by_reason and by_reason[reason]
+    local text = by_day and by_day[day]
+    if text then
+      return text
+    end
+    text = build(dkey, entry, recipient)
+    if ntexts >= MAX_DOMAINS_PER_STATE then
+      cache, ntexts, by_reason = {}, 0, nil
+    end
+    if not by_reason then
+      by_reason = {}
+      cache[dkey] = by_reason
+    end
+    by_day = by_reason[reason]
+    if not by_day then
+      by_day = {}
+      by_reason[reason] = by_day
+    end
+    by_day[day] = text
+    ntexts = ntexts + 1
+    return text
+  end
+end
+
 ---------------------------------------------------------------------------- options
+
+local DEFAULTS = {
+  format = 'json',
+  sending_domain = 'from_header',
+  check_interval = 5, -- seconds
+  smtp_action = 'bounce',
+  http_action = 'reject',
+  reject_code = 550,
+  reject_text = '5.7.1 recipient suppressed for {domain}: {reason} since {since}',
+  domain_meta = 'x_suppression_domain',
+  name = 'default',
+  cache_capacity = 100000,
+  large_snapshot_bytes = 16777216,
+}
+
+local ACTIONS = { reject = true, bounce = true, drop = true, shadow = true }
+
+-- module-level registry (per Lua state: kumod loads the policy once per state)
+local CONFIGURED_NAMES, CONFIGURED_QUEUES = {}, {}
 
 local function opt_error(what, detail)
   error(format('kumo-suppression: %s: %s', what, detail), 3)
@@ -237,7 +975,11 @@ local DURATION_UNITS = {
   ms = 0.001, msec = 0.001, millis = 0.001,
 }
 
-local function check_duration(what, v)
+-- kumod turns a ttl into a Rust Duration and adds it to Instant::now(): an absurd value
+-- (inf, NaN, centuries) panics there, so durations are bounded here, at new()
+local MAX_CHECK_INTERVAL = 86400 -- a day: a new export must be noticed the same day
+
+local function check_duration(what, v, max_seconds)
   local seconds
   if type(v) == 'number' then
     seconds = v
@@ -249,10 +991,20 @@ local function check_duration(what, v)
   if not seconds then
     opt_error(what, "expected a duration such as '5 seconds', got " .. tostring(v))
   end
-  if seconds <= 0 then
-    opt_error(what, 'must be positive')
+  if not (seconds > 0) then -- also NaN
+    opt_error(what, 'must be positive, got ' .. tostring(v))
+  end
+  if not (seconds <= max_seconds) then
+    opt_error(what, format('must be at most %d seconds, got %s', max_seconds, tostring(v)))
   end
   return seconds
+end
+
+-- queues kumod itself owns: 'null' discards, '<name>.log_hook' carries log hooks,
+-- '*.kumomta.internal' are the HTTP generator and the deferred SMTP injection queues
+local function is_kumod_internal_queue(name)
+  local key = lower(name)
+  return key == 'null' or match(key, '%.log_hook$') ~= nil or match(key, '%.kumomta%.internal$') ~= nil
 end
 
 local VALIDATORS = {
@@ -273,7 +1025,9 @@ local VALIDATORS = {
     end
     opt_error(what, "expected 'from_header', 'sender' or 'meta:NAME', got " .. tostring(v))
   end,
-  check_interval = check_duration,
+  check_interval = function(what, v)
+    return check_duration(what, v, MAX_CHECK_INTERVAL)
+  end,
   smtp_action = function(what, v)
     if not ACTIONS[v] then
       opt_error(what, "expected 'reject', 'bounce', 'drop' or 'shadow', got " .. tostring(v))
@@ -291,6 +1045,9 @@ local VALIDATORS = {
     check_string(what, v)
     if not match(v, '^[%w_%-%.]+$') then
       opt_error(what, 'expected a queue domain of letters, digits, _ - and ., got ' .. v)
+    end
+    if is_kumod_internal_queue(v) then
+      opt_error(what, v .. ' is a queue kumod uses itself; pick a name of your own')
     end
     return v
   end,
@@ -323,6 +1080,7 @@ local VALIDATORS = {
   end,
 }
 VALIDATORS.http_action = VALIDATORS.smtp_action
+VALIDATORS.large_snapshot_bytes = VALIDATORS.cache_capacity
 
 -- config file sections/keys this module reads; every other key belongs to Python
 local CONFIG_KEYS = {
@@ -383,119 +1141,13 @@ local function read_config(path)
       end
     end
   end
-  -- relative paths in the config are relative to the config file's directory
+  -- relative paths in the config are relative to the directory of the config path as
+  -- given, symlinks not followed (Lua cannot realpath; the exporter does the same)
   local dir = out.snapshot_dir
   if dir and byte(dir, 1) ~= 47 then
     out.snapshot_dir = dirname(path) .. '/' .. dir
   end
   return out
-end
-
----------------------------------------------------------------------------- snapshots
-
-local function valid_entry(e)
-  -- entries are MemoizedTable userdata in kumod, tables elsewhere; anything else is junk
-  local te = type(e)
-  if te ~= 'userdata' and te ~= 'table' then
-    return nil
-  end
-  local reason, since, expires = e.reason, e.since, e.expires
-  if type(reason) ~= 'string' or type(since) ~= 'number' then
-    return nil
-  end
-  if expires ~= nil and type(expires) ~= 'number' then
-    return nil
-  end
-  return reason, since, expires
-end
-
--- the populate function of the snapshot memoize cache: runs once per (path, version),
--- which makes "one kumo.log_error per bad file version" hold process-wide.
-local function make_loader()
-  return function(path, version)
-    if version == false or version == nil then
-      return false
-    end
-    if sub(version, 1, 2) ~= 'f:' then
-      log_error(format('kumo-suppression: %s is not a regular file (%s); no suppression for it', path, version))
-      return false
-    end
-    local fmt = match(path, '%.(%a+)$')
-    local expected_domain = match(path, '([^/]*)%.%a+$')
-    local serde = kumo.serde
-    local fn
-    if fmt == 'toml' then
-      fn = (serde and serde.toml_load) or kumo.toml_load
-    else
-      fn = (serde and serde.json_load) or kumo.json_load
-    end
-    local ok, doc = pcall(fn, path)
-    local problem
-    if not ok then
-      problem = tostring(doc)
-    elseif type(doc) ~= 'table' then
-      problem = 'not a ' .. SNAPSHOT_FORMAT .. ' document'
-    elseif doc.format ~= SNAPSHOT_FORMAT then
-      problem = 'format is ' .. tostring(doc.format) .. ', expected ' .. SNAPSHOT_FORMAT
-    elseif doc.version ~= SNAPSHOT_VERSION then
-      problem = 'unsupported version ' .. tostring(doc.version)
-    elseif type(doc.recipients) ~= 'table' then
-      problem = 'recipients is not a table'
-    elseif doc.domain ~= nil and doc.domain ~= expected_domain then
-      problem = 'domain is ' .. tostring(doc.domain) .. ', expected ' .. tostring(expected_domain)
-    end
-    if problem then
-      log_error(format('kumo-suppression: bad snapshot %s: %s; no suppression for %s', path, problem,
-        tostring(expected_domain)))
-      return false
-    end
-    -- only the recipients map is kept: one table indexed by recipient key
-    return doc.recipients
-  end
-end
-
----------------------------------------------------------------------------- reject text
-
--- "since" as YYYY-MM-DD (UTC), cached per day: os.date is the costly part of a text
-local day_strings, ndays = {}, 0
-local function day_string(since)
-  if type(since) ~= 'number' then
-    return 'unknown'
-  end
-  local day = since // 86400
-  local text = day_strings[day]
-  if text == nil then
-    if ndays >= 4096 then
-      day_strings, ndays = {}, 0
-    end
-    text = os_date('!%Y-%m-%d', math.floor(since))
-    day_strings[day] = text
-    ndays = ndays + 1
-  end
-  return text
-end
-
-local PLACEHOLDERS = { domain = true, reason = true, since = true, recipient = true }
-
--- reject_text split once into literals and {placeholder} markers; unknown placeholders
--- stay as written
-local function compile_template(template)
-  local parts, pos = {}, 1
-  while true do
-    local s, e, name = find(template, '{(%w+)}', pos)
-    if not s then
-      break
-    end
-    if s > pos then
-      parts[#parts + 1] = sub(template, pos, s - 1)
-    end
-    parts[#parts + 1] = PLACEHOLDERS[name] and { name } or sub(template, s, e)
-    pos = e + 1
-  end
-  if pos <= #template then
-    parts[#parts + 1] = sub(template, pos)
-  end
-  return parts
 end
 
 ---------------------------------------------------------------------------- new
@@ -545,13 +1197,8 @@ function mod:new(options)
 
   local self = setmetatable({}, mod)
   self.options = o
-  self.dir = o.snapshot_dir
-  self.ext = o.format
   self.code = o.reject_code
-  self.text_parts = compile_template(o.reject_text)
-  self.text_buf = {}
-  self.text_per_recipient = find(o.reject_text, '{recipient}', 1, true) ~= nil
-  self.text_cache, self.ntexts = {}, 0
+  self.reject_text = compile_template(o.reject_text)
   self.queue = o.queue
   self.domain_meta = o.domain_meta
   self.smtp_action = o.smtp_action
@@ -559,117 +1206,15 @@ function mod:new(options)
   self.source = o.sending_domain
   self.source_meta = match(o.sending_domain, '^meta:(.+)$')
   self.aliases = o.aliases or {}
-  self.paths = {} -- per-state cache: domain key -> snapshot path or false
-  self.npaths = 0
-
-  local prefix = 'user.kumo_suppression.' .. o.name
-  local capacity = o.cache_capacity
-  local loader = make_loader()
-  local loaders, nloaders = {}, 0
-  -- path -> the memoized loader of that one file (a cache per domain: see SNAPSHOT_VERSIONS)
-  local function loader_for(path)
-    local load = loaders[path]
-    if load == nil then
-      if nloaders >= MAX_DOMAINS_PER_STATE then
-        loaders, nloaders = {}, 0
-      end
-      load = kumo.memoize(loader, {
-        name = prefix .. '.snapshot:' .. sub(path, #self.dir + 2),
-        ttl = SNAPSHOT_TTL,
-        capacity = SNAPSHOT_VERSIONS,
-      })
-      loaders[path] = load
-      nloaders = nloaders + 1
-    end
-    return load
-  end
-
-  local get_version
-  local fs = kumo.fs
-  if fs and fs.metadata_for_path then
-    local stat = fs.symlink_metadata_for_path or fs.metadata_for_path
-    get_version = kumo.memoize(function(path)
-      local ok, md = pcall(stat, path)
-      if not ok then
-        return false -- missing: no suppression, nothing to log
-      end
-      local ok2, version = pcall(function()
-        if md.is_symlink then
-          return 'x:symlink'
-        end
-        if not md.is_file then
-          return 'x:' .. (md.is_dir and 'directory' or 'special') .. ':' .. tostring(md.ino)
-        end
-        return format('f:%d:%d:%d', md.mtime.unix_timestamp_millis, md.len, md.ino)
-      end)
-      if not ok2 then
-        return false
-      end
-      return version
-    end, { name = prefix .. '.version', ttl = o.check_interval, capacity = capacity })
-  else
-    -- kumod without kumo.fs: versions come from manifest.json (sha256 per file)
-    local log_once = kumo.memoize(function(text)
-      log_error(text)
-      return true
-    end, { name = prefix .. '.log_once', ttl = SNAPSHOT_TTL, capacity = 64 })
-    local serde = kumo.serde
-    local json_load = (serde and serde.json_load) or kumo.json_load
-    local get_manifest = kumo.memoize(function(dir)
-      local mpath = dir .. '/manifest.json'
-      local ok, doc = pcall(json_load, mpath)
-      if not ok then
-        local text = tostring(doc)
-        -- a missing manifest is just "nothing exported yet"
-        if not find(text, 'No such file', 1, true) and not find(text, 'os error 2', 1, true) then
-          log_once('kumo-suppression: cannot read ' .. mpath .. ': ' .. text)
-        end
-        return false
-      end
-      if type(doc) ~= 'table' or type(doc.domains) ~= 'table' then
-        log_once('kumo-suppression: ' .. mpath .. ' is not a kumo-suppression manifest')
-        return false
-      end
-      local versions = {}
-      for domain, info in pairs(doc.domains) do
-        if type(domain) == 'string' and type(info) == 'table' then
-          local file, sha = info.file, info.sha256
-          if type(sha) == 'string' and (file == nil or type(file) == 'string') then
-            versions[file or domain] = 'f:' .. sha
-          end
-        end
-      end
-      return versions
-    end, { name = prefix .. '.manifest', ttl = o.check_interval, capacity = 16 })
-    local dir = self.dir
-    local base_start = #dir + 2
-    get_version = function(path)
-      local versions = get_manifest(dir)
-      if not versions then
-        return false
-      end
-      return versions[sub(path, base_start)] or false
-    end
-  end
-
-  -- hot path: two memoize hits, no file IO
-  self.snapshot_for = function(path)
-    local version = get_version(path)
-    if not version then
-      return nil
-    end
-    local recipients = loader_for(path)(path, version)
-    if not recipients then
-      return nil
-    end
-    return recipients
-  end
-
+  self.snapshots = new_snapshots(o, 'user.kumo_suppression.' .. o.name)
   self:_register_queue()
   CONFIGURED_NAMES[o.name] = true
   CONFIGURED_QUEUES[o.queue] = true
   return self
 end
+
+-- a message queued without its text (by hand, or by an older version of this module)
+local NO_TEXT_ENTRY = { reason = 'suppressed' }
 
 -- the suppression queue: a get_queue_config handler for it alone, and its constructor
 function mod:_register_queue()
@@ -690,352 +1235,12 @@ function mod:_register_queue()
       local ok, text = pcall(msg.get_meta, msg, 'x_suppression_text')
       if not ok or type(text) ~= 'string' then
         local dok, dkey = pcall(msg.get_meta, msg, sup.domain_meta)
-        text = sup:_text(dok and dkey or '?', 'suppressed', nil, nil)
+        text = sup.reject_text(dok and dkey or '?', NO_TEXT_ENTRY, nil)
       end
       kumo.reject(sup.code, text)
     end
     return connection
   end)
-end
-
----------------------------------------------------------------------------- lookups
-
-function mod:_path(dkey)
-  local paths = self.paths
-  local path = paths[dkey]
-  if path == nil then
-    if not is_plain_hostname(dkey) then
-      return false -- never cached: hostile names must not fill this table
-    end
-    if self.npaths >= MAX_DOMAINS_PER_STATE then
-      self.paths, self.npaths = {}, 0
-      paths = self.paths
-    end
-    path = self.dir .. '/' .. dkey .. '.' .. self.ext
-    paths[dkey] = path
-    self.npaths = self.npaths + 1
-  end
-  return path
-end
-
--- the active entry for rkey in one snapshot (recipient first, then '@domain'), or nil
-local function find_in(recipients, rkey)
-  local now
-  local reason, since, expires = valid_entry(recipients[rkey])
-  if reason then
-    now = os_time()
-    if expires == nil or expires > now then
-      return reason, since, expires
-    end
-  end
-  local at = match(rkey, '@[^@]*$')
-  if at and at ~= rkey then
-    reason, since, expires = valid_entry(recipients[at])
-    if reason and (expires == nil or expires > (now or os_time())) then
-      return reason, since, expires
-    end
-  end
-  return nil
-end
-
--- (rkey, dkey are normalized keys) -> reason, since, expires or nil
-function mod:_find(rkey, dkey)
-  local path = self:_path(dkey)
-  if not path then
-    return nil
-  end
-  local recipients = self.snapshot_for(path)
-  if recipients == nil then
-    return nil
-  end
-  return find_in(recipients, rkey)
-end
-
--- the reject text for one suppressed recipient, built in a reused buffer
-local function build_text(self, dkey, reason, since, recipient)
-  local parts, buf = self.text_parts, self.text_buf
-  local n = #parts
-  for i = 1, n do
-    local part = parts[i]
-    if type(part) == 'table' then
-      local name = part[1]
-      if name == 'domain' then
-        part = tostring(dkey)
-      elseif name == 'reason' then
-        part = tostring(reason)
-      elseif name == 'since' then
-        part = day_string(since)
-      else
-        part = tostring(recipient or '')
-      end
-    end
-    buf[i] = part
-  end
-  return concat(buf, '', 1, n)
-end
-
--- Texts repeat (same domain, reason and day for every message to a suppressed address),
--- so unless the template names the recipient they are kept per state: a repeat costs
--- three table reads and allocates nothing. Bounded like the other per-state tables.
-function mod:_text(dkey, reason, since, recipient)
-  if self.text_per_recipient then
-    return build_text(self, dkey, reason, since, recipient)
-  end
-  local day = type(since) == 'number' and since // 86400 or 'unknown'
-  local cache = self.text_cache
-  local by_reason = cache[dkey]
-  local by_day = by_reason and by_reason[reason]
-  local text = by_day and by_day[day]
-  if text then
-    return text
-  end
-  text = build_text(self, dkey, reason, since, recipient)
-  if self.ntexts >= MAX_DOMAINS_PER_STATE then
-    cache = {}
-    self.text_cache, self.ntexts, by_reason = cache, 0, nil
-  end
-  if not by_reason then
-    by_reason = {}
-    cache[dkey] = by_reason
-  end
-  by_day = by_reason[reason]
-  if not by_day then
-    by_day = {}
-    by_reason[reason] = by_day
-  end
-  by_day[day] = text
-  self.ntexts = self.ntexts + 1
-  return text
-end
-
--- lookup(recipient, domain) -> {reason=, since=, expires=} (a plain table) or nil
-local function lookup_body(self, recipient, domain)
-  local rkey, dkey = recipient_key(recipient), domain_key(domain)
-  if not rkey or not dkey then
-    return nil
-  end
-  return self:_find(rkey, dkey)
-end
-
-function mod:lookup(recipient, domain)
-  local ok, reason, since, expires = pcall(lookup_body, self, recipient, domain)
-  if not ok or not reason then
-    return nil
-  end
-  return { reason = reason, since = since, expires = expires }
-end
-
----------------------------------------------------------------------------- messages
-
-local function from_header_domain(msg)
-  local from = msg:from_header()
-  return from and from.domain
-end
-
--- The envelope sender's domain, through [keys.aliases] (return-path domain -> sending
--- domain), exactly as the exporter keys records whose domain comes from a return path.
-function mod:_return_path_domain(address)
-  local key = domain_key(address.domain)
-  return key and self.aliases[key] or key
-end
-
-function mod:_sending_domain(msg)
-  local source = self.source
-  if source == 'from_header' then
-    local ok, d = pcall(from_header_domain, msg)
-    if ok and type(d) == 'string' and d ~= '' then
-      return domain_key(d)
-    end
-    return self:_return_path_domain(msg:sender())
-  elseif source == 'sender' then
-    return self:_return_path_domain(msg:sender())
-  end
-  local v = msg:get_meta(self.source_meta)
-  return domain_key(v)
-end
-
--- msg:recipient_list() exists since kumod 2025.12.02; before it, msg:recipient() is the
--- one recipient (and in between it may be an array)
-local function recipient_list(msg)
-  return msg:recipient_list()
-end
-local has_recipient_list = true -- per Lua state; false once this kumod showed it lacks it
-
-local function recipients_of(msg)
-  if has_recipient_list then
-    local ok, list = pcall(recipient_list, msg)
-    if ok and type(list) == 'table' then
-      return list
-    end
-    has_recipient_list = false
-  end
-  local r = msg:recipient()
-  if type(r) == 'table' then
-    return r
-  end
-  return { r }
-end
-
--- all the work of a check, inside pcall. Returns nothing (deliver as is), or
--- dkey, reason, since, recipient of the (first) suppressed recipient, plus for a message
--- with several recipients the list of hits and the recipients to keep. A message with
--- one recipient, the usual case, allocates nothing here.
-function mod:_decide(msg)
-  local dkey = self:_sending_domain(msg)
-  if dkey == nil then
-    return
-  end
-  msg:set_meta(self.domain_meta, dkey)
-  local path = self:_path(dkey)
-  local recipients = path and self.snapshot_for(path)
-  if not recipients then
-    return -- nothing to check against
-  end
-  local list = recipients_of(msg)
-  local n = #list
-  if n == 1 then
-    local email = list[1].email
-    local rkey = recipient_key(email)
-    if not rkey then
-      return
-    end
-    local reason, since = find_in(recipients, rkey)
-    if reason then
-      return dkey, reason, since, email
-    end
-    return
-  end
-  local hits, kept
-  for i = 1, n do
-    local email = list[i].email
-    local rkey = recipient_key(email)
-    local reason, since, expires
-    if rkey then
-      reason, since, expires = find_in(recipients, rkey)
-    end
-    if reason then
-      hits = hits or {}
-      hits[#hits + 1] = { recipient = email, reason = reason, since = since, expires = expires }
-    else
-      kept = kept or {}
-      kept[#kept + 1] = email
-    end
-  end
-  if hits == nil then
-    return
-  end
-  local first = hits[1]
-  return dkey, first.reason, first.since, first.recipient, hits, kept
-end
-
-local function describe(hits, recipient, reason)
-  if hits == nil then
-    return recipient .. ' (' .. reason .. ')'
-  end
-  local parts = {}
-  for i = 1, #hits do
-    parts[i] = hits[i].recipient .. ' (' .. hits[i].reason .. ')'
-  end
-  return table.concat(parts, ', ')
-end
-
--- apply the action; returns the reject text when the caller must kumo.reject
-function mod:_apply(msg, action, dkey, reason, since, recipient, hits, kept)
-  if action == 'shadow' then
-    msg:set_meta('x_suppressed', reason)
-    if hits then
-      msg:set_meta('x_suppressed_recipients', hits)
-    end
-    log_info(format('kumo-suppression: shadow: would suppress %s for %s', describe(hits, recipient, reason), dkey))
-    return nil
-  end
-  if kept then
-    -- some recipients remain: drop the suppressed ones, deliver the rest
-    msg:set_recipient(kept)
-    msg:set_meta('x_suppressed_recipients', hits)
-    return nil
-  end
-  if action == 'reject' then
-    return self:_text(dkey, reason, since, recipient)
-  elseif action == 'bounce' then
-    msg:set_meta('x_suppression_text', self:_text(dkey, reason, since, recipient))
-    msg:set_meta('queue', self.queue)
-  elseif action == 'drop' then
-    msg:set_meta('queue', 'null')
-  end
-  return nil
-end
-
-local function check_body(self, msg, action)
-  local dkey, reason, since, recipient, hits, kept = self:_decide(msg)
-  if dkey == nil then
-    return nil
-  end
-  return self:_apply(msg, action, dkey, reason, since, recipient, hits, kept)
-end
-
-function mod:_check(msg, action)
-  local ok, reject_text = pcall(check_body, self, msg, action)
-  if not ok then
-    -- never let a broken snapshot or odd message turn into a transient failure
-    pcall(log_error, 'kumo-suppression: check failed, message passed unchecked: ' .. tostring(reject_text))
-    return
-  end
-  if reject_text then
-    kumo.reject(self.code, reject_text) -- deliberately outside the pcall
-  end
-end
-
-function mod:check_smtp(msg, conn_meta)
-  return self:_check(msg, self.smtp_action)
-end
-
-function mod:check_http(msg)
-  return self:_check(msg, self.http_action)
-end
-
----------------------------------------------------------------------------- RCPT TO
-
-local SENDER_META = 'x_suppression_sender_domain'
-
-local function remember_sender_domain(self, sender, conn_meta)
-  conn_meta:set_meta(SENDER_META, self:_return_path_domain(sender) or '')
-end
-
-function mod:mail_from(sender, conn_meta)
-  pcall(remember_sender_domain, self, sender, conn_meta)
-end
-
--- the reject text for a suppressed RCPT TO, or nil
-local function rcpt_verdict(self, rcpt, conn_meta)
-  local dkey = conn_meta:get_meta(SENDER_META)
-  if type(dkey) ~= 'string' or dkey == '' then
-    return nil
-  end
-  local email = rcpt.email
-  local rkey = recipient_key(email)
-  if not rkey then
-    return nil
-  end
-  local reason, since = self:_find(rkey, dkey)
-  if not reason then
-    return nil
-  end
-  if self.smtp_action == 'shadow' then
-    log_info(format('kumo-suppression: shadow: would refuse RCPT TO %s for %s (%s)', email, dkey, reason))
-    return nil
-  end
-  return self:_text(dkey, reason, since, email)
-end
-
-function mod:rcpt_to(rcpt, conn_meta)
-  if self.source ~= 'sender' then
-    return
-  end
-  local ok, text = pcall(rcpt_verdict, self, rcpt, conn_meta)
-  if ok and text then
-    kumo.reject(self.code, text) -- deliberately outside the pcall
-  end
 end
 
 return mod

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -24,6 +25,7 @@ import logfactory  # noqa: E402
 from exporter.cli import cli  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+CONSTRAINTS = ROOT / "deploy" / "constraints.txt"
 
 
 @dataclass
@@ -48,6 +50,7 @@ class Install:
             "export": {"dir": "snapshots"},
         }
         self.configure(**sections)
+        self.ok("init")   # only `init` creates a store
 
     def configure(self, **sections) -> None:
         for name, values in sections.items():
@@ -95,6 +98,18 @@ class Install:
         return json.loads(path.read_text())
 
 
+def wait_for(predicate, timeout: float = 30, what: str = "the condition"):
+    """Poll `predicate` every 50 ms until it returns something true (returned), failing
+    after `timeout` seconds: tests wait for a state, never for a fixed time."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what}: not reached within {timeout} s"
+        time.sleep(0.05)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -105,12 +120,15 @@ class Daemon:
     """A long-running `kumo-suppress -c CONFIG COMMAND` (run, serve) in its own process
     group, its output in ROOT/COMMAND.log."""
 
-    def __init__(self, install: Install, command: str):
+    def __init__(self, install: Install, command: str, *, fd_limit: int | None = None):
         self.log_path = install.root / f"{command}.log"
         self.log = open(self.log_path, "wb")
+
+        def limit_fds():       # as systemd's LimitNOFILE would
+            resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, fd_limit))
         self.proc = subprocess.Popen([sys.executable, "-m", "exporter", "-c", str(install.config_path), command],
                                      cwd=install.root, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=limit_fds if fd_limit else None)
 
     def output(self) -> str:
         if not self.log.closed:
@@ -156,3 +174,41 @@ def install(tmp_path) -> Install:
 @pytest.fixture
 def factory():
     return logfactory
+
+
+def run_ok(argv, **kw) -> subprocess.CompletedProcess:
+    """Run a tool to completion (at most 10 minutes); its output in the failure."""
+    r = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=600, **kw)
+    assert r.returncode == 0, f"{' '.join(map(str, argv))} -> {r.returncode}\n{r.stdout}\n{r.stderr}"
+    return r
+
+
+@pytest.fixture(scope="session")
+def built_dist(tmp_path_factory) -> Path:
+    """A wheelhouse as a release builds it: the sdist, the wheel built FROM that sdist (so
+    the sdist is complete enough to build), and the dependency wheels pinned by
+    deploy/constraints.txt. `python -m build` takes its isolated build env, and pip the
+    dependency wheels, from the package index (through pip's cache)."""
+    out = tmp_path_factory.mktemp("dist")
+    run_ok([sys.executable, "-m", "build", "--sdist", "--wheel", "--outdir", out, ROOT])
+    wheel = next(out.glob("kumo_suppression-*.whl"))
+    run_ok([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "-w", out,
+            "-c", CONSTRAINTS, wheel])
+    return out
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under xdist (`./dev test` runs -n auto --dist loadgroup) the tests that share one of
+    this suite's module- or session-scoped fixtures (a reference ingest, an applied Ansible
+    role, a built wheel) run on one worker, so the fixture is built once; every other test
+    is balanced on its own."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        shared = sorted(
+            (defs[-1].scope != "session", name)
+            for name, defs in item._fixtureinfo.name2fixturedefs.items()
+            if defs and defs[-1].scope in ("module", "session")
+            and getattr(defs[-1].func, "__module__", "").startswith(("conftest", "test_")))
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(name=shared[0][1]))

@@ -1,7 +1,8 @@
 """kumo-suppression's own stand-in for kumod's policy Lua environment (Lua 5.4 via lupa).
 
 It reproduces the kumod behaviours that decide whether policy_lua/suppression.lua is
-correct (see /work/shared/kumomta-facts.md and the KumoMTA sources it cites):
+correct (each read from the KumoMTA sources: crates/mod-memoize, crates/lruttl,
+crates/message, crates/mod-filesystem, crates/kumod):
 
 * `kumo` is a module (`require 'kumo'`), never a global; there is no `debug` library.
 * `kumo.on`: a second handler for a single-handler event is an error, registering from
@@ -11,7 +12,9 @@ correct (see /work/shared/kumomta-facts.md and the KumoMTA sources it cites):
 * `kumo.memoize(fn, {name, ttl, capacity})`: process-wide caches by name, keyed by the
   call's arguments, TTL on the fake clock, LRU capacity. A returned table comes back as a
   `MemoizedTable` USERDATA (index / # / pairs work; rawget, next, table.* and
-  type() == 'table' do not). Userdata results cannot be memoized. Errors are not cached.
+  type() == 'table' do not). Userdata results cannot be memoized. A failed populate is
+  cached for 60 s whatever the ttl, expired entries are pruned every 30 s (lruttl).
+  `metric_series()`: the Prometheus series kumod would list for those caches.
 * `kumo.fs.metadata_for_path` / `symlink_metadata_for_path`: userdata with len/size/ino/
   mtime (a Time userdata with unix_timestamp / unix_timestamp_millis)/is_file/...;
   unknown fields and missing paths raise. `with_fs=False` removes `kumo.fs`.
@@ -28,14 +31,17 @@ Design: every kumod object is built IN LUA (prelude below). Userdata come from f
 tiny Python objects whose metatable is replaced by a Lua-side one right away (while
 `debug` is still reachable to the prelude only). lupa then never runs its own __gc for
 them, so it keeps its reference: the Python object stays alive and no address is reused
-(the lupa pitfall noted in kumomta-facts.md). A memoize hit is pure Lua: no Python call,
+(a lupa pitfall: its own __gc would let the address be reused). A memoize hit is pure Lua: no Python call,
 no allocation, so benchmarks measure the module, not the stand-in.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
+import re
 import stat as _stat
 import time as _time
 import tomllib
@@ -52,6 +58,10 @@ __all__ = ["Kumod", "FakeClock", "LuaError", "Message", "TxnResult", "HttpResult
 MULTI_HANDLER_EVENTS = ("get_queue_config", "throttle_insert_ready_queue",
                         "should_enqueue_log_record", "pre_init", "validate_config",
                         "requeue_message", "get_acl_definition")
+
+
+_I64_MAX = 2**63 - 1
+SERIES_PER_MEMOIZE_CACHE = 15
 
 
 class LuaError(Exception):
@@ -305,7 +315,7 @@ end
 MemoMT.__newindex = function() raise('MemoizedTable is read-only') end
 MemoMT.__tostring = function() return 'MemoizedTable' end
 
--- table.* functions do not accept a MemoizedTable in kumod (kumomta-facts.md)
+-- table.* functions do not accept a MemoizedTable in kumod (it is userdata there)
 for _, fname in ipairs({'concat', 'insert', 'remove', 'sort', 'unpack', 'move'}) do
   local orig = table[fname]
   table[fname] = function(t, ...)
@@ -337,6 +347,20 @@ end
 
 local CACHES = {}
 S.CACHES = CACHES
+local FAILED_POPULATE_TTL = 60       -- lruttl: a failed populate stays cached 60 s
+local PRUNE_INTERVAL = 30            -- lruttl's prune_expired_caches task runs every 30 s
+local next_prune = OPT.now + PRUNE_INTERVAL
+local function prune_expired()
+  if NOW < next_prune then return end
+  next_prune = NOW + PRUNE_INTERVAL
+  for _, cache in pairs(CACHES) do
+    for e in next, cache.entries do
+      if NOW >= e.expires then
+        e.node[e.key] = nil; cache.entries[e] = nil; cache.count = cache.count - 1
+      end
+    end
+  end
+end
 local NIL = {}                     -- argument key for nil
 local MEMO_FIELDS = {name = true, ttl = true, capacity = true, invalidate_with_epoch = true,
   populate_timeout = true, retry_on_populate_timeout = true, allow_stale_reads = true}
@@ -392,31 +416,38 @@ function kumo.memoize(fn, params)
       node = nxt
     end
     local last = n == 0 and NIL or arg_key((select(n, ...)))
+    prune_expired()
     local e = node[last]
     if e ~= nil and NOW < e.expires then
       cache.hits = cache.hits + 1
       cache.tick = cache.tick + 1; e.used = cache.tick
+      if e.failed then raise(e.failed) end
       return e.value
     end
     cache.misses = cache.misses + 1
     local r = tpack(pcall(fn, ...))
-    if not r[1] then
+    local value, failed
+    if r[1] then
+      if r.n <= 2 then value = r[2] else value = {tunpack(r, 2, r.n)} end  -- several values: one table
+      local ok, err = pcall(check_freezable, value, 0)
+      if not ok then failed = tostring(err) end
+    else
       local err = r[2]
       if mt_of(err) == RejectMT then err = REJ[err].text end   -- a reject becomes a plain error
-      raise('memoize ' .. name .. ': ' .. tostring(err))
+      failed = 'memoize ' .. name .. ': ' .. tostring(err)
     end
-    local value
-    if r.n <= 2 then value = r[2] else value = {tunpack(r, 2, r.n)} end  -- several values: one table
-    check_freezable(value, 0)
-    if type(value) == 'table' then value = proxy_of(value) end
+    if type(value) == 'table' and not failed then value = proxy_of(value) end
     if e == nil then
       if cache.count >= capacity then evict_one() end
       e = {node = node, key = last}
       node[last] = e; cache.entries[e] = true; cache.count = cache.count + 1
     end
-    e.value = value; e.expires = NOW + ttl
+    -- lruttl keeps a failed populate as the entry's state for 60 s, whatever the ttl
+    e.value, e.failed = (not failed) and value or nil, failed
+    e.expires = NOW + (failed and FAILED_POPULATE_TTL or ttl)
     cache.tick = cache.tick + 1; e.used = cache.tick
     cache.populated = cache.populated + 1
+    if failed then raise(failed) end
     return value
   end
 end
@@ -481,6 +512,41 @@ end
 if OPT.with_fs then
   kumo.fs = {metadata_for_path = stat(true), symlink_metadata_for_path = stat(false)}
 end
+
+-- ---------------------------------------------------------------- digest
+-- kumo.digest.<algo>(...): strings are digested as bytes, other values as their JSON;
+-- the result is a BinaryResult userdata: .hex (lowercase), .bytes, .base64 ..., and
+-- tostring() = hex (crates/mod-digest)
+local BIN = setmetatable({}, {__mode = 'k'})
+local BinaryResultMT = {__name = 'BinaryResult'}
+local BIN_FIELDS = {hex = true, bytes = true, base32 = true, base32_nopad = true, base32hex = true,
+  base32hex_nopad = true, base64 = true, base64_nopad = true, base64url = true, base64url_nopad = true}
+BinaryResultMT.__index = function(u, k)
+  local r = BIN[u]
+  if k == 'hex' then return r.hex end
+  if not BIN_FIELDS[k] then raise("attempt to get an unknown field '" .. tostring(k) .. "'") end
+  return PY.encode_digest(r.hex, k)
+end
+BinaryResultMT.__tostring = function(u) return BIN[u].hex end
+local digest = {}
+for _, algo in ipairs({'sha1', 'sha224', 'sha256', 'sha384', 'sha512', 'sha512_256', 'sha3_256',
+                       'sha3_384', 'sha3_512'}) do
+  digest[algo] = function(first, ...)
+    local data = first
+    if type(first) ~= 'string' or select('#', ...) > 0 then
+      local parts = {}
+      for i = 1, select('#', first, ...) do
+        local v = select(i, first, ...)
+        parts[i] = type(v) == 'string' and v or PY.json_key(v)
+      end
+      data = concat(parts)
+    end
+    local u = new_ud(BinaryResultMT)
+    BIN[u] = {hex = PY.digest(algo, data)}
+    return u
+  end
+end
+if OPT.with_digest then kumo.digest = digest end
 
 -- ---------------------------------------------------------------- logging
 if OPT.with_log then
@@ -551,15 +617,18 @@ local function make_addr(text)
 end
 S.make_addr = make_addr
 
--- From header: a mailbox list; .domain/.user/.email need exactly one mailbox
+-- From header (HeaderAddressList): .list flattens groups; .domain/.user/.email/.name
+-- need exactly one entry that is a mailbox, not a group
 local HDR = setmetatable({}, {__mode = 'k'})
 local HeaderMT = {__name = 'AddressList'}
 HeaderMT.__index = function(u, k)
-  local list = HDR[u]
-  if k == 'list' then return list end
+  local parsed = HDR[u]
+  if k == 'list' then return parsed.list end
   if k == 'domain' or k == 'user' or k == 'email' or k == 'name' then
-    if #list ~= 1 then raise('address list has ' .. #list .. ' entries, expected exactly one mailbox') end
-    return list[1][k]
+    if not parsed.simple then
+      raise(#parsed.list == 0 and 'no addresses' or 'is not a simple single address')
+    end
+    return parsed.list[1][k]
   end
   raise("attempt to get an unknown field '" .. tostring(k) .. "'")
 end
@@ -653,7 +722,7 @@ MessageMT.__index = function(u, k)
 end
 MessageMT.__tostring = function(u) return 'Message: ' .. MSG[u].id end
 
--- from: nil (no header) | false (unparseable) | list of {name, user, domain, email}
+-- from: nil (no header) | false (unparseable) | {simple =, list = {{name, user, domain, email}...}}
 function S.make_message(id, sender, rcpts, from_raw, from, meta)
   local u = new_ud(MessageMT)
   MSG[u] = {id = id, sender = sender, rcpt = rcpts, rcpt_ud = {}, from_raw = from_raw,
@@ -740,43 +809,228 @@ return S
 """
 
 
+def _digest_hex(algo: str, data: str) -> str:
+    return hashlib.new(algo, data.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _encode_digest(hex_digest: str, encoding: str):
+    raw = bytes.fromhex(hex_digest)
+    if encoding == "bytes":
+        return raw
+    family, _, nopad = encoding.partition("_")
+    text = {"base32": base64.b32encode, "base32hex": base64.b32hexencode, "base64": base64.b64encode,
+            "base64url": base64.urlsafe_b64encode}[family](raw).decode()
+    return text.rstrip("=") if nopad else text
+
+
 def _ret(value, n: int) -> tuple:
     """A Lua call's results as a tuple of exactly n (lupa gives a bare value for one)."""
     t = value if isinstance(value, tuple) else (value,)
     return (t + (None,) * n)[:n]
 
 
-def _parse_from(value: str | None):
-    """(list of mailboxes) | None (no header) | False (unparseable), ASCII only and simple:
-    `Name <user@domain>`, `user@domain`, several separated by commas outside quotes/<>."""
+# ----------------------------------------------------------------------------- From header
+# msg:from_header() in kumod: mailparsing parses the RAW header value as an RFC 5322
+# address-list (obsolete forms included), decoding RFC 2047 encoded words in display
+# names; the result (crates/message/src/address.rs HeaderAddressList) answers
+# .user/.domain/.email/.name only when it is exactly one mailbox, not a group, and
+# raises otherwise; .list flattens groups. The parser below follows that grammar.
+
+class _FromSyntaxError(ValueError):
+    pass
+
+
+_ATEXT = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~")
+_ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([QqBb])\?([^?\s]*)\?=")
+
+
+def _is_atext(ch: str) -> bool:
+    return ch in _ATEXT or ord(ch) > 127      # RFC 6532: UTF-8 is atext too
+
+
+def _tokens(value: str) -> list[tuple[str, str]]:
+    """(kind, text): atom, quoted, literal, or a special character; CFWS dropped."""
+    out, i, n = [], 0, len(value)
+    while i < n:
+        ch = value[i]
+        if ch in " \t\r\n":
+            i += 1
+        elif ch == "(":
+            depth = 0
+            while i < n:
+                c = value[i]
+                if c == "\\":
+                    i += 1
+                elif c == "(":
+                    depth += 1
+                elif c == ")":
+                    depth -= 1
+                    if depth == 0:
+                        break
+                i += 1
+            if i >= n:
+                raise _FromSyntaxError("unterminated comment")
+            i += 1
+        elif ch == '"':
+            j, text = i + 1, []
+            while j < n and value[j] != '"':
+                if value[j] == "\\" and j + 1 < n:
+                    j += 1
+                text.append(value[j])
+                j += 1
+            if j >= n:
+                raise _FromSyntaxError("unterminated quoted string")
+            out.append(("quoted", "".join(text)))
+            i = j + 1
+        elif ch == "[":
+            j = value.find("]", i)
+            if j < 0:
+                raise _FromSyntaxError("unterminated domain literal")
+            out.append(("literal", value[i:j + 1]))
+            i = j + 1
+        elif _is_atext(ch):
+            j = i
+            while j < n and _is_atext(value[j]):
+                j += 1
+            out.append(("atom", value[i:j]))
+            i = j
+        elif ch in '<>@,;:.':
+            out.append((ch, ch))
+            i += 1
+        else:
+            raise _FromSyntaxError(f"unexpected {ch!r}")
+    return out
+
+
+def _decode_encoded_word(atom: str) -> str | None:
+    m = _ENCODED_WORD.fullmatch(atom)
+    if not m:
+        return None
+    charset, enc, text = m.groups()
+    if enc in "Qq":
+        raw = re.sub(rb"=([0-9A-Fa-f]{2})", lambda x: bytes([int(x.group(1), 16)]),
+                     text.replace("_", " ").encode("ascii", "replace"))
+    else:
+        raw = base64.b64decode(text + "=" * (-len(text) % 4))
+    return raw.decode(charset, "replace")
+
+
+def _phrase_text(words: list[tuple[str, str]]) -> str:
+    """A display name: encoded words decoded and joined without the space between two
+    of them; an obs-phrase '.' stays attached to the word before it."""
+    parts, prev_encoded = [], False
+    for kind, text in words:
+        decoded = _decode_encoded_word(text) if kind == "atom" else None
+        if parts and kind != "." and not (prev_encoded and decoded is not None):
+            parts.append(" ")
+        parts.append(decoded if decoded is not None else text)
+        prev_encoded = decoded is not None
+    return "".join(parts)
+
+
+class _FromParser:
+    def __init__(self, value: str):
+        self.toks = _tokens(value)
+        self.pos = 0
+
+    def peek(self) -> str | None:
+        return self.toks[self.pos][0] if self.pos < len(self.toks) else None
+
+    def take(self, kind: str | None = None) -> tuple[str, str]:
+        if self.pos >= len(self.toks) or (kind and self.toks[self.pos][0] != kind):
+            raise _FromSyntaxError(f"expected {kind or 'more'}")
+        self.pos += 1
+        return self.toks[self.pos - 1]
+
+    def words(self) -> list[tuple[str, str]]:
+        out = []
+        while self.peek() in ("atom", "quoted", "."):   # obs-phrase allows '.'
+            out.append(self.take())
+        return out
+
+    def domain(self) -> str:
+        if self.peek() == "literal":
+            return self.take()[1]
+        parts = [self.take("atom")[1]]
+        while self.peek() == ".":
+            self.take(".")
+            parts.append(self.take("atom")[1])   # a trailing dot is no domain
+        return ".".join(parts)
+
+    @staticmethod
+    def local_part(words: list[tuple[str, str]]) -> str:
+        # word *("." word), obs-local-part included; a phrase of bare words is no local part
+        if not words or len(words) % 2 == 0:
+            raise _FromSyntaxError("bad local part")
+        for i, (kind, _) in enumerate(words):
+            if (i % 2 == 1) != (kind == "."):
+                raise _FromSyntaxError("bad local part")
+        return "".join(text for _, text in words)
+
+    def angle_addr(self) -> tuple[str, str]:
+        self.take("<")
+        if self.peek() == "@":                          # obs-route: @a,@b:
+            while self.peek() in ("@", ","):
+                if self.take()[0] == "@":
+                    self.domain()
+            self.take(":")
+        user = self.local_part(self.words())
+        self.take("@")
+        domain = self.domain()
+        self.take(">")
+        return user, domain
+
+    def mailbox(self, words: list[tuple[str, str]]) -> dict:
+        if self.peek() == "<":
+            user, domain = self.angle_addr()
+            name = _phrase_text(words) if words else None
+        else:
+            user = self.local_part(words)
+            self.take("@")
+            domain = self.domain()
+            name = None
+        return {"name": name, "user": user, "domain": domain, "email": _email(user, domain)}
+
+    def address_list(self) -> dict:
+        entries = []
+        while True:
+            words = self.words()
+            if self.peek() == ":":                      # group: name: [mailbox-list] ;
+                self.take(":")
+                members = []
+                while self.peek() != ";":
+                    members.append(self.mailbox(self.words()))
+                    if self.peek() != ",":
+                        break
+                    self.take(",")
+                self.take(";")
+                entries.append(("group", members))
+            else:
+                entries.append(("mailbox", [self.mailbox(words)]))
+            if self.peek() is None:
+                break
+            self.take(",")
+        simple = len(entries) == 1 and entries[0][0] == "mailbox"
+        return {"simple": simple, "list": [m for _, members in entries for m in members]}
+
+
+def _email(user: str, domain: str) -> str:
+    dot_atom = user and all(part and all(_is_atext(c) for c in part) for part in user.split("."))
+    if dot_atom:
+        return f"{user}@{domain}"
+    quoted = user.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{quoted}"@{domain}'
+
+
+def parse_from_header(value: str | None):
+    """None (no header) | False (kumod's parser raises) | {"simple": bool, "list": [mailbox]}
+    where a mailbox is {name, user, domain, email} as HeaderAddress gives them."""
     if value is None:
         return None
-    parts, depth, quote, cur = [], 0, False, ""
-    for ch in value:
-        if ch == '"':
-            quote = not quote
-        elif not quote and ch == "<":
-            depth += 1
-        elif not quote and ch == ">":
-            depth -= 1
-        if ch == "," and not quote and depth == 0:
-            parts.append(cur)
-            cur = ""
-        else:
-            cur += ch
-    parts.append(cur)
-    out = []
-    for part in parts:
-        part = part.strip()
-        name = None
-        if part.endswith(">") and "<" in part:
-            name = part[:part.rindex("<")].strip().strip('"') or None
-            part = part[part.rindex("<") + 1:-1]
-        user, at, domain = part.rpartition("@")
-        if not at or not user or not domain or " " in domain:
-            return False
-        out.append({"name": name, "user": user, "domain": domain, "email": f"{user}@{domain}"})
-    return out
+    try:
+        return _FromParser(value).address_list()
+    except _FromSyntaxError:
+        return False
 
 
 class Message:
@@ -815,14 +1069,16 @@ class Kumod:
     with_serde        False: no kumo.serde (kumod older than 2024.09.02)
     with_legacy_serde kumo.json_load / kumo.toml_load
     with_log          False: no kumo.log_* (kumod older than 2025.03.19)
+    with_digest       False: no kumo.digest
     """
 
     def __init__(self, policy_dir: os.PathLike | str | None = None, *, clock: FakeClock | None = None,
                  with_fs: bool = True, with_serde: bool = True, with_legacy_serde: bool = True,
-                 with_log: bool = True, extra_paths: Sequence[os.PathLike | str] = ()):
+                 with_log: bool = True, with_digest: bool = True, extra_paths: Sequence[os.PathLike | str] = ()):
         self.clock = clock or FakeClock()
         self.logs: list[tuple[str, str]] = []
         self.io_paths: list[str] = []      # every path the fakes touched (stat / load)
+        self.fake_inode: int | None = None  # reported by kumo.fs instead of the real inode
         self._msg_ids = 0
         self.lua = lua54.LuaRuntime(unpack_returned_tuples=True, register_eval=False)
         dirs = ([policy_dir] if policy_dir else []) + list(extra_paths)
@@ -836,11 +1092,13 @@ class Kumod:
             "json_key": lambda v: json.dumps(self.from_lua(v), sort_keys=True),
             "stat": self._stat,
             "log": lambda level, text: self.logs.append((level, text)),
+            "digest": _digest_hex,
+            "encode_digest": _encode_digest,
         })
         opt = self.lua.table_from({
             "now": self.clock.now(), "multi": self.lua.table_from(list(MULTI_HANDLER_EVENTS)),
             "with_fs": with_fs, "with_serde": with_serde, "with_legacy_serde": with_legacy_serde,
-            "with_log": with_log,
+            "with_log": with_log, "with_digest": with_digest,
         })
         self._S = self.lua.execute(_PRELUDE, py, opt)
         self.clock._listeners.append(self._S.set_clock)
@@ -870,8 +1128,11 @@ class Kumod:
             st = os.stat(path) if follow else os.lstat(path)
         except OSError as err:
             return False, f"{err.strerror} (os error {err.errno})"
+        ino = st.st_ino if self.fake_inode is None else self.fake_inode
+        if ino > _I64_MAX:
+            ino = float(ino)  # mlua converts a u64 that does not fit an i64 to a Lua float
         return True, self.lua.table_from({
-            "len": st.st_size, "size": st.st_size, "ino": st.st_ino, "dev": st.st_dev,
+            "len": st.st_size, "size": st.st_size, "ino": ino, "dev": st.st_dev,
             "mode": st.st_mode, "nlink": st.st_nlink, "uid": st.st_uid, "gid": st.st_gid,
             "is_file": _stat.S_ISREG(st.st_mode), "is_dir": _stat.S_ISDIR(st.st_mode),
             "is_symlink": _stat.S_ISLNK(st.st_mode), "readonly": st.st_mode & 0o222 == 0,
@@ -939,6 +1200,18 @@ class Kumod:
     def memo_names(self) -> list[str]:
         return sorted(self._S.CACHES.keys())
 
+    def metric_series(self) -> int:
+        """Series in kumod's metrics for these caches: lruttl labels 11 metrics by cache
+        name (lookup, evict, expire, hit, miss, insert, populated, error, stale,
+        waiting_populate, cache_size), mod-memoize 4 more; none is ever removed."""
+        return SERIES_PER_MEMOIZE_CACHE * len(self.memo_names())
+
+    def lua_memory_bytes(self) -> int:
+        """Bytes in use by this Lua state after a full collection (memoized data included:
+        the stand-in keeps it in Lua, kumod in Rust)."""
+        return int(self.execute("collectgarbage('collect'); collectgarbage('collect') "
+                                "return collectgarbage('count') * 1024"))
+
     def logged(self, level: str | None = None) -> list[str]:
         return [t for (lv, t) in self.logs if level is None or lv == level]
 
@@ -952,7 +1225,7 @@ class Kumod:
         if isinstance(recipients, str):
             recipients = [recipients]
         self._msg_ids += 1
-        parsed = _parse_from(from_header)
+        parsed = parse_from_header(from_header)
         from_lua = None if parsed is None else (False if parsed is False else self.to_lua(parsed))
         ud = self._S.make_message(f"msg{self._msg_ids}", sender, self.to_lua(list(recipients)),
                                   from_header, from_lua, self.to_lua(meta or {}))

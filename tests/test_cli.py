@@ -8,6 +8,7 @@ import time
 import pytest
 
 import logfactory as f
+from conftest import wait_for
 
 
 def test_check_json_carries_the_evidence(install):
@@ -112,8 +113,8 @@ def test_stats_json_counts_by_domain_and_reason(install):
 def test_prune_removes_expired(install):
     old = int(time.time()) - 30 * 86400 + 1
     install.ingest([f.expiration("gone@example.net", timestamp=old), f.bounce("live@example.net")])
-    time.sleep(1.5)
-    assert "pruned 1 expired entry" in install.ok("prune").output
+    # gone@ lapses a second after it was learned; until then prune finds nothing
+    wait_for(lambda: "pruned 1 expired entry" in install.ok("prune").output, what="gone@ expired")
     assert json.loads(install.ok("stats", "--json").output)["entries"] == 1
 
 
@@ -161,6 +162,7 @@ def test_real_process_usage_errors_and_python_dash_m(install):
     assert p.returncode == 2
     p = install.subprocess("--help")
     assert p.returncode == 0 and b"ingest" in p.stdout
+    install.db.unlink()
     p = install.subprocess("stats")
     assert p.returncode == 3 and b"Traceback" not in p.stderr
 
@@ -233,11 +235,15 @@ def _stderr_on_a_terminal(install, *args, input_bytes=None) -> str:
 def test_progress_on_a_terminal_only(install, tmp_path):
     install.configure(ingest={"batch_lines": 2})
     install.segment([f.delivery(f"u{i}@example.net") for i in range(10)])
+    install.segment([f.delivery(f"w{i}@example.net") for i in range(10)])
     shown = _stderr_on_a_terminal(install, "ingest")
     assert "\r" in shown and "logs/" in shown, repr(shown)
+    assert "2/2 segments" in shown and "kB" in shown, "with totals: " + repr(shown)
     csv_in = tmp_path / "rows.csv"
     csv_in.write_text("".join(f"r{i}@example.net,example.com\n" for i in range(5)))
-    assert "import: 1" in _stderr_on_a_terminal(install, "import", csv_in)
+    shown = _stderr_on_a_terminal(install, "import", csv_in)
+    assert "import: 1" in shown and "import: 5/5" in shown, repr(shown)
+    assert "export: 1/1" in _stderr_on_a_terminal(install, "export")
     # not on a terminal (cron, systemd): no progress lines at all
     install.segment([f.delivery(f"v{i}@example.net") for i in range(10)])
     r = install.subprocess("ingest")
@@ -281,3 +287,118 @@ def test_no_config_anywhere_is_exit_2_not_a_store_in_cwd(tmp_path):
                        capture_output=True, timeout=60)
     assert p.returncode == 2 and b"no config file" in p.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def _rows(install, table: str) -> int:
+    import sqlite3
+    with sqlite3.connect(install.db) as conn:
+        return conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+
+
+@pytest.mark.parametrize("recipient,domain,named", [
+    ("Some One <x@y.example>", "example.com", "RECIPIENT"),
+    ("x@y.example", "not a domain", "--domain"),
+    ("x@y.example", "*", "--domain"),
+    ("x@*", "example.com", "RECIPIENT"),
+])
+def test_add_check_remove_refuse_what_is_not_an_address_or_a_domain(install, recipient, domain, named):
+    install.ok("init")
+    for command in ("add", "check", "remove"):
+        r = install.run(command, recipient, "--domain", domain)
+        assert r.exit_code == 2, (command, r.output, r.stderr)
+        assert named in r.stderr and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert (_rows(install, "suppressions"), _rows(install, "history"), _rows(install, "tombstones")) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("ttl", ["0s", "0", "0.5s"])
+def test_add_with_a_ttl_that_is_not_positive_is_exit_2_and_stores_nothing(install, ttl):
+    install.ok("init")
+    r = install.run("add", "u@example.net", "--domain", "example.com", "--ttl", ttl)
+    assert r.exit_code == 2 and "--ttl" in r.stderr and "positive" in r.stderr, r.stderr
+    assert _rows(install, "suppressions") == 0 and _rows(install, "history") == 0
+
+
+def test_remove_of_a_pair_that_is_not_suppressed_is_exit_1_and_writes_nothing(install):
+    install.ok("add", "u@example.net", "--domain", "example.com")
+    r = install.run("remove", "u@example.net", "--domain", "exmaple.com")     # the typo
+    assert r.exit_code == 1 and "not suppressed" in r.output and "suppressed for example.com" in r.output
+    assert (_rows(install, "tombstones"), _rows(install, "history")) == (0, 1), "nothing written"
+    assert install.ok("remove", "U@example.net", "--domain", "example.com").output.startswith("removed")
+    assert install.run("remove", "u@example.net", "--domain", "example.com").exit_code == 1, "already removed"
+    assert _rows(install, "tombstones") == 1
+
+
+def test_check_json_answers_both_ways_and_names_the_other_domains(install):
+    install.ok("add", "u@example.net", "--domain", "a.example")
+    install.ok("add", "@example.net", "--domain", "b.example")
+    r = install.run("check", "U@example.net", "--domain", "c.example", "--json")
+    assert r.exit_code == 1
+    assert json.loads(r.output) == {"suppressed": False, "recipient": "u@example.net", "domain": "c.example",
+                                    "other_domains": ["a.example", "b.example"]}
+    r = install.run("check", "u@example.net", "--domain", "a.example", "--json")
+    answer = json.loads(r.output)
+    assert r.exit_code == 0 and answer["suppressed"] is True and answer["other_domains"] == ["b.example"]
+    r = install.run("check", "u@example.net", "--domain", "c.example")
+    assert r.exit_code == 1 and "suppressed for a.example, b.example" in r.output
+
+
+@pytest.mark.parametrize("args", [("list",), ("list", "--json"), ("dump",)])
+def test_output_into_a_pipe_closed_early_ends_quietly(install, tmp_path, args):
+    import subprocess
+    rows = tmp_path / "many.csv"
+    rows.write_text("".join(f"user{i}@dest.example,example.com\n" for i in range(5000)))   # > a pipe's buffer
+    install.ok("import", rows)
+    proc = subprocess.Popen([sys.executable, "-m", "exporter", "-c", str(install.config_path), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=install.root)
+    try:
+        assert proc.stdout.readline()      # `| head -1`
+        proc.stdout.close()
+        stderr = proc.stderr.read()
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code in (0, 141) and stderr == b"", (code, stderr)
+
+
+def test_import_takes_a_bom_and_a_header_and_reports_every_bad_row(install, tmp_path):
+    install.ok("init")
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes("\ufeffrecipient,domain,reason\n"
+                    "a@example.net,example.com\n"
+                    "Some One <b@example.net>,example.com\n"
+                    "c@example.net,example.com,manual\n"
+                    "d@example.net,*\n".encode())
+    r = install.run("import", bad)
+    assert r.exit_code == 2
+    lines = r.stderr.splitlines()
+    assert len(lines) == 2 and "bad.csv:3: recipient: " in lines[0] and "bad.csv:5: domain: " in lines[1], lines
+    assert _rows(install, "suppressions") == 0, "nothing stored"
+    excel = tmp_path / "excel.csv"
+    excel.write_bytes(b"\xef\xbb\xbfrecipient,domain\r\nA@example.net,example.com\r\n")
+    assert install.ok("import", excel).output.strip() == "imported 1 row(s)"
+    assert install.check("a@example.net") is not None
+
+
+def test_dump_escapes_cells_a_spreadsheet_would_run_and_import_undoes_it(install, tmp_path):
+    for rcpt in ("@bad.example", "=1+2@x.example", "+1@x.example", "-x@x.example", "plain@x.example"):
+        install.ok("add", "--domain", "example.com", "--", rcpt)
+    dump = install.ok("dump").output
+    cells = [line.split(",")[0] for line in dump.splitlines()[1:]]
+    assert sorted(cells) == ["'+1@x.example", "'-x@x.example", "'=1+2@x.example", "'@bad.example",
+                             "plain@x.example"]
+    from conftest import Install
+    (tmp_path / "copy").mkdir()
+    copy = Install(tmp_path / "copy")
+    (tmp_path / "dump.csv").write_text(dump)
+    copy.ok("import", tmp_path / "dump.csv")
+    assert copy.ok("dump").output == dump
+    assert copy.check("@bad.example") is not None
+
+
+def test_verbose_says_which_config_and_store(install):
+    install.ok("init")
+    r = install.subprocess("-v", "stats")
+    assert str(install.config_path).encode() in r.stderr and str(install.db).encode() in r.stderr, r.stderr
+    assert install.subprocess("stats").stderr == b""
+

@@ -69,6 +69,7 @@ def test_two_syncs_at_once_equal_one(corpus, round_):
 def test_ingest_and_manual_export_at_once(corpus):
     root = corpus["base"] / "ingest-export"
     cfg = _make_install(root, corpus["corpus"])
+    subprocess.run(_cmd(cfg, "init"), check=True, capture_output=True)   # export never creates a store
     _assert_clean(_start_together([_cmd(cfg, "ingest"), _cmd(cfg, "export"), _cmd(cfg, "export")]))
     snaps = _snapshots(root / "snapshots")     # whatever the overlap exported is valid
     assert set(snaps) <= set(corpus["snapshots"])

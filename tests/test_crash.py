@@ -73,7 +73,14 @@ def _make_install(root: Path, corpus: Path) -> Path:
     cfg.write_text(tomli_w.dumps({"store": {"path": "var/suppression.db"},
                                   "ingest": {"log_dirs": ["logs"], "batch_lines": BATCH_LINES},
                                   "export": {"dir": "snapshots"}}))
+    _init(cfg)
     return cfg
+
+
+def _init(cfg: Path) -> None:
+    """Only `init` creates a store, as an operator's first step."""
+    done = subprocess.run(_cmd(cfg, "init"), capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr.decode()
 
 
 def reference_run(base: Path, command: str = "ingest") -> tuple[Path, dict]:
@@ -155,6 +162,7 @@ def test_kill9_ingest_then_rerun_equals_one_run(reference, seed):
             ref = reference["state"]
             assert state_of(db)["suppressions"] == ref["suppressions"]
             shutil.rmtree(root / "var")
+            _init(cfg)
     done = subprocess.run(_cmd(cfg, "ingest"), capture_output=True, timeout=300)
     assert done.returncode == 0, done.stderr.decode()
     state = state_of(db)

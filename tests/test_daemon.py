@@ -141,9 +141,8 @@ def test_run_refuses_open_listen_without_token(fast):
 def test_sigint_also_stops_cleanly(fast):
     runner = Runner(fast)
     try:
-        wait_until(lambda: (fast.snap_dir / "manifest.json").exists() or fast.db.exists(), what="started",
-                   runner=runner)
-        time.sleep(0.5)
+        # the first export has run: the scheduler (and its signal handlers) is up
+        wait_until(lambda: (fast.snap_dir / "manifest.json").exists(), what="first export", runner=runner)
         runner.proc.send_signal(signal.SIGINT)
         runner.proc.wait(5)
     finally:

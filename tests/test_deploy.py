@@ -141,26 +141,15 @@ def test_role_uses_only_builtin_fqcn_modules():
 
 
 def _fake_source(tmp: Path) -> Path:
-    """The project source as the role copies it, without caches."""
+    """What the role reads from the checkout when the package is not installed: the Lua
+    module."""
     src = tmp / "source"
-    src.mkdir()
-    shutil.copy2(ROOT / "pyproject.toml", src / "pyproject.toml")
-    readme = ROOT / "README.md"
-    (src / "README.md").write_text(readme.read_text() if readme.exists() else "# kumo-suppression\n")
-    # A one-file package: the role copies whatever the tree holds, and every
-    # file copied is one module run (pip install is off in these tests).
-    (src / "exporter").mkdir()
-    (src / "exporter" / "__init__.py").write_text('"""stand-in for the role test"""\n')
-    (src / "policy_lua").mkdir()
-    lua = ROOT / "policy_lua" / "suppression.lua"
-    if lua.exists():
-        shutil.copy2(lua, src / "policy_lua" / "suppression.lua")
-    else:  # the module is written in parallel; any file tests the copy
-        (src / "policy_lua" / "suppression.lua").write_text("return {}\n")
+    (src / "policy_lua").mkdir(parents=True)
+    shutil.copy2(ROOT / "policy_lua" / "suppression.lua", src / "policy_lua" / "suppression.lua")
     return src
 
 
-def _apply(tmp_path_factory, name: str, overrides: dict) -> dict:
+def _apply(tmp_path_factory, name: str, overrides: dict, check_mode: bool = False) -> dict:
     playbook_bin = _need("ansible", "ansible-playbook")
     tmp = tmp_path_factory.mktemp(name)
     root = tmp / "root"
@@ -197,7 +186,8 @@ def _apply(tmp_path_factory, name: str, overrides: dict) -> dict:
     varsfile = tmp / "vars.json"
     varsfile.write_text(json.dumps(extra))
     argv = [playbook_bin, "-i", "localhost,", "-e", f"@{varsfile}",
-            "-e", f"ansible_python_interpreter={sys.executable}", str(play)]
+            "-e", f"ansible_python_interpreter={sys.executable}", *(["--check"] if check_mode else []),
+            str(play)]
     first = _run(argv, tmp)
     second = _run(argv, tmp) if first.returncode == 0 else None
     return {"root": root, "src": src, "vars": extra, "first": first, "second": second}
@@ -246,8 +236,6 @@ def test_role_places_files_and_modes(applied):
         "/etc/systemd/system/kumo-suppress.service": 0o644,
         "/etc/systemd/system/kumo-suppress-sync.service": 0o644,
         "/etc/systemd/system/kumo-suppress-sync.timer": 0o644,
-        "/opt/kumo-suppression/src/pyproject.toml": None,
-        "/opt/kumo-suppression/src/exporter": None,
     }
     for path, mode in expect.items():
         p = root / path.lstrip("/")
@@ -260,6 +248,8 @@ def test_role_places_files_and_modes(applied):
     assert not (root / "etc/systemd/system/kumo-suppress-pull.service").exists()
     # owner is the configured user
     assert (root / "var/lib/kumo-suppression").stat().st_uid == os.getuid()
+    # the package is only installed when kumo_suppression_pip_install is on
+    assert not (root / "opt/kumo-suppression").exists()
 
 
 def test_role_config_is_valid(applied):
@@ -325,6 +315,85 @@ def test_cluster_pull_setup(applied_cluster):
     assert _recap(second.stdout)["changed"] == 0, second.stdout
 
 
+@pytest.fixture(scope="module")
+def applied_from_wheel(tmp_path_factory, built_dist):
+    """The exporter installed for real: the wheel copied, a venv made, pip install -c
+    deploy/constraints.txt (offline, from the test wheelhouse), a metrics textfile."""
+    wheel = next(built_dist.glob("kumo_suppression-*.whl"))
+    return _apply(tmp_path_factory, "wheel", {
+        "kumo_suppression_pip_install": True,
+        "kumo_suppression_wheel": str(wheel),
+        "kumo_suppression_pip_extra_args": f"--no-index --find-links {built_dist}",
+        "kumo_suppression_python": sys.executable,
+        "kumo_suppression_kumod": False,
+        "kumo_suppression_metrics_textfile": "/var/lib/node-exporter-textfiles/kumo_suppression.prom",
+    })
+
+
+def test_role_installs_the_wheel_with_the_pinned_dependencies(applied_from_wheel):
+    first, second = applied_from_wheel["first"], applied_from_wheel["second"]
+    assert first.returncode == 0, first.stdout + first.stderr
+    prefix = applied_from_wheel["root"] / "opt/kumo-suppression"
+    assert (prefix / "constraints.txt").read_bytes() == (DEPLOY / "constraints.txt").read_bytes()
+    exe = prefix / "venv/bin/kumo-suppress"
+    version = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and version.stdout.startswith("kumo-suppress, version "), version
+    freeze = subprocess.run([str(prefix / "venv/bin/python"), "-m", "pip", "freeze"],
+                            capture_output=True, text=True, timeout=120).stdout.lower().split()
+    pinned = [line.lower() for line in (DEPLOY / "constraints.txt").read_text().split()
+              if "==" in line and not line.startswith("#")]
+    assert set(pinned) <= set(freeze), sorted(set(pinned) - set(freeze))
+    metrics_dir = applied_from_wheel["root"] / "var/lib/node-exporter-textfiles"
+    assert metrics_dir.is_dir() and _mode(metrics_dir) == 0o755
+    unit = (applied_from_wheel["root"] / "etc/systemd/system/kumo-suppress.service").read_text()
+    assert "\nReadWritePaths=/var/lib/kumo-suppression /var/lib/kumo-suppression-snapshots " \
+           "/var/lib/node-exporter-textfiles\n" in unit
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert _recap(second.stdout)["changed"] == 0, second.stdout
+
+
+def test_role_without_a_wheel_says_how_to_build_one(tmp_path_factory):
+    r = _apply(tmp_path_factory, "nowheel", {"kumo_suppression_pip_install": True})["first"]
+    assert r.returncode != 0
+    assert "no wheel in" in r.stdout and "python3 -m pip wheel --no-deps -w dist ." in r.stdout, r.stdout
+
+
+def test_role_check_mode_on_a_fresh_host(tmp_path_factory):
+    """--check where the service user does not exist yet: every task checks, nothing is
+    written (no "unknown user" from tasks that would chown to it)."""
+    absent = "kumo-suppress-absent-user"
+    with pytest.raises(KeyError):
+        pwd.getpwnam(absent)
+    checked = _apply(tmp_path_factory, "check", {
+        "kumo_suppression_create_user": True,
+        "kumo_suppression_user": absent,
+        "kumo_suppression_group": absent,
+    }, check_mode=True)
+    first = checked["first"]
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert _recap(first.stdout)["changed"] > 0
+    assert list(checked["root"].iterdir()) == [], "check mode wrote files"
+    with pytest.raises(KeyError):
+        pwd.getpwnam(absent)
+
+
+def test_role_stops_first_when_it_cannot_become_root(tmp_path_factory):
+    """The real root (no kumo_suppression_root), and becoming fails (no sudo here) or
+    gives a user other than root (where sudo works): the first task stops the play with
+    the reason. (Becoming root itself is a no-op for ansible when it already runs as root,
+    hence `nobody`; and --check, so that nothing can change on this machine.)"""
+    r = _apply(tmp_path_factory, "become", {
+        "kumo_suppression_root": "",
+        "ansible_become": True,
+        "ansible_become_user": "nobody",
+    }, check_mode=True)["first"]
+    assert r.returncode != 0
+    assert "kumo_suppression needs root on localhost" in r.stdout and "become: true" in r.stdout, r.stdout
+    recap = _recap(r.stdout)
+    assert recap["changed"] == 0 and recap["failed"] == 1, r.stdout
+    assert "Check the role variables" not in r.stdout, "the play went on after the root check"
+
+
 # --------------------------------------------------------------------------
 # systemd units
 # --------------------------------------------------------------------------
@@ -373,6 +442,12 @@ def test_units_hardening_present():
                      "ReadWritePaths=/var/lib/kumo-suppression /var/lib/kumo-suppression-snapshots",
                      "ReadOnlyPaths=-/var/log/kumomta"):
             assert f"\n{line}\n" in text, f"{unit}: {line}"
+    for unit in ("kumo-suppress.service", "kumo-suppress-sync.service", "kumo-suppress-pull.service"):
+        text = (SYSTEMD_DIR / unit).read_text()
+        for line in ("StateDirectory=kumo-suppression", "StateDirectoryMode=0700",
+                     "ConfigurationDirectory=kumo-suppression", "ConfigurationDirectoryMode=0750"):
+            assert f"\n{line}\n" in text, f"{unit}: {line}"
+    assert "\nLimitNOFILE=16384\n" in (SYSTEMD_DIR / "kumo-suppress.service").read_text()
     assert "\nType=simple\n" in (SYSTEMD_DIR / "kumo-suppress.service").read_text()
     assert "\nType=oneshot\n" in (SYSTEMD_DIR / "kumo-suppress-sync.service").read_text()
     timer = (SYSTEMD_DIR / "kumo-suppress-sync.timer").read_text()

@@ -7,7 +7,7 @@ import sqlite3
 import logfactory as f
 from exporter.config import load_config
 from exporter.ingest import Ingestor
-from exporter.store import Store
+from exporter.store import Store, file_identity
 
 
 def counters(install):
@@ -141,7 +141,7 @@ def test_checkpoint_resumes_mid_segment(install, monkeypatch):
         except KeyboardInterrupt:
             pass
         # the transaction holding the 2nd checkpoint rolled back with its entries
-        assert store.segment_checkpoint(str(path.resolve())) == (2, False)
+        assert store.segment_checkpoint(file_identity(path), path.stat().st_size) == (2, False)
     install.ok("ingest")
     for i in range(6):
         assert install.check(f"u{i}@example.net")["count"] == 1
@@ -217,13 +217,13 @@ def test_batches_commit_at_exact_line_counts_across_blocks_and_oversized_lines(i
         seen = []
         real = store.set_segment_checkpoint
 
-        def record(path_key, lines, complete, size, now):
+        def record(identity, lines, complete, size, now):
             seen.append((lines, complete))
-            real(path_key, lines, complete, size, now)
+            real(identity, lines, complete, size, now)
         store.set_segment_checkpoint = record
         Ingestor(store, cfg).ingest_configured()
         assert seen == [(3, False), (6, False), (9, False), (10, True)]
-        assert store.segment_checkpoint(str(path.resolve())) == (10, True)
+        assert store.segment_checkpoint(file_identity(path), path.stat().st_size) == (10, True)
     assert [install.check(f"u{i}@example.net")["count"] for i in range(4)] == [1, 1, 1, 1]
     c = counters(install)
     assert (c["records_total:Bounce"], c["records_total:Delivery"], c["malformed_total"]) == (4, 5, 1)

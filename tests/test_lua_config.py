@@ -85,6 +85,18 @@ BAD_OPTIONS = [
     ({"snapshot_dir": "/x", "check_interval": "soon"}, "check_interval"),
     ({"snapshot_dir": "/x", "check_interval": 0}, "check_interval"),
     ({"snapshot_dir": "/x", "queue": "a/b"}, "queue"),
+    ({"snapshot_dir": "/x", "check_interval": "2 days"}, "check_interval: must be at most 86400"),
+    ({"snapshot_dir": "/x", "check_interval": float("inf")}, "check_interval: must be at most"),
+    ({"snapshot_dir": "/x", "check_interval": float("nan")}, "check_interval: must be positive"),
+    ({"snapshot_dir": "/x", "check_interval": "99999999999999999999 days"}, "check_interval"),
+    ({"snapshot_dir": "/x", "queue": "null"}, "queue: null is a queue kumod uses itself"),
+    ({"snapshot_dir": "/x", "queue": "NULL"}, "queue: NULL is a queue kumod uses itself"),
+    ({"snapshot_dir": "/x", "queue": "webhook.log_hook"}, "kumod uses itself"),
+    ({"snapshot_dir": "/x", "queue": "generator.kumomta.internal"}, "kumod uses itself"),
+    ({"snapshot_dir": "/x", "queue": "deferred_smtp_inject.kumomta.internal"}, "kumod uses itself"),
+    ({"snapshot_dir": "/x", "queue": False}, "queue"),
+    ({"snapshot_dir": "/x", "large_snapshot_bytes": 0}, "large_snapshot_bytes"),
+    ({"snapshot_dir": "/x", "large_snapshot_bytes": "16MB"}, "large_snapshot_bytes"),
     ({"snapshot_dir": "/x", "name": "a.b"}, "name"),
     ({"snapshot_dir": "/x", "domain_meta": ""}, "domain_meta"),
     ({}, "snapshot"),
@@ -104,6 +116,13 @@ def test_bad_config_values_fail_at_new(world):
         Policy({"config": str(cfg)})
     write_config(cfg, export={"dir": "var/snapshots"}, policy={"reject_code": "550"})
     with pytest.raises(LuaError, match="policy.reject_code"):
+        Policy({"config": str(cfg)})
+
+
+def test_config_queue_null_refused_at_new(world):
+    root, cfg = world
+    write_config(cfg, export={"dir": "var/snapshots"}, policy={"queue": "null"})
+    with pytest.raises(LuaError, match="policy.queue: null is a queue kumod uses itself"):
         Policy({"config": str(cfg)})
 
 
@@ -132,3 +151,21 @@ def test_new_must_run_at_load_time_not_in_handlers(world):
     msg = k.make_message("b@example.com", ["user@example.net"], from_header="a@example.com")
     result = k.http_inject(msg)
     assert result.status == "failed" and "within the event handler" in result.error
+
+
+def test_config_through_a_symlink_resolves_against_the_path_as_given(tmp_path):
+    """kumod's Lua cannot realpath, so relative paths in the config are relative to the
+    directory of the config path as given (symlinks not followed), on both sides."""
+    from exporter.config import load_config
+
+    real, given = tmp_path / "real", tmp_path / "etc"
+    write_config(real / "config.toml", export={"dir": "var/snapshots"})
+    write_snapshot(real / "var" / "snapshots", "example.com", {"target@example.net": entry()})
+    write_snapshot(given / "var" / "snapshots", "example.com", {"given@example.net": entry()})
+    link = given / "config.toml"
+    link.symlink_to(real / "config.toml")
+
+    assert load_config(link).export.dir == given / "var" / "snapshots"
+    p = Policy({"config": str(link)})
+    assert p.http("given@example.net")[0].rejected
+    assert p.http("target@example.net")[0].ok

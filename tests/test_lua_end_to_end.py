@@ -101,7 +101,6 @@ def test_logs_to_lua_decisions(world):
     assert p.k.errors_logged == []
 
     # a new export is picked up once check_interval has passed
-    time.sleep(0.02)
     write_segment(logs, [record("Bounce", "second@example.net")])
     sync(cfg)
     p.clock.advance(2)

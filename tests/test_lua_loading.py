@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from lua_support import DAY, NOW, Policy, entry, write_manifest, write_snapshot
+from lua_support import (DAY, LARGE_SNAPSHOT_BYTES, NOW, SHARED_SNAPSHOT_TTL, Policy, entry,
+                         large_recipients, snapshot_doc, write_manifest, write_snapshot)
 
 
 @pytest.fixture
@@ -72,22 +73,66 @@ def test_unchanged_file_is_loaded_once(snap):
         for i in range(20):
             rejected(p, f"r{i}@example.net")
         p.clock.advance(6)
-    stats = p.k.memo_stats("user.kumo_suppression.default.snapshot:example.com.json")
+    stats = p.k.memo_stats("user.kumo_suppression.default.snapshots")
     assert stats["populated"] == 1, stats
     assert p.k.memo_stats("user.kumo_suppression.default.version")["populated"] == 3
 
 
-def test_a_domain_keeps_at_most_two_snapshot_versions(snap):
-    """A busy domain re-exported every minute must not pile up copies of its list."""
-    p = policy(snap)
-    for i in range(6):
-        write_snapshot(snap, "example.com", {f"v{i}@example.net": entry()})
+def reexport(p, snap, versions, recipients_of):
+    for i in range(versions):
+        write_snapshot(snap, "example.com", recipients_of(i))
         os.utime(snap / "example.com.json", (1_700_000_000 + i, 1_700_000_000 + i))
         p.clock.advance(6)
         assert rejected(p, f"v{i}@example.net")
-    stats = p.k.memo_stats("user.kumo_suppression.default.snapshot:example.com.json")
-    assert stats["populated"] == 6
-    assert stats["size"] <= 2 and stats["evicted"] >= 4
+
+
+def test_a_large_snapshot_is_never_held_twice(snap):
+    """A big domain re-exported every minute: its own capacity-1 cache, so loading a new
+    version drops the old one at once."""
+    p = policy(snap, options={"large_snapshot_bytes": LARGE_SNAPSHOT_BYTES})
+    bulk = large_recipients()
+    reexport(p, snap, 3, lambda i: {**bulk, f"v{i}@example.net": entry()})
+    assert (snap / "example.com.json").stat().st_size >= LARGE_SNAPSHOT_BYTES
+    stats = p.k.memo_stats("user.kumo_suppression.default.large_snapshot:example.com.json")
+    assert stats["populated"] == 3 and stats["size"] == 1 and stats["evicted"] == 2, stats
+    assert p.k.memo_stats("user.kumo_suppression.default.snapshots")["size"] == 0
+
+
+def test_old_versions_of_small_snapshots_go_within_the_shared_ttl(snap):
+    p = policy(snap)
+    reexport(p, snap, 6, lambda i: {f"v{i}@example.net": entry()})
+    stats = p.k.memo_stats("user.kumo_suppression.default.snapshots")
+    assert stats["populated"] == 6 and stats["size"] <= 6
+    p.clock.advance(SHARED_SNAPSHOT_TTL + 31)
+    assert rejected(p, "v5@example.net")
+    stats = p.k.memo_stats("user.kumo_suppression.default.snapshots")
+    assert stats["size"] == 1 and stats["populated"] == 7, "the unchanged file is read again"
+
+
+def test_caches_do_not_grow_with_domains(tmp_path):
+    """kumod lists ~15 series per memoize cache and never removes them."""
+    d = tmp_path / "many"
+    for i in range(200):
+        write_snapshot(d, f"d{i}.example", {"first@example.net": entry()})
+    p = Policy({"snapshot_dir": str(d)})
+    assert rejected(p, "first@example.net", "d0.example")
+    series = p.k.metric_series()
+    for i in range(200):
+        assert rejected(p, "first@example.net", f"d{i}.example")
+    assert p.k.metric_series() == series == 15 * 2, p.k.memo_names()
+
+
+def test_a_failed_populate_is_not_retried_for_60s(snap):
+    """kumod caches a populate error for 60 s; the module must not raise from its
+    populate functions for a file that can be read again within that time."""
+    p = policy(snap)
+    assert rejected(p, "first@example.net")
+    (snap / "example.com.json").write_text("{not json")
+    p.clock.advance(6)
+    assert not rejected(p, "first@example.net")
+    write_snapshot(snap, "example.com", {"first@example.net": entry()})
+    p.clock.advance(6)
+    assert rejected(p, "first@example.net"), "a loader error is a cached false, not a raise"
 
 
 def test_warm_checks_do_no_file_io(snap):
@@ -107,7 +152,7 @@ def test_memo_names_follow_instance_name(snap):
     p = policy(snap, options={"name": "node_a", "queue": "held.node_a"})
     rejected(p, "first@example.net")
     names = p.k.memo_names()
-    assert "user.kumo_suppression.node_a.snapshot:example.com.json" in names
+    assert "user.kumo_suppression.node_a.snapshots" in names
     assert "user.kumo_suppression.node_a.version" in names
 
 
@@ -232,23 +277,70 @@ def test_missing_dir_fails_open_quietly(tmp_path):
     assert p.k.errors_logged == [] and p.lookup("first@example.net", "example.com") is None
 
 
-def test_wrong_field_types_are_ignored_not_crashes(snap):
-    write_snapshot(snap, "example.com", {
-        "good@example.net": entry(),
-        "str@example.net": "bounce",
-        "num@example.net": 42,
-        "list@example.net": [1, 2],
-        "noreason@example.net": {"since": NOW},
-        "badreason@example.net": {"reason": 5, "since": NOW},
-        "badsince@example.net": {"reason": "bounce", "since": "yesterday"},
-        "badexpires@example.net": {"reason": "bounce", "since": NOW, "expires": "never"},
-        "@bad.example": {"reason": ["x"], "since": NOW},
-    })
+BAD_ENTRIES = {
+    "str": "bounce",
+    "num": 42,
+    "list": [1, 2],
+    "noreason": {"since": NOW},
+    "badreason": {"reason": 5, "since": NOW},
+    "badsince": {"reason": "bounce", "since": "yesterday"},
+    "badexpires": {"reason": "bounce", "since": NOW, "expires": "never"},
+}
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_ENTRIES))
+def test_wrong_entry_field_types_fail_open_and_are_reported_once(snap, bad):
+    write_snapshot(snap, "example.com", {"good@example.net": entry(),
+                                         f"{bad}@example.net": BAD_ENTRIES[bad]})
     p = policy(snap)
-    assert rejected(p, "good@example.net")
-    for r in ("str", "num", "list", "noreason", "badreason", "badsince", "badexpires"):
-        assert not rejected(p, f"{r}@example.net"), r
-    assert not rejected(p, "x@bad.example")
+    for _ in range(3):
+        assert not rejected(p, "good@example.net") and not rejected(p, f"{bad}@example.net")
+    p.clock.advance(6)
+    assert not rejected(p, "good@example.net")
+    assert len(p.k.errors_logged) == 1, p.k.errors_logged
+    assert f"{bad}@example.net" in p.k.errors_logged[0] and "wrong field type" in p.k.errors_logged[0]
+    write_snapshot(snap, "example.com", {"good@example.net": entry()})
+    p.clock.advance(6)
+    assert rejected(p, "good@example.net"), "the next good version suppresses again"
+    assert len(p.k.errors_logged) == 1
+
+
+@pytest.mark.parametrize("recipients,needle", [
+    (["a@example.net"], "recipients is an array"),
+    ([{"reason": "bounce", "since": NOW}], "recipients is an array"),
+    ("a@example.net", "recipients is a string"),
+    (None, "recipients is a nil"),
+])
+def test_recipients_not_a_map_fails_open_and_is_reported_once(snap, recipients, needle):
+    doc = snapshot_doc("example.com", {})
+    doc["recipients"] = recipients
+    (snap / "example.com.json").write_text(json.dumps(doc))
+    p = policy(snap)
+    for _ in range(3):
+        assert not rejected(p, "a@example.net")
+        p.clock.advance(6)
+    assert len(p.k.errors_logged) == 1 and needle in p.k.errors_logged[0], p.k.errors_logged
+
+
+@pytest.mark.parametrize("field,value", [("count", "12"), ("generated_at", 5), ("domain", 7)])
+def test_wrong_top_level_field_type_fails_open_and_is_reported_once(snap, field, value):
+    doc = snapshot_doc("example.com", {"first@example.net": entry()})
+    doc[field] = value
+    (snap / "example.com.json").write_text(json.dumps(doc))
+    p = policy(snap)
+    assert not rejected(p, "first@example.net") and not rejected(p, "first@example.net")
+    assert len(p.k.errors_logged) == 1 and field in p.k.errors_logged[0], p.k.errors_logged
+
+
+def test_inode_above_2_63_still_gives_a_version(snap):
+    """mlua turns such an inode (u64) into a float; the domain must keep suppressing."""
+    p = policy(snap)
+    p.k.fake_inode = 2**64 - 5
+    assert rejected(p, "first@example.net")
+    write_snapshot(snap, "example.com", {"second@example.net": entry()})
+    os.utime(snap / "example.com.json", (1_700_000_000, 1_700_000_000))
+    p.clock.advance(6)
+    assert rejected(p, "second@example.net") and not rejected(p, "first@example.net")
     assert p.k.errors_logged == []
 
 

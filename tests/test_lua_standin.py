@@ -54,18 +54,38 @@ def test_memoize_returns_userdata_proxies(k):
     assert k.memo_stats("user.t")["evicted"] == 1 and k.memo_stats("user.t")["size"] == 2
 
 
-def test_memoize_refuses_userdata_results_and_does_not_cache_errors(k):
+def test_memoize_refuses_userdata_results_and_caches_errors_for_60s(k):
+    """lruttl stores a failed populate as the entry (ItemState::Failed) for 60 s."""
     k.execute("""
       local kumo = require 'kumo'
       g = kumo.memoize(function() return kumo.time.now() end, {name = 'user.u', ttl = '1 minute', capacity = 5})
       n = 0
-      h = kumo.memoize(function() n = n + 1; error('boom') end, {name = 'user.e', ttl = '1 minute', capacity = 5})""")
+      h = kumo.memoize(function() n = n + 1; error('boom') end, {name = 'user.e', ttl = '1 hour', capacity = 5})""")
     with pytest.raises(LuaError, match="cannot memoize"):
         k.eval("g()")
     for _ in range(2):
-        with pytest.raises(LuaError):
+        with pytest.raises(LuaError, match="boom"):
             k.eval("h()")
+    assert k.eval("n") == 1
+    k.clock.advance(59)
+    with pytest.raises(LuaError, match="boom"):
+        k.eval("h()")
+    assert k.eval("n") == 1
+    k.clock.advance(2)
+    with pytest.raises(LuaError, match="boom"):
+        k.eval("h()")
     assert k.eval("n") == 2
+
+
+def test_memoize_prunes_expired_entries_every_30s(k):
+    k.execute("""f = require('kumo').memoize(function(a) return {a} end,
+                 {name = 'user.p', ttl = '10 seconds', capacity = 5})""")
+    k.eval("f('a')")
+    assert k.memo_stats("user.p")["size"] == 1
+    k.clock.advance(31)
+    k.eval("f('b')")
+    assert k.memo_stats("user.p")["size"] == 1, "the expired 'a' was pruned"
+    assert k.metric_series() == 15
 
 
 def test_os_time_follows_clock(k):

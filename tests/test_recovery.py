@@ -26,6 +26,7 @@ import pytest
 import tomli_w
 
 import logfactory
+from conftest import wait_for
 from test_crash import _cmd, _make_install, reference_run, state_of
 
 from exporter.export import snapshot_files, validate_snapshot_file
@@ -108,6 +109,7 @@ def test_disk_full_store_then_rerun_equals_one_run(tmp_path):
         data = tomllib.loads(cfg.read_text())
         data["store"]["path"] = str(fs / "suppression.db")
         cfg.write_text(tomli_w.dumps(data))
+        assert subprocess.run(_cmd(cfg, "init"), capture_output=True, timeout=120).returncode == 0
         r = subprocess.run(_cmd(cfg, "ingest"), capture_output=True, timeout=120)
         assert r.returncode == 3, r.stderr.decode()
         _one_line_error(r, "full")
@@ -167,6 +169,7 @@ def test_read_only_store_is_exit_3_and_check_never_says_no(install, tmp_path):
         data = tomllib.loads(install.config_path.read_text())
         data["store"]["path"] = str(fs / "suppression.db")
         install.config_path.write_text(tomli_w.dumps(data))
+        install.ok("init")
         install.ingest([logfactory.bounce("u@dest.example")])
         _remount(fs, "ro")
         install.segment([logfactory.bounce("v@dest.example")])
@@ -210,6 +213,7 @@ def test_snapshot_dir_is_a_file_is_exit_3(install):
 
 
 def test_missing_store_check_is_3_not_1(install):
+    install.db.unlink()
     r = install.subprocess("check", "u@dest.example", "--domain", "example.com")
     assert r.returncode == 3
     _one_line_error(r, str(install.db))
@@ -225,8 +229,14 @@ def test_backup_during_ingest_is_consistent_and_restorable(tmp_path):
     subprocess.run(_cmd(cfg, "init"), check=True, capture_output=True)
     ingest = subprocess.Popen(_cmd(cfg, "ingest"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     backups = []
+
+    def store_bytes() -> int:   # the database and its WAL: they grow with every commit
+        return sum(p.stat().st_size for p in (db, db.with_name(db.name + "-wal")) if p.exists())
+
     for i in range(3):
-        time.sleep(0.3)
+        # each backup after more of the ingest was committed (or after it ended)
+        seen = store_bytes()
+        wait_for(lambda: ingest.poll() is not None or store_bytes() > seen, what="the ingest went on")
         target = tmp_path / f"backup{i}.db"
         r = subprocess.run(_cmd(cfg, "backup", str(target)), capture_output=True, timeout=60)
         assert r.returncode == 0, r.stderr.decode()
@@ -255,7 +265,6 @@ def test_backup_during_ingest_is_consistent_and_restorable(tmp_path):
         # same logs ends exactly where one uninterrupted run does
         restored = tmp_path / f"restored-{target.stem}"
         rcfg = _make_install(restored, corpus)
-        (restored / "var").mkdir()
         shutil.copy2(target, restored / "var" / "suppression.db")
         r = subprocess.run(_cmd(rcfg, "ingest"), capture_output=True, timeout=120)
         assert r.returncode == 0, r.stderr.decode()

@@ -198,8 +198,12 @@ def test_stamped_meta_comes_first():
 
 
 def test_from_header_is_looked_up_case_insensitively():
-    rec = f.bounce("u@example.net", headers={"FROM": '"Shop" <offers@Shop.Example.>'})
+    rec = f.bounce("u@example.net", headers={"FROM": '"Shop" <offers@Shop.Example>'})
     assert outcome(rec)[1].domain == "shop.example"
+    # kumod's address parser refuses a trailing dot, so msg:from_header().domain raises
+    # and the module keys the message by its envelope sender: so does ingestion
+    rec = f.bounce("u@example.net", headers={"FROM": '"Shop" <offers@Shop.Example.>'})
+    assert outcome(rec)[1].domain == "example.com"
 
 
 def test_sender_and_meta_sources():
@@ -259,8 +263,8 @@ def test_from_header_comments_and_trailing_tokens(header):
 
 
 @pytest.mark.parametrize("header,domain", [
-    ("News <news@Example.com>", "example.com"), ("news@example.com.", "example.com"),
-    ('"News, Inc" <n@example.com>', "example.com"), ("a@x.example, b@y.example", "x.example"),
+    ("News <news@Example.com>", "example.com"), ("news@example.com.", None),
+    ('"News, Inc" <n@example.com>', "example.com"), ("a@x.example, b@y.example", None),
     ("Undisclosed recipients:;", None), ("garbage", None)])
 def test_from_header_fast_path_agrees_with_the_parser(header, domain):
     from exporter.records import domain_of_header

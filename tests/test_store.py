@@ -246,7 +246,7 @@ def test_schema_1_store_is_migrated_and_keeps_its_memory(tmp_path):
     conn.commit()
     conn.close()
     with Store.open(path) as store:
-        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 4
         assert store.store_id == "old-store" and store.domain_generations() == {"example.com": 3}
         entry = store.get("u@example.net", "example.com", NOW)
         assert (entry["count"], entry["expires"], entry["evidence"]["nodeid"]) == (1, NOW + 364 * DAY, "node")
@@ -258,7 +258,8 @@ def test_schema_1_store_is_migrated_and_keeps_its_memory(tmp_path):
 def test_prune_trims_history_older_than_the_retention(store):
     apply(store, f.bounce("u@example.net", timestamp=NOW - 100 * DAY), now=NOW - 100 * DAY)
     apply(store, f.bounce("u@example.net", timestamp=NOW - DAY))
-    store.remove("v@example.net", "example.com", NOW - 200 * DAY)
+    apply(store, f.bounce("v@example.net", timestamp=NOW - 201 * DAY), now=NOW - 201 * DAY)
+    assert store.remove("v@example.net", "example.com", NOW - 200 * DAY)
     store.prune(NOW, history_retention=90 * DAY)
     assert [h["action"] for h in store.history("u@example.net", "example.com")] == ["refresh"]
     entry = store.get("u@example.net", "example.com", NOW)
