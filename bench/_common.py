@@ -7,11 +7,14 @@ for) and the command that reproduces them. Benchmarks print; they never assert t
 
 from __future__ import annotations
 
+import contextlib
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -31,6 +34,16 @@ def figure(name: str, value: float, unit: str) -> None:
 
 def note(text: str) -> None:
     print(f"# {text}", flush=True)
+
+
+@contextlib.contextmanager
+def scratch(prefix: str, parent: Path | None = None) -> Iterator[Path]:
+    """A temporary directory for one benchmark run, removed afterwards whatever happens."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def reproduce(argv: list[str] | None = None) -> None:

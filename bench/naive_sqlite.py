@@ -31,7 +31,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _common import ROOT, figure, note, reproduce  # noqa: E402
-from export import fill  # noqa: E402  (bench/export.py)
+from export import fill, rows  # noqa: E402  (bench/export.py)
 
 SQL = ("SELECT reason, first_seen, expires FROM suppressions WHERE domain = ? AND recipient IN (?, ?) "
        "AND (expires IS NULL OR expires > ?) LIMIT 1")
@@ -87,7 +87,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-naive-", dir=args.workdir))
     try:
         db = tmp / "suppression.db"
-        fill(db, args.entries, args.domains)
+        fill(db, rows(args.entries, args.domains))
         miss, hit = naive(db, args.entries, args.domains, args.checks)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -395,7 +395,8 @@ def stats(ctx: Context, as_json):
 @cli.command()
 @pass_ctx
 def prune(ctx: Context):
-    """Drop expired entries (each leaves an `expire` row in the history)."""
+    """Drop expired entries (each leaves an `expire` row in the history) and history
+    older than [store] history_retention."""
     with ctx.open() as sl:
         count = sl.prune()
     click.echo(f"pruned {count} expired entr{'y' if count == 1 else 'ies'}")

@@ -93,6 +93,7 @@ def config_schema() -> dict:
 class StoreConfig:
     path: Path
     busy_timeout: float = 30.0
+    history_retention: int | None = 90 * 86400    # prune trims older history; None = keep all
 
 
 @dataclass
@@ -320,7 +321,9 @@ def build_config(raw: dict, base: Path, cfg_path: Path | None, where: str = "con
     return Config(
         path=cfg_path,
         store=StoreConfig(path=path_of(store.get("path", "var/suppression.db")),
-                          busy_timeout=dur(store, "busy_timeout", "30s", "store")),
+                          busy_timeout=dur(store, "busy_timeout", "30s", "store"),
+                          history_retention=parse_lifetime(store.get("history_retention", "90d"),
+                                                           f"{where}: [store] history_retention")),
         ingest=IngestConfig(log_dirs=[path_of(d) for d in ingest.get("log_dirs", ["/var/log/kumomta"])],
                             include_open=ingest.get("include_open", False),
                             max_line=parse_size(ingest.get("max_line", "1MB"), f"{where}: [ingest] max_line"),

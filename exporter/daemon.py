@@ -95,7 +95,9 @@ class Daemon:
         self._job("export", lambda store: export_snapshots(store, self.config).summary())
 
     def prune(self) -> None:
-        self._job("prune", lambda store: f"pruned {store.prune(now_ts())} expired entries")
+        retention = self.config.store.history_retention
+        self._job("prune", lambda store: f"pruned {store.prune(now_ts(), history_retention=retention)} "
+                                         "expired entries")
 
     # ------------------------------------------------------------------ life cycle
     def start(self) -> None:

@@ -344,9 +344,7 @@ def _export(store: Store, directory: Path, settings: ExportConfig, gid: int | No
             continue
         job = _Domain(directory, settings, gid, domain, generated_at, now, prev, _Pending(gid=gid))
         try:
-            conn = store.conn
-            conn.execute("BEGIN")      # one consistent view for the count and the rows
-            try:
+            with store.read_snapshot():    # one consistent view for the count and the rows
                 entry = _patch_sharded(store, job) if prev.get("shards") else None
                 if entry is None:
                     job.batch.discard()
@@ -361,8 +359,6 @@ def _export(store: Store, directory: Path, settings: ExportConfig, gid: int | No
                         entry = _write_single(store, job, count, next_expiry)
                     else:
                         entry = _write_sharded(store, job, count, next_expiry, shards)
-            finally:
-                conn.execute("COMMIT")
             new_names = job.batch.names() - own_files
             if new_names:              # on record before they exist (shards of a new count)
                 store.set_export_files(where, new_names, replace=False)

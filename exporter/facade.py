@@ -267,7 +267,7 @@ class SuppressionList:
 
     def prune(self, *, now=None) -> int:
         """Drop expired entries (an `expire` history row each); how many."""
-        count = self.store.prune(_now(now))
+        count = self.store.prune(_now(now), history_retention=self.config.store.history_retention)
         self._write_metrics()
         return count
 

@@ -13,6 +13,7 @@ sender, the message or the SMTP dialogue.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 from .config import RulesConfig
@@ -111,3 +112,123 @@ def decide(event: Event, rules: RulesConfig) -> Decision | None:
     else:
         enabled = rules.admin_bounce
     return Decision(reason, rules.ttl[reason]) if enabled else None
+
+
+# ---------------------------------------------------------------------- entries
+# What one more event, manual add or import does to a pair's entry. Pure functions of the
+# entry as it is and the event: the store only loads entries, calls these and writes back.
+
+@dataclass(slots=True)
+class Entry:
+    """A pair's entry as the store keeps it (the pair itself is the key)."""
+    reason: str
+    source: str
+    first_seen: int
+    last_seen: int
+    expires: int | None      # None = never
+    count: int               # events seen
+    evidence: tuple          # the last evidence, in the store's column order
+    note: str | None
+    updated_at: int
+
+
+def expiry(when: int, ttl: int | None) -> int | None:
+    """When a suppression that began at `when` ends (None = never)."""
+    return None if ttl is None else when + ttl
+
+
+def is_active(expires: int | None, now: int) -> bool:
+    """An entry suppresses until its expiry; once passed it is gone, even before prune."""
+    return expires is None or expires > now
+
+
+def tombstoned(event_time: int, removed_at: int | None) -> bool:
+    """An operator removed the pair at or after this event happened: the event must not
+    re-add it (replaying old logs never undoes a removal); a later event does."""
+    return removed_at is not None and event_time <= removed_at
+
+
+def stale(expires: int | None, now: int) -> bool:
+    """The suppression this event would start is already over: nothing to record."""
+    return not is_active(expires, now)
+
+
+def threshold_reached(times: list[int], ts: int, threshold: int, window: int) -> int | None:
+    """The latest strike of a run of `threshold` strikes, all within `window` of each
+    other, that includes the strike at `ts`; None if there is none. `times`: the pair's
+    strikes of this reason within `window` of `ts`, ascending. Any window holding `ts`
+    counts, not only the one ending at it: webhook retries and several nodes deliver
+    events out of order, and the outcome must not depend on that order."""
+    latest = None
+    end = 0
+    for start, first in enumerate(times):
+        if first > ts:
+            break
+        while end < len(times) and times[end] < first + window:
+            end += 1
+        if end - start >= threshold and times[end - 1] >= ts:
+            latest = times[end - 1]
+    return latest
+
+
+def _later(a: int | None, b: int | None) -> int | None:
+    """The later of two expiry times, None meaning never."""
+    if a is None or b is None:
+        return None
+    return max(a, b)
+
+
+def _expiry_at_least(new: int | None, old: int | None) -> bool:
+    if new is None:
+        return True
+    if old is None:
+        return False
+    return new >= old
+
+
+# an operator's add or an import is not an event of the address: it counts once, as the
+# entry's first; importing the same dump twice must not double the counts
+_NOT_EVENTS = frozenset({"manual", "import"})
+
+
+def record(entry: Entry | None, reason: str, source: str, when: int, expires: int | None,
+           evidence: tuple, note: str | None, now: int) -> tuple[Entry, str, bool]:
+    """One suppression of a pair that happened at `when`, on top of its entry (None, or
+    one whose expiry has passed: it starts afresh). Returns (the new entry, the history
+    action "add" or "refresh", whether what a snapshot shows changed).
+    A refresh keeps the later expiry and the reason that brings it, the earliest
+    first_seen, and the evidence of the newest event."""
+    if entry is None or not is_active(entry.expires, now):
+        return Entry(reason, source, when, when, expires, 1, evidence, note, now), "add", True
+    new_expires = _later(entry.expires, expires)
+    keep_reason = reason if _expiry_at_least(expires, entry.expires) else entry.reason
+    first_seen = min(entry.first_seen, when)
+    newer = when >= entry.last_seen
+    refreshed = Entry(
+        keep_reason, source if newer else entry.source, first_seen, max(entry.last_seen, when),
+        new_expires, entry.count + (0 if source in _NOT_EVENTS else 1),
+        evidence if newer else entry.evidence, entry.note if note is None else note, now)
+    changed = (keep_reason, first_seen, new_expires) != (entry.reason, entry.first_seen, entry.expires)
+    return refreshed, "refresh", changed
+
+
+def qualifying_strikes(strikes: list[tuple[int, object]], key: object, ts: int, threshold: int,
+                       window: int) -> list[int]:
+    """A threshold rule: the entry is made of the *qualifying* strikes, those with at least
+    `threshold` strikes (themselves included) in the `window` up to them. Each strike is
+    applied once, when it first qualifies, so the same set of events gives the same entry
+    in any arrival order (webhook retries, several nodes). `strikes`: (time, key) of the
+    pair's strikes of this reason within `window` of the new one (`key` at `ts`),
+    ascending. Returns the indexes of those that qualify because of the new one: only
+    strikes at or after it can."""
+    times = [at for at, _key in strikes]
+    out = []
+    for i, (at, strike_key) in enumerate(strikes):
+        if at < ts:
+            continue
+        in_window = bisect.bisect_right(times, at) - bisect.bisect_right(times, at - window)
+        # an older strike qualified before this one arrived unless it has just reached the count
+        if in_window < threshold or (strike_key != key and in_window != threshold):
+            continue
+        out.append(i)
+    return out

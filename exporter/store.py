@@ -8,9 +8,9 @@ that domain's generation, which is how export knows what to rewrite without read
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import sqlite3
@@ -22,14 +22,59 @@ from typing import Iterable, Iterator
 
 import sqlite_utils
 
+from . import rules
 from .keys import recipient_domain_entry
 from .records import Event
-from .rules import Decision
+from .rules import Decision, Entry
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 WAL_SIZE_LIMIT = 4 << 20     # bytes of WAL kept after a checkpoint
 EVIDENCE = ("type", "message_id", "code", "enhanced_code", "content", "classification", "nodeid")
 _EV_COLS = ", ".join(f"ev_{c}" for c in EVIDENCE)
+_ENTRY_COLS = f"reason, source, first_seen, last_seen, expires, count, {_EV_COLS}, note, updated_at"
+_ENTRY_WIDTH = 8 + len(EVIDENCE)
+_SAVE_ENTRY = (f"REPLACE INTO suppressions(domain, recipient, {_ENTRY_COLS}) "
+               f"VALUES ({', '.join('?' * (2 + _ENTRY_WIDTH))})")
+_HISTORY = ("INSERT INTO history(at, action, domain, recipient, reason, source, event_time, expires, note, actor) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+# schema 3 -> 4: suppressions and tombstones clustered by (domain, recipient) (WITHOUT
+# ROWID: pages fill in arrival order but are read per domain, so a full export of a store
+# ingest filled is as fast as one filled in key order), no secondary index on suppressions
+# but the recipient one (prune and stats scan), event keys as 64-bit integers that are the
+# rowid of seen_events and strikes: a 16-byte key becomes its first 8 bytes, which is what
+# Event.key is now. One statement each: executescript would commit the migration.
+_MIGRATE_3_TO_4 = (
+    "ALTER TABLE suppressions RENAME TO suppressions_3",
+    "ALTER TABLE tombstones RENAME TO tombstones_3",
+    "ALTER TABLE seen_events RENAME TO seen_events_3",
+    "ALTER TABLE strikes RENAME TO strikes_3",
+    "DROP INDEX IF EXISTS strikes_pair",
+    "DROP INDEX IF EXISTS suppressions_recipient",
+    "CREATE TABLE suppressions (domain TEXT NOT NULL, recipient TEXT NOT NULL, reason TEXT NOT NULL, "
+    "source TEXT NOT NULL, first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL, expires INTEGER, "
+    "count INTEGER NOT NULL, ev_type TEXT, ev_message_id TEXT, ev_code INTEGER, ev_enhanced_code TEXT, "
+    "ev_content TEXT, ev_classification TEXT, ev_nodeid TEXT, note TEXT, updated_at INTEGER, "
+    "PRIMARY KEY (domain, recipient)) WITHOUT ROWID",
+    "CREATE TABLE tombstones (domain TEXT NOT NULL, recipient TEXT NOT NULL, removed_at INTEGER, note TEXT, "
+    "PRIMARY KEY (domain, recipient)) WITHOUT ROWID",
+    "CREATE TABLE seen_events (key INTEGER PRIMARY KEY, at INTEGER)",
+    "CREATE TABLE strikes (key INTEGER PRIMARY KEY, domain TEXT, recipient TEXT, reason TEXT, at INTEGER, "
+    "evidence TEXT)",
+    f"INSERT INTO suppressions(domain, recipient, {_ENTRY_COLS}) "
+    f"SELECT domain, recipient, {_ENTRY_COLS} FROM suppressions_3 ORDER BY domain, recipient",
+    "INSERT INTO tombstones SELECT domain, recipient, removed_at, note FROM tombstones_3 ORDER BY domain, recipient",
+    "INSERT OR IGNORE INTO seen_events SELECT event_key_64(key), at FROM seen_events_3",
+    "INSERT OR IGNORE INTO strikes SELECT event_key_64(key), domain, recipient, reason, at, evidence FROM strikes_3",
+    "DROP TABLE suppressions_3", "DROP TABLE tombstones_3", "DROP TABLE seen_events_3", "DROP TABLE strikes_3",
+    "CREATE INDEX strikes_pair ON strikes(domain, recipient, at)",
+    "CREATE INDEX suppressions_recipient ON suppressions(recipient)",
+)
+
+
+def _event_key_64(key: bytes | int) -> int:
+    """An event key of schema 3 or older (16 bytes) as the 64-bit integer Event.key gives now."""
+    return key if isinstance(key, int) else int.from_bytes(key[:8], "big", signed=True)
 
 
 class StoreError(Exception):
@@ -54,20 +99,6 @@ class ApplyResult:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
-def _later(a: int | None, b: int | None) -> int | None:
-    """The later of two expiry times, None meaning never."""
-    if a is None or b is None:
-        return None
-    return max(a, b)
-
-
-def _expiry_at_least(new: int | None, old: int | None) -> bool:
-    if new is None:
-        return True
-    if old is None:
-        return False
-    return new >= old
-
 
 def entry_dict(row: sqlite3.Row) -> dict:
     """A suppressions row -> the object `check --json` and the read API show."""
@@ -85,10 +116,8 @@ class Store:
         self.path = path
         self.db = sqlite_utils.Database(conn)
         # per transaction: domains whose generation to bump at commit (one UPSERT each,
-        # not one per event), and whether any tombstone exists (most stores have none,
-        # so most events skip the tombstone lookup)
+        # not one per event)
         self._dirty: set[str] = set()
-        self._tombstones: bool | None = None
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -117,6 +146,7 @@ class Store:
                 _check_is_store(conn, path, create)
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("PRAGMA temp_store=MEMORY")   # a batch's pairs (temp.wanted_pairs): no temp file
                 # a long-lived connection (the webhook writer, `run`) truncates the WAL to
                 # this each time it starts over after a complete checkpoint
                 conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
@@ -165,7 +195,6 @@ class Store:
         except sqlite3.OperationalError as err:
             raise StoreError(f"{self.path}: {err}") from None
         self._dirty.clear()
-        self._tombstones = None
         try:
             yield self.conn
             if self._dirty:
@@ -185,6 +214,16 @@ class Store:
                 self.conn.execute("ROLLBACK")
             raise StoreError(f"{self.path}: cannot commit: {err}") from None
 
+    @contextlib.contextmanager
+    def read_snapshot(self):
+        """A read transaction: everything read inside sees one state of the store, however
+        long it takes and whatever writers commit meanwhile (WAL)."""
+        self.conn.execute("BEGIN")
+        try:
+            yield self
+        finally:
+            self.conn.execute("COMMIT")
+
     def migrate(self) -> None:
         version = self.conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
@@ -199,7 +238,11 @@ class Store:
                 self._create_v1()
             if version <= 1:
                 self._migrate_v1_to_v2()
-            self._migrate_v2_to_v3()
+            if version <= 2:
+                self._migrate_v2_to_v3()
+            self.conn.create_function("event_key_64", 1, _event_key_64, deterministic=True)
+            for statement in _MIGRATE_3_TO_4:
+                self.conn.execute(statement)
             self.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def _create_v1(self) -> None:
@@ -331,126 +374,165 @@ class Store:
         """The domain's snapshot changed: its generation goes up when the transaction commits."""
         self._dirty.add(domain)
 
-    def _history(self, now: int, action: str, domain: str, recipient: str, reason: str | None,
-                 source: str | None, event_time: int | None, expires: int | None, note: str | None = None,
-                 actor: str | None = None) -> None:
-        self.conn.execute(
-            "INSERT INTO history(at, action, domain, recipient, reason, source, event_time, expires, note, actor) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (now, action, domain, recipient, reason, source, event_time, expires, note, actor))
+    def _load(self, pairs: Iterable[tuple[str, str]]) -> tuple[dict[tuple[str, str], Entry], dict[tuple[str, str], int]]:
+        """The stored entries (expired ones included) and tombstones' removal times of
+        these (domain, recipient) pairs, looked up in one join each."""
+        conn = self.conn
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS wanted_pairs (domain TEXT, recipient TEXT, "
+                     "PRIMARY KEY (domain, recipient)) WITHOUT ROWID")
+        conn.execute("DELETE FROM temp.wanted_pairs")
+        conn.executemany("INSERT OR IGNORE INTO temp.wanted_pairs VALUES (?, ?)", sorted(pairs))
+        entries = {}
+        for row in conn.execute(f"SELECT s.domain, s.recipient, {_ENTRY_COLS} FROM temp.wanted_pairs w "
+                                "JOIN main.suppressions s ON s.domain = w.domain AND s.recipient = w.recipient"):
+            entries[row[0], row[1]] = Entry(row[2], row[3], row[4], row[5], row[6], row[7],
+                                            tuple(row[8:8 + len(EVIDENCE)]), row[-2], row[-1])
+        removed = {}
+        # most stores have no tombstone at all: then this is one lookup, not a join
+        if conn.execute("SELECT EXISTS(SELECT 1 FROM tombstones)").fetchone()[0]:
+            removed = {(r[0], r[1]): r[2] for r in conn.execute(
+                "SELECT t.domain, t.recipient, t.removed_at FROM temp.wanted_pairs w "
+                "JOIN main.tombstones t ON t.domain = w.domain AND t.recipient = w.recipient")}
+        return entries, removed
+
+    def _save(self, entries: dict[tuple[str, str], Entry], history: list[tuple]) -> None:
+        """Write changed entries (in key order: neighbouring rows share pages) and their
+        history rows (in the order they happened)."""
+        self.conn.executemany(_SAVE_ENTRY, [
+            (domain, recipient, e.reason, e.source, e.first_seen, e.last_seen, e.expires, e.count,
+             *e.evidence, e.note, e.updated_at)
+            for (domain, recipient), e in sorted(entries.items(), key=lambda item: item[0])])
+        self.conn.executemany(_HISTORY, history)
+
+    def _unseen(self, keyed: list[tuple[int, int | None]]) -> list[bool]:
+        """For each (event key, keep-until time) whether this is its first sighting; the
+        new ones are remembered. A key seen earlier in the same list is not new either.
+        One INSERT per few hundred keys that returns the keys it inserted: looking a key
+        up and inserting it is one b-tree descent, not two."""
+        conn = self.conn
+        first = dict(reversed(keyed))       # key -> at, once per key
+        remembered: set[int] = set()
+        ordered = sorted(first.items())     # neighbouring keys share pages
+        for start in range(0, len(ordered), 400):
+            chunk = ordered[start:start + 400]
+            remembered.update(r[0] for r in conn.execute(
+                f"INSERT INTO seen_events(key, at) VALUES {', '.join(['(?, ?)'] * len(chunk))} "
+                "ON CONFLICT(key) DO NOTHING RETURNING key", [v for pair in chunk for v in pair]))
+        fresh = []
+        for key, _at in keyed:
+            fresh.append(key in remembered)
+            remembered.discard(key)         # a second sighting in the same list is not new
+        return fresh
 
     def apply_event(self, event: Event, decision: Decision, source: str, now: int,
                     result: ApplyResult) -> bool:
         """Record one suppressing event for each of its recipients. Call inside transaction().
         False when every recipient's event was seen before: the record is a duplicate."""
-        conn = self.conn
-        expires_new = None if decision.ttl is None else event.timestamp + decision.ttl
-        evidence = event.evidence()
-        # the key is kept while the event can still matter (until its suppression would
-        # expire) and prune's retention after that; NULL: a suppression that never expires,
-        # whose key prune never forgets, so replaying a years-old complaint counts once
-        keep_until = expires_new
-        new = False
-        for recipient in event.recipients:
-            key = event.key(recipient)
-            if conn.execute("INSERT OR IGNORE INTO seen_events(key, at) VALUES (?, ?)",
-                            (key, keep_until)).rowcount == 0:
-                result.duplicates += 1
-                continue
-            new = True
-            domain = event.domain
-            if self._tombstones is None:
-                self._tombstones = conn.execute("SELECT EXISTS(SELECT 1 FROM tombstones)").fetchone()[0] == 1
-            tomb = self._tombstones and conn.execute(
-                "SELECT removed_at FROM tombstones WHERE domain = ? AND recipient = ?", (domain, recipient)).fetchone()
-            if tomb and event.timestamp <= tomb[0]:
+        return self.apply_events([(event, decision)], source, now, result)[0]
+
+    def apply_events(self, pending: Iterable[tuple[Event, Decision]], source: str, now: int,
+                     result: ApplyResult) -> list[bool]:
+        """Record suppressing events, in order, for each of their recipients, with the
+        outcome the same events one by one would have. Call inside transaction().
+        Entries are loaded and written once per batch; what happens to each is rules.py's.
+        Returns for each event whether it was new: False when every recipient's event
+        had been seen before (the record is a duplicate)."""
+        pending = list(pending)
+        items = [(i, event, decision, recipient) for i, (event, decision) in enumerate(pending)
+                 for recipient in event.recipients]
+        if not items:
+            return [False] * len(pending)
+        # an event's key is kept while the event can still matter (until its suppression
+        # would expire) and prune's retention after that; NULL: a suppression that never
+        # expires, whose key prune never forgets, so replaying a years-old complaint counts once
+        fresh = self._unseen([(event.key(recipient), rules.expiry(event.timestamp, decision.ttl))
+                              for _i, event, decision, recipient in items])
+        items = [item for item, new in zip(items, fresh) if new]
+        new_events = [False] * len(pending)
+        for i, *_rest in items:
+            new_events[i] = True
+        result.duplicates += len(fresh) - len(items)
+        entries, removed = self._load({(event.domain, recipient) for _i, event, _d, recipient in items})
+        changed: dict[tuple[str, str], Entry] = {}
+        history: list[tuple] = []
+        for _i, event, decision, recipient in items:
+            pair = (event.domain, recipient)
+            if rules.tombstoned(event.timestamp, removed.get(pair)):
                 result.tombstoned += 1   # an operator removed it after this event happened
                 continue
+            evidence = (event.type, event.message_id, event.code, event.enhanced_code, event.content,
+                        event.classification, event.nodeid)
             if decision.threshold > 1:
-                self._strike(domain, recipient, decision, event, key, evidence, source, now, result)
-                continue
-            if expires_new is not None and expires_new <= now:
-                result.stale += 1        # its suppression would already be over
-                continue
-            self._upsert(domain, recipient, decision.reason, source, event.timestamp, expires_new, evidence,
-                         None, now, result)
-        return new
+                suppressions = self._strike(event, decision, recipient, evidence)
+                if not suppressions:
+                    result.below_threshold += 1
+                    continue
+            else:
+                suppressions = [(event.timestamp, evidence)]
+            for when, strike_evidence in suppressions:
+                expires = rules.expiry(when, decision.ttl)
+                if rules.stale(expires, now):
+                    result.stale += 1        # its suppression would already be over
+                    continue
+                entry, action, shown = rules.record(entries.get(pair), decision.reason, source, when, expires,
+                                                    strike_evidence, None, now)
+                entries[pair] = changed[pair] = entry
+                history.append((now, action, event.domain, recipient, decision.reason, source, when,
+                                entry.expires, None, None))
+                if shown:
+                    self._bump(event.domain)
+                tally = result.added if action == "add" else result.refreshed
+                tally[decision.reason] = tally.get(decision.reason, 0) + 1
+        self._save(changed, history)
+        return new_events
 
-    def _strike(self, domain: str, recipient: str, decision: Decision, event: Event, key: bytes,
-                evidence: dict, source: str, now: int, result: ApplyResult) -> None:
-        """A threshold rule: the entry is made of the *qualifying* strikes, those with at
-        least `threshold` strikes (themselves included) in the `window` up to them. Each
-        strike is applied once, when it first qualifies; since every strike keeps its
-        evidence, the same set of events gives the same entry in any arrival order
-        (webhook retries, several nodes). Only strikes within `window` after the new one
-        can start to qualify because of it."""
-        conn = self.conn
+    def _strike(self, event: Event, decision: Decision, recipient: str, evidence: tuple) -> list[tuple[int, tuple]]:
+        """Count the event toward its pair's threshold (every strike keeps its evidence);
+        the (time, evidence) of each strike that qualifies because of it
+        (rules.qualifying_strikes), in time order."""
         ts, window = event.timestamp, decision.window
-        conn.execute("INSERT OR IGNORE INTO strikes(domain, recipient, reason, at, key, evidence) "
-                     "VALUES (?, ?, ?, ?, ?, ?)", (domain, recipient, decision.reason, ts, key, json.dumps(evidence)))
-        rows = conn.execute(
+        key = event.key(recipient)
+        self.conn.execute("INSERT OR IGNORE INTO strikes(domain, recipient, reason, at, key, evidence) "
+                          "VALUES (?, ?, ?, ?, ?, ?)", (event.domain, recipient, decision.reason, ts, key,
+                                                        json.dumps(dict(zip(EVIDENCE, evidence)))))
+        rows = self.conn.execute(
             "SELECT at, key, evidence FROM strikes WHERE domain = ? AND recipient = ? AND reason = ? "
-            "AND at > ? AND at < ? ORDER BY at", (domain, recipient, decision.reason, ts - window, ts + window)
+            "AND at > ? AND at < ? ORDER BY at", (event.domain, recipient, decision.reason, ts - window, ts + window)
         ).fetchall()
-        times = [r[0] for r in rows]
-        qualified = False
-        for at, strike_key, strike_evidence in rows:
-            if at < ts:
-                continue
-            in_window = bisect.bisect_right(times, at) - bisect.bisect_right(times, at - window)
-            # an older strike qualified before this one arrived unless it has just reached the count
-            if in_window < decision.threshold or (strike_key != key and in_window != decision.threshold):
-                continue
-            qualified = True
-            expires = None if decision.ttl is None else at + decision.ttl
-            if expires is not None and expires <= now:
-                result.stale += 1
-                continue
-            ev = evidence if strike_key == key else json.loads(strike_evidence or "{}")
-            self._upsert(domain, recipient, decision.reason, source, at, expires, ev, None, now, result)
-        if not qualified:
-            result.below_threshold += 1
+        qualifying = rules.qualifying_strikes([(r[0], r[1]) for r in rows], key, ts, decision.threshold, window)
+        out = []
+        for i in qualifying:
+            at, strike_key, strike_evidence = rows[i]
+            if strike_key == key:
+                out.append((at, evidence))
+            else:
+                stored = json.loads(strike_evidence or "{}")
+                out.append((at, tuple(stored.get(c) for c in EVIDENCE)))
+        return out
 
-    def _upsert(self, domain: str, recipient: str, reason: str, source: str, when: int,
-                expires: int | None, evidence: dict, note: str | None, now: int,
-                result: ApplyResult, actor: str | None = None) -> str:
-        conn = self.conn
-        row = conn.execute("SELECT reason, first_seen, last_seen, expires, count FROM suppressions "
-                           "WHERE domain = ? AND recipient = ?", (domain, recipient)).fetchone()
-        ev = [evidence.get(c) for c in EVIDENCE]
-        if row is None or (row["expires"] is not None and row["expires"] <= now):
-            conn.execute(
-                f"INSERT OR REPLACE INTO suppressions(domain, recipient, reason, source, first_seen, last_seen, "
-                f"expires, count, {_EV_COLS}, note, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 1, "
-                f"?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (domain, recipient, reason, source, when, when, expires, *ev, note, now))
-            self._history(now, "add", domain, recipient, reason, source, when, expires, note, actor)
-            self._bump(domain)
-            result.added[reason] = result.added.get(reason, 0) + 1
-            return "add"
-        new_expires = _later(row["expires"], expires)
-        keep_reason = row["reason"] if not _expiry_at_least(expires, row["expires"]) else reason
-        first_seen = min(row["first_seen"], when)
-        newer = when >= row["last_seen"]
-        # an operator's add or an import is not an event of the address: it counts once, as
-        # the entry's first; importing the same dump twice must not double the counts
-        seen = 0 if source in ("manual", "import") else 1
-        sets = ["reason = ?", "first_seen = ?", "last_seen = ?", "expires = ?", "count = count + ?",
-                "updated_at = ?"]
-        args: list = [keep_reason, first_seen, max(row["last_seen"], when), new_expires, seen, now]
-        if newer:
-            sets += [f"ev_{c} = ?" for c in EVIDENCE] + ["source = ?"]
-            args += ev + [source]
-        if note is not None:
-            sets.append("note = ?")
-            args.append(note)
-        conn.execute(f"UPDATE suppressions SET {', '.join(sets)} WHERE domain = ? AND recipient = ?",
-                     (*args, domain, recipient))
-        self._history(now, "refresh", domain, recipient, reason, source, when, new_expires, note, actor)
-        if (keep_reason, first_seen, new_expires) != (row["reason"], row["first_seen"], row["expires"]):
-            self._bump(domain)
-        result.refreshed[reason] = result.refreshed.get(reason, 0) + 1
-        return "refresh"
+    def _record_operator(self, rows: Iterable[tuple[str, str, str, int, int | None, str | None]], source: str,
+                         now: int, actor: str | None) -> list[str]:
+        """Operator suppressions (recipient, domain, reason, since, expires, note): each
+        clears the pair's tombstone (the operator has the last word). Returns each one's
+        history action."""
+        rows = list(rows)
+        self.conn.executemany("DELETE FROM tombstones WHERE domain = ? AND recipient = ?",
+                              [(domain, recipient) for recipient, domain, *_rest in rows])
+        entries, _removed = self._load({(domain, recipient) for recipient, domain, *_rest in rows})
+        changed: dict[tuple[str, str], Entry] = {}
+        history, actions = [], []
+        evidence = (source,) + (None,) * (len(EVIDENCE) - 1)
+        for recipient, domain, reason, since, expires, note in rows:
+            pair = (domain, recipient)
+            entry, action, shown = rules.record(entries.get(pair), reason, source, since, expires, evidence,
+                                                note, now)
+            entries[pair] = changed[pair] = entry
+            history.append((now, action, domain, recipient, reason, source, since, entry.expires, note, actor))
+            if shown:
+                self._bump(domain)
+            actions.append(action)
+        self._save(changed, history)
+        return actions
 
     def add_manual(self, recipient: str, domain: str, reason: str, ttl: int | None, note: str | None,
                    now: int, source: str = "manual", since: int | None = None,
@@ -459,25 +541,21 @@ class Store:
         has the last word. Returns "add" or "refresh"."""
         when = now if since is None else since
         if expires is False:
-            expires = None if ttl is None else when + ttl
-        result = ApplyResult()
+            expires = rules.expiry(when, ttl)
         with self.transaction():
-            self.conn.execute("DELETE FROM tombstones WHERE domain = ? AND recipient = ?", (domain, recipient))
-            evidence = {"type": source}
-            return self._upsert(domain, recipient, reason, source, when, expires, evidence, note, now, result,
-                                actor)
+            return self._record_operator([(recipient, domain, reason, when, expires, note)], source, now, actor)[0]
 
     def import_rows(self, rows: Iterable[tuple], now: int, *, source: str = "import",
                     actor: str | None = None) -> int:
-        """(recipient, domain, reason, since, expires[, note]) rows, all in one transaction."""
-        result = ApplyResult()
+        """(recipient, domain, reason, since, expires[, note]) rows, all in one transaction,
+        written a chunk at a time so memory stays flat."""
         count = 0
+        rows = iter(rows)
         with self.transaction():
-            for recipient, domain, reason, since, expires, *note in rows:
-                self.conn.execute("DELETE FROM tombstones WHERE domain = ? AND recipient = ?", (domain, recipient))
-                self._upsert(domain, recipient, reason, source, since, expires, {"type": source},
-                             note[0] if note else None, now, result, actor)
-                count += 1
+            while chunk := [(recipient, domain, reason, since, expires, note[0] if note else None)
+                            for recipient, domain, reason, since, expires, *note in itertools.islice(rows, 10_000)]:
+                self._record_operator(chunk, source, now, actor)
+                count += len(chunk)
         return count
 
     def remove(self, recipient: str, domain: str, now: int, note: str | None = None, *,
@@ -488,33 +566,39 @@ class Store:
         with self.transaction():
             row = self.conn.execute("SELECT reason, expires FROM suppressions WHERE domain = ? AND recipient = ?",
                                     (domain, recipient)).fetchone()
-            if row is None or (row["expires"] is not None and row["expires"] <= now):
+            if row is None or not rules.is_active(row["expires"], now):
                 return False
             self.conn.execute("INSERT INTO tombstones(domain, recipient, removed_at, note) VALUES (?, ?, ?, ?) "
                               "ON CONFLICT(domain, recipient) DO UPDATE SET removed_at = excluded.removed_at, "
                               "note = excluded.note", (domain, recipient, now, note))
             self.conn.execute("DELETE FROM suppressions WHERE domain = ? AND recipient = ?", (domain, recipient))
             self.conn.execute("DELETE FROM strikes WHERE domain = ? AND recipient = ?", (domain, recipient))
-            self._history(now, "remove", domain, recipient, row["reason"], source, None, None, note, actor)
+            self.conn.execute(_HISTORY, (now, "remove", domain, recipient, row["reason"], source, None, None, note,
+                                         actor))
             self._bump(domain)
             self.add_counters({"removed_total": 1})
             return True
 
-    def prune(self, now: int, seen_retention: int = 400 * 86400) -> int:
+    def prune(self, now: int, seen_retention: int = 400 * 86400, history_retention: int | None = None) -> int:
         """Drop expired entries (with an `expire` history row each), the keys of events
         whose suppression ended more than `seen_retention` ago (a replay could change
-        nothing any more), and strikes that old."""
+        nothing any more), strikes that old and, with `history_retention`, history rows
+        older than that."""
         with self.transaction():
+            # the SQL form of `not rules.is_active(expires, now)`
             rows = self.conn.execute("SELECT domain, recipient, reason, expires FROM suppressions "
                                      "WHERE expires IS NOT NULL AND expires <= ?", (now,)).fetchall()
-            for r in rows:
-                self._history(now, "expire", r["domain"], r["recipient"], r["reason"], None, None, r["expires"])
-            self.conn.execute("DELETE FROM suppressions WHERE expires IS NOT NULL AND expires <= ?", (now,))
+            self.conn.executemany(_HISTORY, [(now, "expire", r["domain"], r["recipient"], r["reason"], None, None,
+                                              r["expires"], None, None) for r in rows])
+            self.conn.executemany("DELETE FROM suppressions WHERE domain = ? AND recipient = ?",
+                                  [(r["domain"], r["recipient"]) for r in rows])
             for domain in {r["domain"] for r in rows}:
                 self._bump(domain)
             self.add_counters({"expired_total": len(rows)})
             self.conn.execute("DELETE FROM seen_events WHERE at < ?", (now - seen_retention,))
             self.conn.execute("DELETE FROM strikes WHERE at < ?", (now - seen_retention,))
+            if history_retention is not None:
+                self.conn.execute("DELETE FROM history WHERE at < ?", (now - history_retention,))
         return len(rows)
 
     # ------------------------------------------------------------------ reads

@@ -17,7 +17,10 @@ EXPECTED = {
     "ingest": ["ingest_records", "ingest_seconds", "ingest_records_per_s", "zstandard_lines_records_per_s",
                "ingest_vs_zstandard_ratio", "ingest_peak_rss_small", "ingest_peak_rss_large"],
     "export": ["export_entries", "export_full_seconds", "export_nochange_seconds",
-               "export_one_domain_seconds", "export_peak_rss"],
+               "export_one_domain_seconds", "export_peak_rss", "export_floor_seconds",
+               "export_full_vs_floor_ratio"],
+    "write": ["write_20k_entries_per_s", "write_20k_floor_per_s", "write_20k_vs_floor_ratio"],
+    "store_size": ["store_active_entries", "store_bytes_per_active_entry", "store_floor_bytes_per_entry"],
     "naive_sqlite": ["naive_sqlite_miss_us", "naive_sqlite_hit_us", "snapshot_python_dict_us",
                      "naive_vs_snapshot_ratio"],
 }

@@ -238,7 +238,7 @@ def test_open_migrates_a_store_without_actor_and_note(install):
             [("add", None, "from v1")]
         sl.add("u@example.net", "example.com", actor="cli", now=NOW + 1)
         assert sl.history("u@example.net", "example.com")[-1]["actor"] == "cli"
-        assert sl.store.conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert sl.store.conn.execute("PRAGMA user_version").fetchone()[0] == 4   # the current schema
 
 
 def test_check_object_is_json_as_the_cli_and_api_print_it(sl):

@@ -182,3 +182,48 @@ def test_last_record_without_newline_is_read(install):
     assert install.check("b@example.net")
     r = install.ok("ingest", "-", input=f.to_jsonl([f.bounce("c@example.net")]).rstrip(b"\n").decode())
     assert "malformed" not in r.output and install.check("c@example.net")
+
+
+def test_lines_passed_over_by_type_count_as_records_and_the_rest_is_parsed(install, caplog):
+    """Non-suppressing records are counted from their type prefix without parsing; a line
+    of that shape that does not end in `}` is parsed like any other (valid JSON with
+    trailing blanks is a record, a broken one is malformed), with its own line number."""
+    data = (f.to_jsonl([f.delivery("a@example.net"), f.bounce("b@example.net"), f.reception("c@example.net")])
+            + f.to_jsonl([f.delivery("d@example.net")]).rstrip(b"\n") + b"   \n"
+            + b'{"type":"Delivery","recipient":\n'
+            + b'{"type":"Deli\\u0076ery","id":"x"}\n'
+            + f.to_jsonl([f.transient("e@example.net"), f.bounce("g@example.net")]))
+    path = install.segment(data)
+    with caplog.at_level(logging.WARNING):
+        install.ok("ingest")
+    c = counters(install)
+    assert (c["records_total:Delivery"], c["records_total:Reception"], c["records_total:TransientFailure"],
+            c["records_total:Bounce"]) == (3, 1, 1, 2)
+    assert c["malformed_total"] == 1
+    assert install.check("b@example.net") and install.check("g@example.net")
+    assert {r.getMessage().split(": ")[0] for r in caplog.records if "malformed" in r.getMessage()} == {f"{path}:5"}
+
+
+def test_batches_commit_at_exact_line_counts_across_blocks_and_oversized_lines(install):
+    install.configure(ingest={"batch_lines": 3, "max_line": "4KB"})
+    huge = f.bounce("huge@example.net")
+    huge["headers"]["X-Pad"] = "x" * 10_000
+    recs = [f.bounce(f"u{i}@example.net") for i in range(4)] + [huge] + [f.delivery(f"d{i}@example.net")
+                                                                      for i in range(5)]
+    path = install.segment(recs)
+    install.ok("init")
+    cfg = load_config(install.config_path)
+    with Store.open(cfg.store.path) as store:
+        seen = []
+        real = store.set_segment_checkpoint
+
+        def record(identity, lines, complete, size, now):
+            seen.append((lines, complete))
+            real(identity, lines, complete, size, now)
+        store.set_segment_checkpoint = record
+        Ingestor(store, cfg).ingest_configured()
+        assert seen == [(3, False), (6, False), (9, False), (10, True)]
+        assert store.segment_checkpoint(file_identity(path), path.stat().st_size) == (10, True)
+    assert [install.check(f"u{i}@example.net")["count"] for i in range(4)] == [1, 1, 1, 1]
+    c = counters(install)
+    assert (c["records_total:Bounce"], c["records_total:Delivery"], c["malformed_total"]) == (4, 5, 1)

@@ -171,66 +171,164 @@ def test_webhook_token_never_logged(install):
 
 # ---------------------------------------------------------------------- SQL
 
-# f-string interpolations allowed inside execute(): constants, column/placeholder lists
-# built from constants, and ints. Anything else must be a bound parameter.
-ALLOWED_SQL_INTERPOLATIONS = {
-    "int(busy_timeout * 1000)", "SCHEMA_VERSION", "WAL_SIZE_LIMIT", "_EV_COLS", "', '.join(sets)", "' AND '.join(where)",
-}
+# SQL text handed to execute() may only be made of literals: string and int constants,
+# module constants made of literals, f-strings, joins and comprehensions over them,
+# `int(...)` and `len(...)` (numbers cannot inject), and local lists every change of which
+# adds literals only. Anything else (a value, a parameter) must be a bound `?` parameter.
+
+def _literal(node: ast.AST, env: "_Env", bound: frozenset = frozenset()) -> bool:
+    lit = lambda n: _literal(n, env, bound)  # noqa: E731
+    if isinstance(node, ast.Constant):
+        return isinstance(node.value, (str, int)) and not isinstance(node.value, bool)
+    if isinstance(node, ast.Name):
+        return node.id in bound or env.literal_name(node.id)
+    if isinstance(node, ast.JoinedStr):
+        return all(isinstance(v, ast.Constant) or lit(v.value) for v in node.values)
+    if isinstance(node, ast.FormattedValue):
+        return lit(node.value)
+    if isinstance(node, ast.BinOp):
+        return lit(node.left) and lit(node.right)
+    if isinstance(node, (ast.Tuple, ast.List)):
+        return all(lit(e) for e in node.elts)
+    if isinstance(node, ast.Starred):
+        return lit(node.value)
+    if isinstance(node, (ast.GeneratorExp, ast.ListComp)):
+        names = set(bound)
+        for gen in node.generators:
+            if isinstance(gen.target, ast.Name) and lit(gen.iter):
+                names.add(gen.target.id)
+            elif isinstance(gen.target, ast.Tuple) and gen.target.elts and isinstance(gen.target.elts[0], ast.Name) \
+                    and env.literal_keys(gen.iter):
+                names.add(gen.target.elts[0].id)     # `for sql, value in filters.items()`
+            else:
+                return False
+        return _literal(node.elt, env, frozenset(names))
+    if isinstance(node, ast.Subscript):
+        return lit(node.value) and lit(node.slice)
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("int", "len"):
+        return True
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "join" \
+            and isinstance(node.func.value, ast.Constant) and len(node.args) == 1:
+        return lit(node.args[0])
+    return False
 
 
-def _execute_fstrings() -> list[tuple[str, int, str]]:
+class _Env:
+    """The assignments a name in SQL can come from: module-level ones, and every
+    assignment or in-place change of a local name in the enclosing function."""
+
+    def __init__(self, module: ast.Module, function: ast.AST | None):
+        self.writes: dict[str, list[ast.AST]] = {}
+        scopes = [module.body] + ([function] if function is not None else [])
+        for scope in scopes:
+            nodes = ast.walk(scope) if not isinstance(scope, list) else scope
+            for node in nodes:
+                if isinstance(node, ast.Assign):
+                    for t in node.targets:
+                        self._assign(t, node.value)
+                elif isinstance(node, ast.For):
+                    self._assign(node.target, node.iter)    # an element of a literal is one
+                elif isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name):
+                    self.writes.setdefault(node.target.id, []).append(node.value)
+                elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                        and node.func.attr in ("append", "extend", "insert") \
+                        and isinstance(node.func.value, ast.Name):
+                    self.writes.setdefault(node.func.value.id, []).extend(node.args[-1:])
+        self.checking: set[str] = set()
+
+    def _assign(self, target: ast.AST, value: ast.AST) -> None:
+        if isinstance(target, ast.Name):
+            self.writes.setdefault(target.id, []).append(value)
+        elif isinstance(target, ast.Tuple):
+            pairs = zip(target.elts, value.elts) if isinstance(value, ast.Tuple) \
+                and len(value.elts) == len(target.elts) else ((t, value) for t in target.elts)
+            for t, v in pairs:
+                self._assign(t, v)
+
+    def literal_keys(self, node: ast.AST) -> bool:
+        """`NAME.items()` of a dict every key of which is a literal (its values need not be)."""
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "items"
+                and isinstance(node.func.value, ast.Name)):
+            return False
+        writes = self.writes.get(node.func.value.id)
+        return bool(writes) and all(isinstance(w, ast.Dict) and all(k is not None and _literal(k, self)
+                                                                    for k in w.keys) for w in writes)
+
+    def literal_name(self, name: str) -> bool:
+        if name in self.checking:
+            return True          # a name built from itself (`sets += [...]`): its other writes decide
+        writes = self.writes.get(name)
+        if not writes:
+            return False
+        self.checking.add(name)
+        try:
+            return all(_literal(w, self) for w in writes)
+        finally:
+            self.checking.discard(name)
+
+
+def sql_interpolations(source: str, filename: str = "<source>") -> list[tuple[str, int, str]]:
+    """(file, line, SQL text) of every execute() whose SQL is not made of literals."""
+    tree = ast.parse(source)
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
     found = []
-    for path in sorted((ROOT / "exporter").glob("*.py")):
-        source = path.read_text()
-        tree = ast.parse(source)
-        names: dict[str, ast.AST] = {}
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Assign):
-                for t in node.targets:
-                    if isinstance(t, ast.Name):
-                        names[t.id] = node.value
-        for node in ast.walk(tree):
-            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                    and node.func.attr in ("execute", "executemany", "executescript") and node.args):
-                continue
-            sql = node.args[0]
-            if isinstance(sql, ast.Name) and sql.id in names:
-                sql = names[sql.id]
-            parts = [sql]
-            if isinstance(sql, ast.BinOp):       # "..." + f"..."
-                parts = [n for n in ast.walk(sql) if isinstance(n, ast.JoinedStr)]
-            for part in parts:
-                if isinstance(part, ast.JoinedStr):
-                    for v in part.values:
-                        if isinstance(v, ast.FormattedValue):
-                            found.append((path.name, node.lineno, ast.unparse(v.value)))
-                elif isinstance(part, ast.Call) and isinstance(part.func, ast.Attribute) \
-                        and part.func.attr == "format":
-                    found.append((path.name, node.lineno, "str.format"))
-                elif isinstance(part, ast.BinOp) and isinstance(part.op, ast.Mod):
-                    found.append((path.name, node.lineno, "% formatting"))
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("execute", "executemany", "executescript") and node.args):
+            continue
+        function = node
+        while function in parents and not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            function = parents[function]
+        env = _Env(tree, function if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)) else None)
+        if not _literal(node.args[0], env):
+            found.append((filename, node.lineno, ast.unparse(node.args[0])[:120]))
     return found
 
 
 def test_sql_only_bound_parameters():
-    found = _execute_fstrings()
-    bad = [f for f in found if f[2] not in ALLOWED_SQL_INTERPOLATIONS]
-    assert not bad, f"SQL built with interpolated values (use ? parameters): {bad}"
+    found = [hit for path in sorted((ROOT / "exporter").glob("*.py"))
+             for hit in sql_interpolations(path.read_text(), path.name)]
+    assert not found, f"SQL built with interpolated values (use ? parameters): {found}"
 
 
-def test_where_and_set_lists_are_built_from_constants():
-    """The two join()s allowed above only ever join literal SQL fragments."""
-    src = (ROOT / "exporter" / "store.py").read_text()
-    tree = ast.parse(src)
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
-                and node.func.attr in ("append", "__iadd__") and isinstance(node.func.value, ast.Name) \
-                and node.func.value.id in ("where", "sets"):
-            arg = node.args[0]
-            assert isinstance(arg, ast.Constant) or (
-                isinstance(arg, ast.JoinedStr) and all(
-                    isinstance(v, ast.Constant) or ast.unparse(v.value) == "c" for v in arg.values)), \
-                ast.unparse(node)
+@pytest.mark.parametrize("change", [
+    'sets += [f"note = \'{note}\'"]',                 # a value in a SET list
+    'sets.append("note = " + repr(note))',
+    'where.append(f"reason = {reason!r}")',
+])
+def test_sql_check_catches_a_value_in_a_built_list(change):
+    """The check above is only worth what it catches: a value pasted into a list of SQL
+    fragments that is joined into an UPDATE must fail it."""
+    source = f"""
+def update(conn, note, reason, domain):
+    sets = ["reason = ?", "first_seen = ?"]
+    where = ["domain = ?"]
+    {change}
+    conn.execute(f"UPDATE suppressions SET {{', '.join(sets)}} WHERE {{' AND '.join(where)}}", (domain,))
+"""
+    assert sql_interpolations(source), "a value interpolated into SQL passed the check"
+
+
+def test_sql_check_accepts_filters_keyed_by_literal_sql():
+    source = """
+def entries(conn, domain, reason):
+    filters = {"domain = ?": domain, "reason = ?": reason}
+    where = ["1", *(sql for sql, value in filters.items() if value is not None)]
+    conn.execute(f"SELECT * FROM suppressions WHERE {' AND '.join(where)}", ())
+"""
+    assert sql_interpolations(source) == []
+    assert sql_interpolations(source.replace('{"domain = ?": domain', '{f"domain = {domain}": domain'))
+
+
+def test_sql_check_accepts_literal_lists():
+    source = """
+COLS = ", ".join(f"ev_{c}" for c in ("type", "code"))
+def update(conn, evidence, domain):
+    sets = ["reason = ?"]
+    sets += [f"ev_{c} = ?" for c in ("type", "code")]
+    conn.execute(f"UPDATE suppressions SET {', '.join(sets)}, {COLS} WHERE domain IN ({', '.join('?' * len(evidence))})", ())
+"""
+    assert sql_interpolations(source) == []
 
 
 HOSTILE = "x'); DROP TABLE suppressions;--@evil.example"

@@ -97,6 +97,16 @@ def test_tombstone_blocks_older_events_but_not_newer(store):
     assert actions == ["add", "remove", "add"]
 
 
+def test_event_at_the_moment_of_removal_stays_removed(store):
+    """The operator saw that event when they removed the pair: only a later one is news."""
+    apply(store, f.bounce("u@example.net", timestamp=NOW - 3 * DAY))
+    assert store.remove("u@example.net", "example.com", NOW - DAY)
+    r = apply(store, f.bounce("u@example.net", timestamp=NOW - DAY, id="same-second"))
+    assert r.tombstoned == 1 and store.get("u@example.net", "example.com", NOW) is None
+    r = apply(store, f.bounce("u@example.net", timestamp=NOW - DAY + 1, id="a-second-later"))
+    assert r.added == {"bounce": 1}
+
+
 def test_manual_add_clears_tombstone(store):
     store.remove("u@example.net", "example.com", NOW - 10)
     store.add_manual("u@example.net", "example.com", "manual", None, "asked by the customer", NOW)
@@ -186,3 +196,74 @@ def test_replayed_never_expiring_event_does_not_count_twice_after_prune(store):
     store.prune(NOW)
     apply(store, rec)
     assert store.get("u@example.net", "example.com", NOW)["count"] == 1
+
+
+def test_schema_1_store_is_migrated_and_keeps_its_memory(tmp_path):
+    """A store written by schema 1 (rowid tables, 16-byte event keys) keeps its entries,
+    tombstones, history and event memory: a record it had seen is still a duplicate."""
+    import hashlib
+    import sqlite3
+    rec = f.bounce("u@example.net", timestamp=NOW - DAY)
+    event = to_event(rec, DomainSource(), "suppressed.kumo_suppression")
+    material = "\x1f".join((event.type, event.message_id, "u@example.net", event.domain,
+                            str(event.timestamp), str(event.code)))
+    old_key = hashlib.blake2b(material.encode(), digest_size=16).digest()
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript("""
+        CREATE TABLE suppressions (domain TEXT, recipient TEXT, reason TEXT NOT NULL, source TEXT NOT NULL,
+          first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL, expires INTEGER, count INTEGER NOT NULL,
+          ev_type TEXT, ev_message_id TEXT, ev_code INTEGER, ev_enhanced_code TEXT, ev_content TEXT,
+          ev_classification TEXT, ev_nodeid TEXT, note TEXT, updated_at INTEGER, PRIMARY KEY (domain, recipient));
+        CREATE TABLE tombstones (domain TEXT, recipient TEXT, removed_at INTEGER, note TEXT,
+          PRIMARY KEY (domain, recipient));
+        CREATE TABLE history (id INTEGER PRIMARY KEY, at INTEGER, action TEXT, domain TEXT, recipient TEXT,
+          reason TEXT, source TEXT, event_time INTEGER, expires INTEGER, detail TEXT);
+        CREATE TABLE seen_events (key BLOB PRIMARY KEY, at INTEGER);
+        CREATE TABLE strikes (domain TEXT, recipient TEXT, reason TEXT, at INTEGER, key BLOB PRIMARY KEY);
+        CREATE TABLE domains (domain TEXT PRIMARY KEY, generation INTEGER);
+        CREATE TABLE segments (path TEXT PRIMARY KEY, lines INTEGER, complete INTEGER, size INTEGER,
+          updated_at INTEGER);
+        CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER);
+        CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT);
+        CREATE INDEX suppressions_expires ON suppressions(expires);
+        CREATE INDEX suppressions_reason ON suppressions(reason);
+        CREATE INDEX history_pair ON history(domain, recipient);
+        CREATE INDEX strikes_pair ON strikes(domain, recipient, at);
+        CREATE INDEX seen_events_at ON seen_events(at);
+        INSERT INTO state VALUES ('store_id', 'old-store');
+        INSERT INTO domains VALUES ('example.com', 3);
+        INSERT INTO tombstones VALUES ('example.com', 'gone@example.net', 1799000000, 'asked');
+        PRAGMA user_version=1;
+    """)
+    conn.execute("INSERT INTO suppressions VALUES ('example.com', 'u@example.net', 'bounce', 'log', ?, ?, ?, 1, "
+                 "'Bounce', ?, 550, '5.1.1', '5.1.1 user unknown', 'InvalidRecipient', 'node', NULL, ?)",
+                 (NOW - DAY, NOW - DAY, NOW + 364 * DAY, event.message_id, NOW - DAY))
+    conn.execute("INSERT INTO history(at, action, domain, recipient, reason, source, event_time, expires) "
+                 "VALUES (?, 'add', 'example.com', 'u@example.net', 'bounce', 'log', ?, ?)",
+                 (NOW - DAY, NOW - DAY, NOW + 364 * DAY))
+    conn.execute("INSERT INTO seen_events VALUES (?, ?)", (old_key, NOW - DAY))
+    conn.commit()
+    conn.close()
+    with Store.open(path) as store:
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert store.store_id == "old-store" and store.domain_generations() == {"example.com": 3}
+        entry = store.get("u@example.net", "example.com", NOW)
+        assert (entry["count"], entry["expires"], entry["evidence"]["nodeid"]) == (1, NOW + 364 * DAY, "node")
+        assert [h["action"] for h in store.history("u@example.net", "example.com")] == ["add"]
+        assert apply(store, rec).duplicates == 1, "the migrated event memory still knows the record"
+        assert apply(store, f.bounce("gone@example.net", timestamp=1799000000 - 10)).tombstoned == 1
+
+
+def test_prune_trims_history_older_than_the_retention(store):
+    apply(store, f.bounce("u@example.net", timestamp=NOW - 100 * DAY), now=NOW - 100 * DAY)
+    apply(store, f.bounce("u@example.net", timestamp=NOW - DAY))
+    apply(store, f.bounce("v@example.net", timestamp=NOW - 201 * DAY), now=NOW - 201 * DAY)
+    assert store.remove("v@example.net", "example.com", NOW - 200 * DAY)
+    store.prune(NOW, history_retention=90 * DAY)
+    assert [h["action"] for h in store.history("u@example.net", "example.com")] == ["refresh"]
+    entry = store.get("u@example.net", "example.com", NOW)
+    assert (entry["first_seen"], entry["count"]) == (NOW - 100 * DAY, 2), "the entry keeps its own record"
+    assert store.stats(NOW)["tombstones"] == 1, "a removal stays in force and on record"
+    store.prune(NOW, history_retention=None)
+    assert len(store.history("u@example.net", "example.com")) == 1
