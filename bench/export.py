@@ -32,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import KUMO_SUPPRESS, figure, note, reproduce, run_child, write_config  # noqa: E402
 
-from exporter.export import write_snapshot  # noqa: E402
+from exporter import snapshot  # noqa: E402
 from exporter.store import EVIDENCE, Store  # noqa: E402
 
 DOMAINS = 1000
@@ -90,7 +90,7 @@ def floor(work: Path, data: list[tuple]) -> float:
     for domain in domains:
         count = conn.execute("SELECT COUNT(*) FROM entries WHERE domain = ?", (domain,)).fetchone()[0]
         with open(out / f"{domain}.json", "wb") as fh:
-            write_snapshot(fh, "json", domain, "2026-01-01T00:00:00Z", count, conn.execute(
+            snapshot.write(fh, "json", snapshot.header(domain, "2026-01-01T00:00:00Z", count), conn.execute(
                 "SELECT recipient, reason, since, expires FROM entries WHERE domain = ? ORDER BY recipient",
                 (domain,)))
     elapsed = time.perf_counter() - started

@@ -14,7 +14,9 @@ import itertools
 import json
 import os
 import sqlite3
+import stat
 import time
+import urllib.parse
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,8 +141,10 @@ class Store:
         while True:
             conn = None
             try:
-                conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None,
-                                       check_same_thread=False)
+                # mode=rw: a store deleted since the check is an error, never a new file
+                target = path if create else f"file:{urllib.parse.quote(str(path.absolute()))}?mode=rw"
+                conn = sqlite3.connect(target, timeout=busy_timeout, isolation_level=None,
+                                       check_same_thread=False, uri=not create)
                 conn.row_factory = sqlite3.Row
                 conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
                 _check_is_store(conn, path, create)
@@ -154,18 +158,18 @@ class Store:
                 store.migrate()
                 return store
             except sqlite3.OperationalError as err:
-                # switching a new file to WAL, or another process's WAL checkpoint on close
-                # (the last connection deleting -wal/-shm while this one maps them), can
-                # answer "locked" or "disk I/O error" without waiting on busy_timeout: retry
-                # until it is up; a lasting error still ends the wait at the deadline
+                # switching a new file to WAL, or another process's WAL checkpoint on close,
+                # can answer "locked" without waiting on busy_timeout: retry until it is up
                 if conn is not None:
                     conn.close()
-                if not any(t in str(err) for t in ("locked", "disk I/O error")) or time.monotonic() >= deadline:
+                if "locked" not in str(err) or time.monotonic() >= deadline:
                     raise StoreError(f"{path}: cannot open store: {err}") from None
                 time.sleep(0.05)
             except sqlite3.DatabaseError as err:
                 if conn is not None:
                     conn.close()
+                if "not a database" in str(err):
+                    raise _not_a_store(path, "not an SQLite file") from None
                 raise StoreError(f"{path}: cannot open store: {err}") from None
             except StoreError:
                 conn.close()
@@ -727,9 +731,6 @@ class Store:
             raise StoreError(f"{target}: backup failed: {err}") from None
 
 
-_SQLITE_HEADER = b"SQLite format 3\0"
-
-
 def _not_a_store(path: Path, why: str) -> StoreError:
     return StoreError(f"{path}: {why}; not a kumo-suppression store (create one with "
                       "`kumo-suppress init`, or fix [store].path)")
@@ -737,21 +738,21 @@ def _not_a_store(path: Path, why: str) -> StoreError:
 
 def _check_is_store_file(path: Path) -> None:
     """Before SQLite touches it (connecting would create a missing file, and WAL mode
-    would write into an empty one)."""
+    would write into an empty one). Only stat() here, never open() and close(): closing
+    any descriptor of the file drops every POSIX lock this process holds on it, the
+    locks of the server's other SQLite connections included (SQLite then answers "disk
+    I/O error" or worse). A file that is not SQLite is refused by the connect itself."""
     try:
-        with open(path, "rb") as fh:
-            header = fh.read(len(_SQLITE_HEADER))
+        st = os.stat(path)
     except FileNotFoundError:
         raise StoreError(f"{path}: store does not exist (run `kumo-suppress init` to create it, "
                          "or fix [store].path)") from None
-    except IsADirectoryError:
-        raise _not_a_store(path, "a directory") from None
     except OSError as err:
         raise StoreError(f"{path}: cannot open store: {err.strerror}") from None
-    if not header:
+    if stat.S_ISDIR(st.st_mode):
+        raise _not_a_store(path, "a directory")
+    if st.st_size == 0:
         raise _not_a_store(path, "empty file")
-    if header != _SQLITE_HEADER:
-        raise _not_a_store(path, "not an SQLite file")
 
 
 def _check_is_store(conn: sqlite3.Connection, path: Path, create: bool) -> None:
