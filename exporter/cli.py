@@ -1,4 +1,4 @@
-"""kumo-suppress: a thin click layer over the library (PRODUCT.md section 10).
+"""kumo-suppress: a thin click layer over the library (docs/cli.md).
 
 Exit codes: 0 ok, 1 a negative answer (`check`: not suppressed; `validate`: a bad file),
 2 usage or config error, 3 runtime failure (store or snapshot dir unusable). Errors are

@@ -1,4 +1,4 @@
-"""The config file (PRODUCT.md section 11): one TOML for the exporter and the Lua module.
+"""The config file (docs/config.md): one TOML for the exporter and the Lua module.
 
 Validated against schema/config.schema.json before anything runs: an unknown key or a
 wrong type is a ConfigError naming the key. Relative paths are relative to the config

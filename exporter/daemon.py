@@ -1,4 +1,4 @@
-"""`kumo-suppress run`: the long-running process (PRODUCT.md section 10).
+"""`kumo-suppress run`: the long-running process (docs/cli.md).
 
 APScheduler 3.x (BackgroundScheduler) runs three jobs: ingest every
 [schedule].ingest_interval, export every export_interval, prune every prune_interval.

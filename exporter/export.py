@@ -1,4 +1,4 @@
-"""Store -> snapshot files per sending domain (PRODUCT.md section 9), for kumod.
+"""Store -> snapshot files per sending domain (docs/snapshot-format.md), for kumod.
 
 This module decides what to write and when; exporter/snapshot.py owns what the files
 look like. kumod reloads a file when its version (mtime, size, inode) changes, so a file

@@ -1,4 +1,4 @@
-"""Keys shared byte-for-byte with the Lua module (PRODUCT.md section 3).
+"""Keys shared byte-for-byte with the Lua module (docs/keys.md).
 
 Lua's string.lower lowercases ASCII only, so every normalization here is ASCII-only
 too: a recipient with non-ASCII bytes gets the same key on both sides.

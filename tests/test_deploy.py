@@ -256,7 +256,7 @@ def test_role_config_is_valid(applied):
     assert applied["first"].returncode == 0, applied["first"].stdout
     cfg_path = applied["root"] / "etc/kumo-suppression/config.toml"
     cfg = tomllib.loads(cfg_path.read_text())
-    # the contract's key names (PRODUCT.md section 11), final paths without the root prefix
+    # the documented key names (docs/config.md), final paths without the root prefix
     assert cfg["store"]["path"] == "/var/lib/kumo-suppression/suppression.db"
     assert cfg["ingest"] == {"log_dirs": ["/var/log/kumomta"], "include_open": False}
     assert cfg["keys"]["sending_domain"] == "from_header"

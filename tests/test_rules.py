@@ -1,4 +1,4 @@
-"""PRODUCT.md sections 4 and 5 row by row: which records suppress, with which reason,
+"""The rules of docs/rules.md row by row: which records suppress, with which reason,
 and which sending domain they are counted against."""
 
 import pytest
