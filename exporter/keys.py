@@ -89,7 +89,7 @@ def operator_recipient(text: str) -> str:
     """The key of an address (`local@domain`, optionally in one pair of `<>`) or of a
     recipient-domain entry (`@domain`); ValueError saying why for anything else, such as
     a display name (`Some One <x@y.example>`). The local part is the mailbox's business
-    (quoted local parts may hold spaces and quotes), the domain part must be a host name."""
+    (a quoted local part may hold spaces and quotes), the domain part must be a host name."""
     key = recipient_key(text)
     if key is None:
         raise ValueError(f"{text!r} is not an address (user@domain) or a domain entry (@domain)")
@@ -98,6 +98,9 @@ def operator_recipient(text: str) -> str:
         raise ValueError(f"{text!r}: give the bare address, without a display name or <>")
     if any(unicodedata.category(ch) in ("Cc", "Cf") for ch in local):
         raise ValueError(f"{text!r}: control characters in the address")
+    quoted = len(local) >= 2 and local[0] == local[-1] == '"'
+    if not quoted and any(ch.isspace() for ch in local):
+        raise ValueError(f"{text!r}: spaces in the address (only a quoted local part may hold them)")
     if not _hostname(domain):
         raise ValueError(f"{text!r}: {domain!r} is not a host name")
     return key

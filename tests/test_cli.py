@@ -300,6 +300,7 @@ def _rows(install, table: str) -> int:
     ("x@y.example", "not a domain", "--domain"),
     ("x@y.example", "*", "--domain"),
     ("x@*", "example.com", "RECIPIENT"),
+    ("some one@y.example", "example.com", "RECIPIENT"),
 ])
 def test_add_check_remove_refuse_what_is_not_an_address_or_a_domain(install, recipient, domain, named):
     install.ok("init")
@@ -308,6 +309,11 @@ def test_add_check_remove_refuse_what_is_not_an_address_or_a_domain(install, rec
         assert r.exit_code == 2, (command, r.output, r.stderr)
         assert named in r.stderr and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
     assert (_rows(install, "suppressions"), _rows(install, "history"), _rows(install, "tombstones")) == (0, 0, 0)
+
+
+def test_a_quoted_local_part_may_hold_spaces(install):
+    install.ok("add", '"some one"@y.example', "--domain", "example.com")
+    assert install.check('"some one"@y.example')["recipient"] == '"some one"@y.example'
 
 
 @pytest.mark.parametrize("ttl", ["0s", "0", "0.5s"])

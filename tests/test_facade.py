@@ -176,7 +176,7 @@ def test_import_csv_takes_a_bom_and_a_header_and_reports_every_bad_row(sl):
 
 def test_dump_escapes_formula_cells_and_import_takes_them_back(sl, install):
     sl.add("@bad.example", "example.com", now=NOW)
-    sl.add("=cmd|'/c calc'!a0@x.example", "example.com", now=NOW)
+    sl.add("=cmd|'/ccalc'!a0@x.example", "example.com", now=NOW)
     sl.add("-1+2@x.example", "example.com", now=NOW)
     sl.add("'=quoted@x.example", "example.com", now=NOW)
     sl.add("plain@x.example", "example.com", now=NOW)
