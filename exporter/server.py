@@ -461,7 +461,7 @@ async def get_metrics(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     # the request counter includes this request
     metrics.HTTP_REQUESTS.labels(route="metrics", status="200").inc()
-    request["counted"] = True
+    request[COUNTED] = True
     body = await service.stores.run(lambda store: metrics.render(store, service.stats.stats))
     return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
 
@@ -487,13 +487,17 @@ def _error_response(request: web.Request, err: Exception) -> web.Response:
     return response
 
 
+COUNTED = web.RequestKey("counted", bool)   # the request counter already has this request
+TIMED = web.RequestKey("timed", bool)       # counted and timed once, before the answer
+
+
 def _count(request: web.Request, route: str, status: int, started: float) -> None:
     """Once per request, before its answer goes out: a client that reads the answer and
     scrapes at once (on another connection, served by another loop) sees it counted."""
-    if request.get("timed"):
+    if request.get(TIMED):
         return
-    request["timed"] = True
-    if not request.get("counted"):     # /metrics counts itself, to include itself
+    request[TIMED] = True
+    if not request.get(COUNTED):     # /metrics counts itself, to include itself
         metrics.HTTP_REQUESTS.labels(route=route, status=str(status)).inc()
     metrics.HTTP_LATENCY.labels(route=route).observe(time.perf_counter() - started)
 
