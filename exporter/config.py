@@ -22,16 +22,6 @@ from .classifier import BounceClassifier, ClassifierError
 
 DEFAULT_SEARCH = (Path("config.toml"), Path("/etc/kumo-suppression/config.toml"))
 
-DEFAULT_IGNORE_CLASSIFICATIONS = (
-    "SpamBlock", "SpamContent", "SpamRelated", "PolicyRelated", "ContentRelated",
-    "VirusRelated", "ProhibitedAttachment", "AuthenticationFailed", "BadConfiguration",
-    "RelayDenied", "RelayingIssues", "InvalidSender", "TooManyRecipients", "BadConnection",
-    "NoAnswerFromHost", "DNSFailure", "MessageExpired", "TransientFailure", "QuotaIssues",
-)
-DEFAULT_FEEDBACK_TYPES = ("abuse", "fraud", "virus", "other")
-DEFAULT_TTL = {"bounce": "365d", "oob": "365d", "expiration": "30d", "complaint": "never",
-               "admin": "365d", "manual": "never"}
-REASONS = tuple(DEFAULT_TTL)
 
 
 class ConfigError(Exception):
@@ -89,67 +79,90 @@ def config_schema() -> dict:
     return json.loads(resources.files("exporter").joinpath("schema/config.schema.json").read_text())
 
 
+def _defaults_of(node: dict) -> dict:
+    found = {}
+    for key, spec in node.get("properties", {}).items():
+        if "default" in spec:
+            found[key] = spec["default"]
+        elif spec.get("type") == "object":
+            found[key] = _defaults_of(spec)
+    return found
+
+
+def defaults() -> dict:
+    """Every key's default as the TOML would write it, {section: {key: value}}. The schema's
+    "default" annotations are the one place a default is written: build_config, the docs test
+    and the example config test all read them from there."""
+    return _defaults_of(config_schema())
+
+
+REASONS = tuple(config_schema()["properties"]["rules"]["properties"]["ttl"]["properties"])
+
+
+# The parsed config. No field has a default here: build_config fills every one from the
+# file or from the schema's defaults.
+
 @dataclass
 class StoreConfig:
     path: Path
-    busy_timeout: float = 30.0
-    history_retention: int | None = 90 * 86400    # prune trims older history; None = keep all
+    busy_timeout: float
+    history_retention: int | None     # prune trims older history; None = keep all
 
 
 @dataclass
 class IngestConfig:
     log_dirs: list[Path]
-    include_open: bool = False
-    max_line: int = 1_000_000
-    batch_lines: int = 50_000     # lines per transaction (and checkpoint) when reading a file
-    max_future_skew: float = 3600.0   # seconds: a record dated further ahead is malformed
+    include_open: bool
+    max_line: int
+    batch_lines: int          # lines per transaction (and checkpoint) when reading a file
+    max_future_skew: float    # seconds: a record dated further ahead is malformed
 
 
 @dataclass
 class KeysConfig:
-    sending_domain: str = "from_header"
-    aliases: dict[str, str] = field(default_factory=dict)
+    sending_domain: str
+    aliases: dict[str, str]
 
 
 @dataclass
 class RulesConfig:
-    bounce: bool = True
-    oob: bool = True
-    expiration: bool = True
-    feedback: bool = True
-    admin_bounce: bool = False
-    expiration_threshold: int = 1
-    expiration_window: int = 30 * 86400
-    ignore_classifications: frozenset[str] = frozenset(DEFAULT_IGNORE_CLASSIFICATIONS)
-    feedback_types: frozenset[str] = frozenset(DEFAULT_FEEDBACK_TYPES)
-    ttl: dict[str, int | None] = field(default_factory=dict)
+    bounce: bool
+    oob: bool
+    expiration: bool
+    feedback: bool
+    admin_bounce: bool
+    expiration_threshold: int
+    expiration_window: int
+    ignore_classifications: frozenset[str]
+    feedback_types: frozenset[str]
+    ttl: dict[str, int | None]
     # KumoMTA bounce classifier rule files; None when none are configured
-    classifier: BounceClassifier | None = None
+    classifier: BounceClassifier | None
 
 
 @dataclass
 class ExportConfig:
     dir: Path
-    format: str = "json"
-    group: str | None = None
-    shard_entries: int = 50_000      # a domain with more active entries is written as shards
-    hash_recipients: bool = False    # files hold sha256 digests of the keys, not addresses
+    format: str
+    group: str | None
+    shard_entries: int       # a domain with more active entries is written as shards
+    hash_recipients: bool    # files hold sha256 digests of the keys, not addresses
 
 
 @dataclass
 class ScheduleConfig:
-    ingest_interval: float = 30.0
-    export_interval: float = 60.0
-    prune_interval: float = 86400.0
+    ingest_interval: float
+    export_interval: float
+    prune_interval: float
 
 
 @dataclass
 class WebhookConfig:
-    enabled: bool = False
-    host: str = "127.0.0.1"
-    port: int = 8086
-    token: str = ""
-    max_body: int = 10_000_000
+    enabled: bool
+    host: str
+    port: int
+    token: str
+    max_body: int
 
 
 @dataclass(frozen=True)
@@ -161,21 +174,21 @@ class ApiToken:
 
 @dataclass
 class ApiConfig:
-    tokens: tuple[ApiToken, ...] = ()
+    tokens: tuple[ApiToken, ...]
 
 
 @dataclass
 class MetricsConfig:
-    textfile: Path | None = None
+    textfile: Path | None
 
 
 @dataclass
 class PolicyConfig:
     """What the exporter needs of [policy] (the Lua module reads the rest); check_interval
     is read here too so a value the module would refuse fails `kumo-suppress` first."""
-    queue: str = "suppressed.kumo_suppression"
-    domain_meta: str = "x_suppression_domain"
-    check_interval: float = 5.0
+    queue: str
+    domain_meta: str
+    check_interval: float
 
 
 @dataclass
@@ -284,24 +297,22 @@ def build_config(raw: dict, base: Path, cfg_path: Path | None, where: str = "con
         p = Path(value).expanduser()
         return p if p.is_absolute() else base / p
 
+    default = defaults()
+
     def section(name: str) -> dict:
-        return raw.get(name, {})
+        return {**default[name], **raw.get(name, {})}
 
-    store = section("store")
-    ingest = section("ingest")
-    keys = section("keys")
-    rules = section("rules")
-    export = section("export")
-    schedule = section("schedule")
-    webhook = section("webhook")
-    api = section("api")
-    metrics = section("metrics")
-    policy = section("policy")
+    store, ingest, keys, rules = section("store"), section("ingest"), section("keys"), section("rules")
+    export, schedule, webhook = section("export"), section("schedule"), section("webhook")
+    api, metrics, policy = section("api"), section("metrics"), section("policy")
 
-    ttl_raw = {**DEFAULT_TTL, **rules.get("ttl", {})}
+    def dur(sec: dict, key: str, name: str) -> float:
+        return parse_duration(sec[key], f"{where}: [{name}] {key}")
+
+    ttl_raw = {**default["rules"]["ttl"], **rules["ttl"]}
     ttl = {reason: parse_lifetime(v, f"{where}: [rules.ttl] {reason}") for reason, v in ttl_raw.items()}
 
-    listen = webhook.get("listen", "127.0.0.1:8086")
+    listen = webhook["listen"]
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit() or not host or not 0 < int(port) < 65536:
         raise ConfigError(f"{where}: [webhook] listen must be HOST:PORT, not {listen!r}")
@@ -309,52 +320,45 @@ def build_config(raw: dict, base: Path, cfg_path: Path | None, where: str = "con
 
     aliases = {}
     from .keys import domain_key
-    for k, v in keys.get("aliases", {}).items():
+    for k, v in keys["aliases"].items():
         ak, av = domain_key(k), domain_key(v)
         if not ak or not av:
             raise ConfigError(f"{where}: [keys.aliases] {k!r} = {v!r} is not a domain mapping")
         aliases[ak] = av
 
-    def dur(sec: dict, key: str, default: str, name: str) -> float:
-        return parse_duration(sec.get(key, default), f"{where}: [{name}] {key}")
-
     return Config(
         path=cfg_path,
-        store=StoreConfig(path=path_of(store.get("path", "var/suppression.db")),
-                          busy_timeout=dur(store, "busy_timeout", "30s", "store"),
-                          history_retention=parse_lifetime(store.get("history_retention", "90d"),
+        store=StoreConfig(path=path_of(store["path"]),
+                          busy_timeout=dur(store, "busy_timeout", "store"),
+                          history_retention=parse_lifetime(store["history_retention"],
                                                            f"{where}: [store] history_retention")),
-        ingest=IngestConfig(log_dirs=[path_of(d) for d in ingest.get("log_dirs", ["/var/log/kumomta"])],
-                            include_open=ingest.get("include_open", False),
-                            max_line=parse_size(ingest.get("max_line", "1MB"), f"{where}: [ingest] max_line"),
-                            batch_lines=ingest.get("batch_lines", 50_000),
-                            max_future_skew=dur(ingest, "max_future_skew", "1h", "ingest")),
-        keys=KeysConfig(sending_domain=keys.get("sending_domain", "from_header"), aliases=aliases),
+        ingest=IngestConfig(log_dirs=[path_of(d) for d in ingest["log_dirs"]],
+                            include_open=ingest["include_open"],
+                            max_line=parse_size(ingest["max_line"], f"{where}: [ingest] max_line"),
+                            batch_lines=ingest["batch_lines"],
+                            max_future_skew=dur(ingest, "max_future_skew", "ingest")),
+        keys=KeysConfig(sending_domain=keys["sending_domain"], aliases=aliases),
         rules=RulesConfig(
-            bounce=rules.get("bounce", True), oob=rules.get("oob", True),
-            expiration=rules.get("expiration", True), feedback=rules.get("feedback", True),
-            admin_bounce=rules.get("admin_bounce", False),
-            expiration_threshold=rules.get("expiration_threshold", 1),
-            expiration_window=int(dur(rules, "expiration_window", "30d", "rules")),
-            ignore_classifications=frozenset(rules.get("ignore_classifications", DEFAULT_IGNORE_CLASSIFICATIONS)),
-            feedback_types=frozenset(t.lower() for t in rules.get("feedback_types", DEFAULT_FEEDBACK_TYPES)),
-            ttl=ttl, classifier=_classifier([path_of(p) for p in rules.get("classifier_files", [])], where)),
-        export=ExportConfig(dir=path_of(export.get("dir", "var/snapshots")),
-                            format=export.get("format", "json"), group=export.get("group") or None,
-                            shard_entries=export.get("shard_entries", ExportConfig.shard_entries),
-                            hash_recipients=export.get("hash_recipients", ExportConfig.hash_recipients)),
+            bounce=rules["bounce"], oob=rules["oob"], expiration=rules["expiration"],
+            feedback=rules["feedback"], admin_bounce=rules["admin_bounce"],
+            expiration_threshold=rules["expiration_threshold"],
+            expiration_window=int(dur(rules, "expiration_window", "rules")),
+            ignore_classifications=frozenset(rules["ignore_classifications"]),
+            feedback_types=frozenset(t.lower() for t in rules["feedback_types"]),
+            ttl=ttl, classifier=_classifier([path_of(p) for p in rules["classifier_files"]], where)),
+        export=ExportConfig(dir=path_of(export["dir"]), format=export["format"],
+                            group=export["group"] or None, shard_entries=export["shard_entries"],
+                            hash_recipients=export["hash_recipients"]),
         schedule=ScheduleConfig(
-            ingest_interval=dur(schedule, "ingest_interval", "30s", "schedule"),
-            export_interval=dur(schedule, "export_interval", "60s", "schedule"),
-            prune_interval=dur(schedule, "prune_interval", "24h", "schedule")),
-        webhook=WebhookConfig(enabled=webhook.get("enabled", False), host=host, port=int(port),
-                              token=webhook.get("token", ""),
-                              max_body=parse_size(webhook.get("max_body", "10MB"), f"{where}: [webhook] max_body")),
-        api=ApiConfig(tokens=_api_tokens(api.get("tokens", []), where)),
-        metrics=MetricsConfig(textfile=path_of(metrics["textfile"]) if metrics.get("textfile") else None),
-        policy=PolicyConfig(queue=policy.get("queue", "suppressed.kumo_suppression"),
-                            domain_meta=policy.get("domain_meta", "x_suppression_domain"),
-                            check_interval=dur(policy, "check_interval", "5 seconds", "policy")),
+            ingest_interval=dur(schedule, "ingest_interval", "schedule"),
+            export_interval=dur(schedule, "export_interval", "schedule"),
+            prune_interval=dur(schedule, "prune_interval", "schedule")),
+        webhook=WebhookConfig(enabled=webhook["enabled"], host=host, port=int(port), token=webhook["token"],
+                              max_body=parse_size(webhook["max_body"], f"{where}: [webhook] max_body")),
+        api=ApiConfig(tokens=_api_tokens(api["tokens"], where)),
+        metrics=MetricsConfig(textfile=path_of(metrics["textfile"]) if metrics["textfile"] else None),
+        policy=PolicyConfig(queue=policy["queue"], domain_meta=policy["domain_meta"],
+                            check_interval=dur(policy, "check_interval", "policy")),
     )
 
 
