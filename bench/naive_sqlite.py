@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The naive alternative, for the README: a per-message SQLite point query against the
+"""The naive alternative, for docs/performance.md: a per-message SQLite point query against the
 store (what a kumod policy doing a sqlite lookup keyed by recipient behind kumo.memoize
 does: the memo misses on almost every new recipient, so nearly every message pays the
 query) against the snapshot check the Lua module does (an in-memory table index).

@@ -115,7 +115,7 @@ kumo.on('http_message_generated', function(msg) sup:check_http(msg) end)
         "  .venv/bin/kumo-suppress -c config.example.toml add you@example.net --domain example.com --note test\n"
         "  .venv/bin/kumo-suppress -c config.example.toml export      (then: ls var/snapshots)\n"
         "  .venv/bin/kumo-suppress -c config.example.toml stats\n"
-        "  README.md \"Setting it up with kumod\" and policy_lua/init.example.lua: the real kumod wiring\n"
+        "  docs/kumod-setup.md and policy_lua/init.example.lua: the real kumod wiring\n"
         "  ./dev test: the whole suite")
     return 1 if failures else 0
 

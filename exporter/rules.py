@@ -1,5 +1,5 @@
 """An Event -> a Decision: suppress or not, with which reason and lifetime
-(README, "What suppresses").
+(docs/rules.md).
 
 The rule that matters most: a failure that blames the sender or a passing condition
 (a mass spam block by one provider, a full mailbox, a DNS outage) must never suppress,

@@ -1,4 +1,4 @@
-"""The authoritative suppression list: one SQLite file (WAL), documented in the README so
+"""The authoritative suppression list: one SQLite file (WAL), documented in docs/store.md so
 an end user's panel can read it.
 
 Writes are short IMMEDIATE transactions, so the scheduler, the webhook receiver and a

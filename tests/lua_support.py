@@ -1,5 +1,5 @@
 """Helpers for the Lua test suites: snapshot/config writers and the module wired into
-this project's kumod stand-in (tests/kumo_standin.py) the way README.md's kumod set-up shows."""
+this project's kumod stand-in (tests/kumo_standin.py) the way docs/kumod-setup.md shows."""
 
 from __future__ import annotations
 
