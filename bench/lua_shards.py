@@ -1,21 +1,24 @@
 #!/usr/bin/env python3
 """The sharded and hashed snapshot layouts in the project's kumod stand-in.
 
-    python bench/lua_shards.py [--quick]
+    python bench/lua_shards.py [--quick] [--shards N]
 
 A 5,000,000-entry sending domain written as the exporter shards it by default
 (shard_entries 50,000 -> 128 shards of ~39,000 entries; only the shards this run touches
 are written, with exactly the entries that hash into them), beside a small single-file
 domain. Prints `name: value unit` lines:
-  * first lookup in a shard (index warm): the whole check in process CPU time (the wall
-    time too: on a shared machine it waits for a core), and of it the stand-in's own
-    file decode (Python json + lupa table conversion; kumod decodes in Rust), measured
-    alone on the same file;
+  * first lookup in a shard (index warm): the whole check in process CPU time, the
+    median and the lowest over 5 shards (the wall time too: on a shared machine it waits
+    for a core), and of it the stand-in's own file decode (orjson + lupa table
+    conversion; kumod decodes in Rust), measured alone on the same file;
   * warm check_http of a clean recipient: small domain, sharded domain, hashed small
-    domain, hashed sharded domain, and the ratios the targets name; the stand-in's
-    kumo.digest is a Python call (hashlib via lupa) where kumod's is native, so the
-    ratios are also printed less the one digest a sharded or hashed check makes;
-  * Lua memory held for the big domain after touching 1, 2 and 4 shards;
+    domain, hashed sharded domain, and the ratios the targets name;
+  * the stand-in's floors, measured in the same state: a no-op Python call from Lua
+    through lupa, one userdata (kumo.time.now(): lupa wraps a fresh Python object per
+    userdata), and kumo.digest.sha256(key).hex (both plus hashlib); kumod does all
+    three natively, so the ratios are also printed less the one digest a sharded or
+    hashed check makes;
+  * Lua memory held for the big domain after touching 2 to 6 shards;
   * snapshot bytes per entry, plain and hashed.
 Targets (issue 14): first lookup in a shard <= 100 ms; sharded warm check within 1.2x
 of the small domain's; hashed warm check within 1.5x of the plain one; memory bounded
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -37,49 +41,50 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 from lua_support import NOW, Policy, shard_name, snapshot_doc  # noqa: E402
 
+# plain and hashed, side by side in one kumod state
 BIG, SMALL = "big.example", "small.example"
+HBIG, HSMALL = "hashed-big.example", "hashed-small.example"
 ENTRY = {"reason": "bounce", "since": NOW - 86400, "expires": NOW + 300 * 86400}
+AT = "@blocked.example"  # every domain also holds one '@domain' entry (domain_entries = 1)
 
 
 def address(i: int) -> str:
     return f"user{i}@mail{i % 5000}.example.net"
 
 
-def write_big(d: Path, total: int, shards: int, touched: int, hashed: bool) -> dict[int, list[str]]:
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def write(d: Path, domain: str, recipients: dict, hashed: bool, **fields) -> Path:
+    extra = {"hash": "sha256"} if hashed else {}
+    doc = snapshot_doc(domain, {digest(k) if hashed else k: v for k, v in recipients.items()}, **extra, **fields)
+    path = d / (shard_name(domain, fields["shard"], fields["shards"]) if "shard" in fields else f"{domain}.json")
+    path.write_text(json.dumps(doc, separators=(",", ":")))
+    return path
+
+
+def write_big(d: Path, domain: str, total: int, shards: int, touched: int, hashed: bool) -> dict[int, list[str]]:
     """The index and the first `touched` shards (in shard order of appearance) of a domain
     of `total` entries; returns shard -> its addresses."""
     members: dict[int, list[str]] = {}
-    digests: dict[str, str] = {}
-    wanted: list[int] = []
     for i in range(total):
         key = address(i)
-        h = hashlib.sha256(key.encode()).hexdigest()
-        k = int(h[:8], 16) % shards
+        k = int(digest(key)[:8], 16) % shards
         if k not in members:
-            if len(wanted) >= touched:
+            if len(members) >= touched:
                 continue
-            wanted.append(k)
             members[k] = []
         members[k].append(key)
-        digests[key] = h
-    extra = {"hash": "sha256"} if hashed else {}
     for k, keys in members.items():
-        recipients = {digests[key] if hashed else key: ENTRY for key in keys}
-        doc = snapshot_doc(BIG, recipients, **extra, domain_entries=0, shard=k, shards=shards)
-        (d / shard_name(BIG, k, shards)).write_text(json.dumps(doc, separators=(",", ":")))
-    at = "@blocked.example"
-    index = snapshot_doc(BIG, {hashlib.sha256(at.encode()).hexdigest() if hashed else at: ENTRY},
-                         **extra, domain_entries=1, shards=shards)
-    index["count"] = total
-    (d / f"{BIG}.json").write_text(json.dumps(index, separators=(",", ":")))
+        write(d, domain, dict.fromkeys(keys, ENTRY), hashed, domain_entries=0, shard=k, shards=shards)
+    write(d, domain, {AT: ENTRY}, hashed, domain_entries=1, shards=shards, count=total)
     return members
 
 
-def write_small(d: Path, n: int, hashed: bool) -> None:
-    keys = [address(i) for i in range(n)]
-    recipients = {hashlib.sha256(k.encode()).hexdigest() if hashed else k: ENTRY for k in keys}
-    extra = {"hash": "sha256", "domain_entries": 0} if hashed else {}
-    (d / f"{SMALL}.json").write_text(json.dumps(snapshot_doc(SMALL, recipients, **extra), separators=(",", ":")))
+def write_small(d: Path, domain: str, n: int, hashed: bool) -> None:
+    recipients = dict.fromkeys((address(i) for i in range(n)), ENTRY)
+    write(d, domain, {**recipients, AT: ENTRY}, hashed, domain_entries=1)
 
 
 LOOP = """
@@ -92,88 +97,149 @@ return function(sup, msg, n)
 end
 """
 
+# the stand-in's floors: each a loop of n calls, in CPU seconds per call
+FLOORS = """
+local kumo = require 'kumo'
+local key = 'nobody@mail1.example.net'
+local function timed(n, f)
+  collectgarbage(); local t0 = os.clock()
+  for i = 1, n do f(key) end
+  return (os.clock() - t0) / n
+end
+return {
+  noop_python_call = function(n, noop) return timed(n, noop) end,
+  userdata = function(n) local now = kumo.time.now; return timed(n, function() return now() end) end,
+  digest = function(n) local sha256 = kumo.digest.sha256
+    return timed(n, function(k) return sha256(k).hex end) end,
+  lua_call = function(n) return timed(n, function(k) return k end) end,
+}
+"""
+TOUCHED = 6  # shards written: the first warms the index, the other 5 are first lookups
 
-def warm(p: Policy, domain: str, rcpt: str, n: int) -> float:
-    msg = p.message([rcpt], from_domain=domain)
-    loop = p.k.execute(LOOP, "=bench")
-    return min(loop(p.k.eval("sup"), msg.ud, n) for _ in range(3))
+
+def warm_and_floors(p: Policy, checks: dict[str, tuple[str, str]], n: int) -> dict[str, float]:
+    """The lowest of 3 rounds of each warm check and floor, the rounds interleaved: the
+    stand-in's userdata cost a little more with every one it ever made, so figures meant
+    to be compared are taken side by side."""
+    loop, f = p.k.execute(LOOP, "=bench"), p.k.execute(FLOORS, "=floors")
+    sup = p.k.eval("sup")
+    msgs = {name: p.message([rcpt], from_domain=domain).ud for name, (domain, rcpt) in checks.items()}
+    noop = lambda key: key  # noqa: E731  the cheapest Python function lupa can call
+    best: dict[str, float] = {}
+    for _ in range(3):
+        for name, msg in msgs.items():
+            best[name] = min(best.get(name, 1.0), loop(sup, msg, n))
+        for name in ("noop_python_call", "userdata", "digest", "lua_call"):
+            best[name] = min(best.get(name, 1.0), f[name](n, noop))
+    # the same checks with kumo.digest.sha256 replaced by a Lua table lookup of the
+    # precomputed results (no Python call, no userdata): the module's own cost, what
+    # a native digest leaves to it
+    keys = {rcpt for _, rcpt in checks.values()} | {AT, "@" + next(iter(checks.values()))[1].rpartition("@")[2]}
+    stub = p.k.execute("""return function(results)
+      local digest = require('kumo').digest
+      local real, known = digest.sha256, {}
+      for key, hex in pairs(results) do known[key] = {hex = hex} end
+      digest.sha256 = function(key) return known[key] or real(key) end
+      return function() digest.sha256 = real end
+    end""")(p.k.lua.table_from({k: digest(k) for k in keys}))
+    for _ in range(3):
+        for name, msg in msgs.items():
+            best[name + "_stub"] = min(best.get(name + "_stub", 1.0), loop(sup, msg, n))
+    stub()
+    return best
 
 
-def run(d: Path, total: int, hashed: bool, iterations: int) -> dict:
-    d.mkdir(parents=True)
-    shards = 128
-    members = write_big(d, total, shards, touched=4, hashed=hashed)
-    write_small(d, 1000, hashed)
-    p = Policy({"snapshot_dir": str(d)})
+def first_lookups(p: Policy, domain: str, members: dict[int, list[str]]) -> dict:
+    """The index warm (a recipient of the first shard), then the first lookup in each other
+    shard; Lua memory held for the domain after each."""
     order = list(members)
-    clean_big = "nobody@mail1.example.net"
-    # the index warm (a recipient of the first shard), then the first lookup in another shard
-    assert p.http(members[order[0]][0], from_domain=BIG)[0].rejected
+    assert p.http(members[order[0]][0], from_domain=domain)[0].rejected
     base = p.k.lua_memory_bytes()
-    rcpt = members[order[1]][0]
-    t0, c0 = time.perf_counter(), time.process_time()
-    assert p.http(rcpt, from_domain=BIG)[0].rejected
-    first, first_cpu = time.perf_counter() - t0, time.process_time() - c0
+    wall, cpu, memory = [], [], {}
+    for count, k in enumerate(order[1:], start=2):
+        t0, c0 = time.perf_counter(), time.process_time()
+        assert p.http(members[k][0], from_domain=domain)[0].rejected
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+        memory[count] = p.k.lua_memory_bytes() - base
+    return {"first": statistics.median(wall), "first_cpu": statistics.median(cpu), "first_cpu_min": min(cpu),
+            "memory": memory}
+
+
+def run(d: Path, total: int, iterations: int, shards: int) -> dict:
+    d.mkdir(parents=True)
+    members = {BIG: write_big(d, BIG, total, shards, TOUCHED, hashed=False),
+               HBIG: write_big(d, HBIG, total, shards, TOUCHED, hashed=True)}
+    write_small(d, SMALL, 1000, hashed=False)
+    write_small(d, HSMALL, 1000, hashed=True)
+    p = Policy({"snapshot_dir": str(d)})
+    out = {"plain": first_lookups(p, BIG, members[BIG]), "hashed": first_lookups(p, HBIG, members[HBIG])}
     decode = p.k.eval("function(path) local c = os.clock(); require('kumo').serde.json_load(path) "
                       "return os.clock() - c end")
-    decode_s = min(decode(str(d / shard_name(BIG, order[1], shards))) for _ in range(2))
-    one_shard = p.k.lua_memory_bytes() - base
-    memory = {2: one_shard}
-    for count, k in enumerate(order[2:], start=3):
-        assert p.http(members[k][0], from_domain=BIG)[0].rejected
-        memory[count] = p.k.lua_memory_bytes() - base
-    # a clean recipient whose shard is loaded: the warm path of a sharded domain
+    for label, domain in (("plain", BIG), ("hashed", HBIG)):
+        one = d / shard_name(domain, list(members[domain])[1], shards)
+        out[label]["decode"] = min(decode(str(one)) for _ in range(3))
+        out[label]["bytes_per_entry"] = one.stat().st_size / len(members[domain][list(members[domain])[1]])
+    out["shard_entries"] = len(members[BIG][list(members[BIG])[1]])
+    # a clean recipient whose shard is loaded (in both big domains): the warm path of a sharded domain
     clean = next(f"nobody{i}@mail1.example.net" for i in range(10**6)
-                 if int(hashlib.sha256(f"nobody{i}@mail1.example.net".encode()).hexdigest()[:8], 16) % shards
-                 in members)
-    assert p.http(clean, from_domain=BIG)[0].ok and p.http(clean_big, from_domain=SMALL)[0].ok
-    digest = p.k.execute("""return function(n)
-      local sha256, clock = require('kumo').digest.sha256, os.clock
-      local t0 = clock()
-      for i = 1, n do local x = sha256('nobody@mail1.example.net').hex end
-      return (clock() - t0) / n end""")
-    return {
-        "digest": min(digest(iterations) for _ in range(3)),
-        "first": first, "first_cpu": first_cpu, "decode": decode_s, "shard_entries": len(members[order[1]]),
-        "warm_big": warm(p, BIG, clean, iterations), "warm_small": warm(p, SMALL, clean_big, iterations),
-        "memory": memory, "errors": list(p.k.errors_logged),
-        "bytes_per_entry": (d / shard_name(BIG, order[1], shards)).stat().st_size / len(members[order[1]]),
-    }
+                 if int(digest(f"nobody{i}@mail1.example.net")[:8], 16) % shards in members[BIG])
+    for domain in (BIG, HBIG, SMALL, HSMALL):
+        assert p.http(clean, from_domain=domain)[0].ok
+    out["timed"] = warm_and_floors(p, {"warm_big": (BIG, clean), "warm_small": (SMALL, clean),
+                                       "warm_hbig": (HBIG, clean), "warm_hsmall": (HSMALL, clean)}, iterations)
+    out["errors"] = list(p.k.errors_logged)
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a 500,000-entry domain (~4,000 per shard)")
+    ap.add_argument("--shards", type=int, default=128,
+                    help="shards of the big domains (default 128: what the exporter writes for 5M entries)")
     args = ap.parse_args()
     total = 500_000 if args.quick else 5_000_000
     iterations = 20_000 if args.quick else 100_000
     with tempfile.TemporaryDirectory() as tmp:
-        plain = run(Path(tmp) / "plain", total, False, iterations)
-        hashed = run(Path(tmp) / "hashed", total, True, iterations)
-    assert not plain["errors"] and not hashed["errors"], (plain["errors"], hashed["errors"])
-    print(f"domain_entries: {total} in 128 shards ({plain['shard_entries']} in the measured shard)")
-    for label, r in (("plain", plain), ("hashed", hashed)):
-        print(f"first_lookup_in_a_shard_{label}: {r['first_cpu'] * 1e3:.0f} ms CPU, "
-              f"{r['first'] * 1e3:.0f} ms wall (stand-in json_load of that shard alone: "
-              f"{r['decode'] * 1e3:.0f} ms CPU)")
-    print(f"warm_check_small_domain: {plain['warm_small'] * 1e6:.2f} us")
-    print(f"warm_check_sharded_domain: {plain['warm_big'] * 1e6:.2f} us "
-          f"({plain['warm_big'] / plain['warm_small']:.2f} x the small domain)")
-    cost = plain["digest"]
-    print(f"stand_in_kumo_digest_sha256_hex: {cost * 1e6:.2f} us (a Python call here; native Rust in kumod)")
-    print(f"warm_check_sharded_domain_less_one_digest: {(plain['warm_big'] - cost) * 1e6:.2f} us "
-          f"({(plain['warm_big'] - cost) / plain['warm_small']:.2f} x the small domain)")
-    print(f"warm_check_small_domain_hashed: {hashed['warm_small'] * 1e6:.2f} us "
-          f"({hashed['warm_small'] / plain['warm_small']:.2f} x plain)")
-    print(f"warm_check_small_domain_hashed_less_one_digest: {(hashed['warm_small'] - cost) * 1e6:.2f} us "
-          f"({(hashed['warm_small'] - cost) / plain['warm_small']:.2f} x plain)")
-    print(f"warm_check_sharded_domain_hashed: {hashed['warm_big'] * 1e6:.2f} us "
-          f"({hashed['warm_big'] / plain['warm_big']:.2f} x plain sharded)")
-    for shards_touched, held in sorted(plain["memory"].items()):
+        r = run(Path(tmp) / "snapshots", total, iterations, args.shards)
+    assert not r["errors"], r["errors"]
+    us, t = 1e6, r["timed"]
+    print(f"domain_entries: {total} in {args.shards} shards ({r['shard_entries']} in the measured shard)")
+    for label in ("plain", "hashed"):
+        x = r[label]
+        print(f"first_lookup_in_a_shard_{label}: {x['first_cpu'] * 1e3:.0f} ms CPU (median of {TOUCHED - 1} "
+              f"shards, lowest {x['first_cpu_min'] * 1e3:.0f} ms), {x['first'] * 1e3:.0f} ms wall (stand-in "
+              f"json_load of one shard alone: {x['decode'] * 1e3:.0f} ms CPU)")
+    print(f"stand_in_noop_python_call: {t['noop_python_call'] * us:.2f} us (a Lua call of a no-op Python "
+          f"function through lupa; a Lua function call: {t['lua_call'] * us:.2f} us)")
+    print(f"stand_in_userdata: {t['userdata'] * us:.2f} us (kumo.time.now(): one userdata, a fresh Python "
+          "object for lupa)")
+    cost = t["digest"]
+    print(f"stand_in_kumo_digest_sha256_hex: {cost * us:.2f} us (Python call + hashlib + userdata; native in kumod)")
+    small, big, hsmall, hbig = t["warm_small"], t["warm_big"], t["warm_hsmall"], t["warm_hbig"]
+    print(f"warm_check_small_domain: {small * us:.2f} us")
+    print(f"warm_check_sharded_domain: {big * us:.2f} us ({big / small:.2f} x the small domain; "
+          f"{(big - small) * us:.2f} us more, one digest is {cost * us:.2f} us)")
+    print(f"warm_check_sharded_domain_less_one_digest: {(big - cost) * us:.2f} us "
+          f"({(big - cost) / small:.2f} x the small domain)")
+    print(f"warm_check_small_domain_hashed: {hsmall * us:.2f} us ({hsmall / small:.2f} x plain)")
+    print(f"warm_check_small_domain_hashed_less_one_digest: {(hsmall - cost) * us:.2f} us "
+          f"({(hsmall - cost) / small:.2f} x plain)")
+    print(f"warm_check_sharded_domain_hashed: {hbig * us:.2f} us ({hbig / big:.2f} x plain sharded)")
+    print("# the same with kumo.digest.sha256 a Lua table lookup (no Python call, no userdata):")
+    stub = {k: t[f"warm_{k}_stub"] for k in ("small", "big", "hsmall", "hbig")}
+    print(f"warm_check_small_domain_digest_stub: {stub['small'] * us:.2f} us")
+    print(f"warm_check_sharded_domain_digest_stub: {stub['big'] * us:.2f} us "
+          f"({stub['big'] / stub['small']:.2f} x the small domain)")
+    print(f"warm_check_small_domain_hashed_digest_stub: {stub['hsmall'] * us:.2f} us "
+          f"({stub['hsmall'] / stub['small']:.2f} x plain)")
+    print(f"warm_check_sharded_domain_hashed_digest_stub: {stub['hbig'] * us:.2f} us "
+          f"({stub['hbig'] / stub['big']:.2f} x plain sharded, {stub['hbig'] / stub['small']:.2f} x the small domain)")
+    for shards_touched, held in sorted(r["plain"]["memory"].items()):
         print(f"memory_held_after_{shards_touched}_shards_touched: {held / 1e6:.1f} MB "
               f"({held / (shards_touched - 1) / 1e6:.1f} MB per shard beyond the first)")
-    print(f"bytes_per_entry_plain: {plain['bytes_per_entry']:.1f} bytes")
-    print(f"bytes_per_entry_hashed: {hashed['bytes_per_entry']:.1f} bytes")
+    print(f"bytes_per_entry_plain: {r['plain']['bytes_per_entry']:.1f} bytes")
+    print(f"bytes_per_entry_hashed: {r['hashed']['bytes_per_entry']:.1f} bytes")
 
 
 if __name__ == "__main__":

@@ -78,8 +78,10 @@ see the "snapshots" section below.
 
 Loading: the snapshot file's version (mtime, size, inode via kumo.fs) is memoized for
 check_interval; the snapshot itself is memoized by (path, version), so no message pays
-file IO and a new export is seen within check_interval. The number of memoize caches
-does not grow with the number of domains (see "snapshots" below). kumod without
+file IO and a new export is seen within check_interval. Each Lua state keeps a view of
+every sending domain it checked (the memoized tables of its current version), so a warm
+check makes no memoize call until that version check is due. The number of memoize
+caches does not grow with the number of domains (see "caches" below). kumod without
 kumo.fs: the version is the file's sha256 from manifest.json, memoized for check_interval.
 With kumo.fs, snapshot files must be regular files (a symlink is refused). Memoized
 tables are userdata in kumod: this module only indexes them.
@@ -89,8 +91,9 @@ wrong-version snapshot means no suppression for that domain and one kumo.log_err
 bad file version. Nothing but the deliberate kumo.reject ever escapes check_*; bad
 options are reported by new(), at policy load time.
 
-Reading order: the per-message path first (check_message), then the keys, the snapshots
-(every memoize cache and file format detail), the reject text, the options and new().
+Reading order: the per-message path first (check_message), then RCPT TO, the message
+accessors, the keys, the caches (every cache the module keeps), the snapshots (every
+memoize cache and file format detail), the reject text, the options and new().
 ]]
 local kumo = require 'kumo'
 
@@ -111,45 +114,49 @@ local MAX_DOMAIN_LENGTH = 253    -- bytes: no longer domain can name a snapshot 
 local MAX_DOMAINS_PER_STATE = 10000
 
 -- defined further down; declared here so that the per-message path reads first
-local recipient_key, domain_key, sending_domain, recipients_of, suppressed_recipients, describe
+local recipient_key, domain_key, sending_domain, recipients_of, first_suppressed, describe
 local log_error, log_info
 
 ---------------------------------------------------------------------------- the per-message path
 
--- Everything one check does, inside the pcall of mod:_check. Returns the reject text when
--- the caller must kumo.reject, nothing otherwise.
+-- One message, top to bottom, inside the pcall of mod:_check. Returns the reject text
+-- when the caller must kumo.reject, nothing otherwise. A clean message allocates nothing
+-- here; a suppressed one only what its action hands to kumod (the reject text is cached
+-- unless the template names the recipient, see compile_template).
 local function check_message(self, msg, action)
   local dkey = sending_domain(self, msg)
   if dkey == nil then
     return nil
   end
   msg:set_meta(self.domain_meta, dkey)
-  local snapshot = self.snapshots.open(dkey)
+  local now = os_time()
+  local snapshots = self.snapshots
+  local snapshot = snapshots.open(dkey, now)
   if snapshot == nil then
     return nil -- no usable snapshot: nothing to check against
   end
-  local verdict = suppressed_recipients(self.snapshots, snapshot, recipients_of(msg))
-  if verdict == nil then
+  local email, entry, hits, kept = first_suppressed(snapshots, snapshot, recipients_of(msg), now)
+  if entry == nil then
     return nil
   end
   if action == 'shadow' then
-    msg:set_meta('x_suppressed', verdict.entry.reason)
-    if verdict.hits then
-      msg:set_meta('x_suppressed_recipients', verdict.hits)
+    msg:set_meta('x_suppressed', entry.reason)
+    if hits then
+      msg:set_meta('x_suppressed_recipients', hits)
     end
-    log_info(format('kumo-suppression: shadow: would suppress %s for %s', describe(verdict), dkey))
+    log_info(format('kumo-suppression: shadow: would suppress %s for %s', describe(email, entry, hits), dkey))
     return nil
   end
-  if verdict.kept then -- some recipients remain: drop the suppressed ones, deliver the rest
-    msg:set_recipient(verdict.kept)
-    msg:set_meta('x_suppressed_recipients', verdict.hits)
+  if kept then -- some recipients remain: drop the suppressed ones, deliver the rest
+    msg:set_recipient(kept)
+    msg:set_meta('x_suppressed_recipients', hits)
     return nil
   end
   if action == 'drop' then
     msg:set_meta('queue', 'null')
     return nil
   end
-  local text = self.reject_text(dkey, verdict.entry, verdict.email)
+  local text = self.reject_text(dkey, entry, email)
   if action == 'reject' then
     return text
   end
@@ -158,33 +165,34 @@ local function check_message(self, msg, action)
   return nil
 end
 
--- nil when no recipient is suppressed, else { email =, entry = } of the first suppressed
--- recipient (entry = its snapshot entry: reason, since, expires) and, for a message with
--- several recipients, hits = { {recipient =, reason =, since =, expires =}... } and
--- kept = the other recipients (nil when every one is suppressed). One recipient, the
--- usual case, allocates nothing unless it is suppressed.
-function suppressed_recipients(snapshots, snapshot, list)
-  local n = #list
-  if n <= 1 then
-    local email = n == 1 and list[1].email or nil
-    local entry = snapshots.find(snapshot, recipient_key(email))
-    return entry and { email = email, entry = entry } or nil
+-- The first suppressed recipient of a message: email, entry (its snapshot entry:
+-- reason, since, expires), and for a message with several recipients hits (one
+-- {recipient, reason, since, expires} per suppressed one) and kept (the others; nil when
+-- every one is suppressed). Nothing at all when none is. Allocates only for a
+-- multi-recipient message with a suppressed recipient (kumod needs those lists).
+function first_suppressed(snapshots, snapshot, list, now)
+  local find, n = snapshots.find, #list
+  if n == 1 then
+    local email = list[1].email
+    return email, find(snapshot, recipient_key(email), now)
   end
-  local verdict, hits, kept = nil, {}, {}
+  local first, entry, hits, kept
   for i = 1, n do
     local email = list[i].email
-    local entry = snapshots.find(snapshot, recipient_key(email))
-    if entry then
-      verdict = verdict or { email = email, entry = entry, hits = hits }
-      hits[#hits + 1] = { recipient = email, reason = entry.reason, since = entry.since, expires = entry.expires }
-    else
+    local e = find(snapshot, recipient_key(email), now)
+    if e and hits == nil then -- the first hit: the recipients before it were all clean
+      first, entry, hits, kept = email, e, {}, {}
+      for j = 1, i - 1 do
+        kept[j] = list[j].email
+      end
+    end
+    if e then
+      hits[#hits + 1] = { recipient = email, reason = e.reason, since = e.since, expires = e.expires }
+    elseif kept then
       kept[#kept + 1] = email
     end
   end
-  if verdict and #kept > 0 then
-    verdict.kept = kept
-  end
-  return verdict
+  return first, entry, hits, kept and kept[1] and kept or nil
 end
 
 function mod:_check(msg, action)
@@ -207,10 +215,9 @@ function mod:check_http(msg)
   return self:_check(msg, self.http_action)
 end
 
-function describe(verdict)
-  local hits = verdict.hits
+function describe(email, entry, hits)
   if hits == nil then
-    return verdict.email .. ' (' .. verdict.entry.reason .. ')'
+    return email .. ' (' .. entry.reason .. ')'
   end
   local parts = {}
   for i = 1, #hits do
@@ -222,11 +229,12 @@ end
 -- the active entry for (recipient, sending domain), or nil; never raises
 local function find_entry(self, recipient, domain)
   local dkey = domain_key(domain)
-  local snapshot = dkey and self.snapshots.open(dkey)
-  if snapshot == nil then
+  local now = os_time()
+  local snapshot = dkey and self.snapshots.open(dkey, now)
+  if not snapshot then
     return nil
   end
-  return self.snapshots.find(snapshot, recipient_key(recipient))
+  return self.snapshots.find(snapshot, recipient_key(recipient), now)
 end
 
 -- lookup(recipient, domain) -> {reason=, since=, expires=} (a plain table) or nil
@@ -417,6 +425,43 @@ function mod.snapshot_filename(domain, fmt)
   return nil
 end
 
+---------------------------------------------------------------------------- caches
+-- Every cache the module keeps, in one place:
+--  * per Lua state (module-level tables are per state in kumod, and a state lives at
+--    most 300 s / 1024 uses there): bounded tables, made by bounded() and filled by
+--    remember(), that start over when full, so hostile input cannot grow them. They
+--    hold what is needed per message without allocating: each sending domain's view
+--    of its snapshot (the file path, and the memoized tables of its version, checked
+--    again when the process-wide version check expires), shard paths, digests of
+--    '@domain' keys, reject texts and dates;
+--  * process-wide, through kumo.memoize: made by memoize_caches() below, and nowhere else.
+local function bounded(limit)
+  return { t = {}, n = 0, limit = limit }
+end
+
+local function remember(cache, key, value)
+  if cache.n >= cache.limit then
+    cache.t, cache.n = {}, 0
+  end
+  cache.t[key] = value
+  cache.n = cache.n + 1
+  return value
+end
+
+-- remember() for a cache of nested tables: cache.t[k1][k2][k3] = value, one entry
+local function remember_in(cache, k1, k2, k3, value)
+  if cache.n >= cache.limit then
+    cache.t, cache.n = {}, 0
+  end
+  local t1 = cache.t[k1] or {}
+  cache.t[k1] = t1
+  local t2 = t1[k2] or {}
+  t1[k2] = t2
+  t2[k3] = value
+  cache.n = cache.n + 1
+  return value
+end
+
 ---------------------------------------------------------------------------- snapshots
 -- Every memoize cache and every detail of the snapshot files lives in this section.
 --
@@ -430,8 +475,8 @@ end
 --  Either may carry "hash": "sha256" (every key is the sha256 hex of the recipient key)
 --  and "domain_entries": n (n = 0: no '@domain' lookup, no second digest).
 --
--- Caches: kumod lists every memoize cache in its metrics with ~15 series that are
--- never removed, so the number of caches must not follow the number of domains or
+-- Memoize caches: kumod lists every memoize cache in its metrics with ~15 series that
+-- are never removed, so the number of caches must not follow the number of domains or
 -- shards. A cache keyed by (path, version) keeps an old version until its ttl (lruttl
 -- prunes expired entries every 30 s; its eviction is a sampled LRU that need not pick
 -- the old version), so:
@@ -441,6 +486,9 @@ end
 --  * a larger file has a cache of its own with capacity 1: a new version replaces the
 --    old one when it is loaded, so a large list is never held twice for longer than it
 --    takes to notice the new export (check_interval), and is never re-read unchanged.
+-- A state's view holds the memoized tables it last used until its version check is due
+-- (at most check_interval); it then asks the caches again, so it never keeps a version
+-- the caches have dropped for longer than that.
 local SNAPSHOT_FORMAT = 'kumo-suppression-snapshot'
 local SNAPSHOT_VERSION = 1
 local HASH = 'sha256'
@@ -449,9 +497,10 @@ local LARGE_SNAPSHOT_TTL = '1 day' -- frees the memory of a large file that went
 local BYTES_PER_ENTRY = 100 -- roughly, in JSON: turns the manifest's count into a size
 local LOG_ONCE_TTL = '1 day'
 local MAX_SHARDS = 9999 -- four digits in the file name
+-- views of domains and shards one state keeps (a shard view is a few fields)
+local MAX_VIEWS_PER_STATE = 65536
 -- a version string: 'f:...' a regular file, 'L:...' a large one, 'x:...' not a file
 local REGULAR, LARGE = 'f:', 'L:'
-local log_once -- defined below, used by the manifest reader
 
 -- mlua hands a u64 above 2^63 (inode numbers on some file systems) to Lua as a float,
 -- which format('%d') refuses: such a number must still give a version string
@@ -473,9 +522,10 @@ local function parse_snapshot_path(path)
 end
 
 -- the shard a key's sha256 hex falls into: its first 32 bits, big-endian, modulo N
-function mod.shard_of_digest(digest, n)
+local function shard_of_digest(digest, n)
   return tonumber(sub(digest, 1, 8), 16) % n
 end
+mod.shard_of_digest = shard_of_digest
 
 local function shard_path(index_path, k, n)
   local base, ext = match(index_path, '^(.*)%.(%a+)$')
@@ -487,15 +537,9 @@ local function sha256_hex(text)
   return kumo.digest.sha256(text).hex
 end
 
-local function valid_entry(e)
-  -- entries are MemoizedTable userdata in kumod, tables elsewhere; anything else is junk
-  local te = type(e)
-  if te ~= 'userdata' and te ~= 'table' then
-    return false
-  end
-  local expires = e.expires
-  return type(e.reason) == 'string' and type(e.since) == 'number'
-    and (expires == nil or type(expires) == 'number')
+-- the '@domain' key of a recipient key (its last '@' on)
+local function domain_part(rkey)
+  return match(rkey, '@[^@]*$')
 end
 
 -- optional top-level fields: present means the exporter meant something by them, so a
@@ -509,10 +553,29 @@ local function is_power_of_two(n)
   return mtype(n) == 'integer' and n >= 2 and n <= MAX_SHARDS and n & (n - 1) == 0
 end
 
+-- the key of the first entry of `recipients` that is not a {reason, since, expires?}
+-- table (entries are MemoizedTable userdata in kumod, tables elsewhere), or nil. One
+-- pass per file version, so lookups can trust every entry.
+local function bad_entry(recipients)
+  for key, e in pairs(recipients) do
+    if type(key) ~= 'string' then
+      return key
+    end
+    local te = type(e)
+    if te ~= 'table' and te ~= 'userdata' then
+      return key
+    end
+    local expires = e.expires
+    if type(e.reason) ~= 'string' or type(e.since) ~= 'number' or (expires ~= nil and type(expires) ~= 'number') then
+      return key
+    end
+  end
+  return nil
+end
+
 -- why a decoded document is not a usable snapshot for `path`, or nil. A shard must say
 -- what its name says, and be hashed the way its index is (shard_hash: 'sha256' or
--- 'plain'). Runs once per file version (in the populate function), so lookups can
--- trust every entry.
+-- 'plain'). Runs once per file version (in the populate function).
 local function snapshot_problem(doc, path, shard_hash)
   local domain, k, n = parse_snapshot_path(path)
   if type(doc) ~= 'table' then
@@ -550,13 +613,11 @@ local function snapshot_problem(doc, path, shard_hash)
   if type(recipients) ~= 'table' then
     return 'recipients is a ' .. type(recipients) .. ', expected a map'
   end
-  for key, e in pairs(recipients) do
-    if type(key) ~= 'string' then
-      return 'recipients is an array, expected a map of recipient -> entry'
-    end
-    if not valid_entry(e) then
-      return format('entry %q has a wrong field type (reason: string, since: number, expires: number)', key)
-    end
+  local bad = bad_entry(recipients)
+  if type(bad) == 'string' then
+    return format('entry %q has a wrong field type (reason: string, since: number, expires: number)', bad)
+  elseif bad ~= nil then
+    return 'recipients is an array, expected a map of recipient -> entry'
   end
   return nil
 end
@@ -564,10 +625,8 @@ end
 -- The populate function of the snapshot caches: runs once per (path, version), which
 -- makes "one kumo.log_error per bad file version" hold process-wide. Never raises
 -- (kumod would keep the error for 60 s): a broken file is a cached false.
--- Returns the recipients map itself for a plain single file and for a shard (the usual
--- lookup: one index), else a layout: { recipients =, hashed =, shards =,
--- domain_entries =, path =, version = }. A plain map never has a key 'recipients' (every key
--- holds an '@'), which is how find() tells them apart.
+-- Returns a shard's recipients map itself, and for a domain's own file (single or
+-- index) { recipients =, hashed =, shards =, domain_entries = }.
 local function load_snapshot(path, version, shard_hash)
   local kind = sub(version, 1, 2)
   if kind ~= REGULAR and kind ~= LARGE then
@@ -593,19 +652,36 @@ local function load_snapshot(path, version, shard_hash)
       tostring(parse_snapshot_path(path))))
     return false
   end
-  if shard_hash or (doc.hash == nil and doc.shards == nil) then
+  if shard_hash then
     return doc.recipients
   end
   return {
     recipients = doc.recipients, hashed = doc.hash == HASH, shards = doc.shards,
-    domain_entries = doc.domain_entries, path = path, version = version,
+    domain_entries = doc.domain_entries,
   }
 end
 
--- version_of(path) -> version string or false, memoized for check_interval: from
--- kumo.fs (mtime, size, inode; no symlinks), or from manifest.json's sha256 per file
-local function version_source(o, prefix, dir)
-  local large_bytes = o.large_snapshot_bytes
+-- The memoize caches of one instance (prefix = user.kumo_suppression.<name>):
+--  version_of(path) -> version string or false, and the unix time it was checked (the
+--    check is memoized for check_interval): from kumo.fs (mtime, size, inode; no
+--    symlinks), or from manifest.json's sha256 per file;
+--  load(path, version[, shard_hash]) -> load_snapshot's result, from the shared cache or
+--    a large file's own;
+--  log_once(text): kumo.log_error once per text (texts name the file version).
+local function memoize_caches(o, prefix)
+  local dir, large_bytes, interval = o.snapshot_dir, o.large_snapshot_bytes, o.check_interval
+  local once
+  local function log_once(text) -- its cache is made the first time something goes wrong
+    if once == nil then
+      once = kumo.memoize(function(t)
+        log_error(t)
+        return true
+      end, { name = prefix .. '.log_once', ttl = LOG_ONCE_TTL, capacity = 1024 })
+    end
+    once(text)
+  end
+
+  local version_of
   local fs = kumo.fs
   if fs and fs.metadata_for_path then
     local stat = fs.symlink_metadata_for_path or fs.metadata_for_path
@@ -620,216 +696,200 @@ local function version_source(o, prefix, dir)
       return (size >= large_bytes and LARGE or REGULAR) .. integer_text(md.mtime.unix_timestamp_millis)
         .. ':' .. integer_text(size) .. ':' .. integer_text(md.ino)
     end
-    return kumo.memoize(function(path)
+    local check = kumo.memoize(function(path)
       local ok, md = pcall(stat, path)
+      local version = false -- missing: no suppression, nothing to log
+      if ok then
+        local ok2, v = pcall(describe_file, md)
+        version = ok2 and v
+      end
+      return { version = version, at = os_time() }
+    end, { name = prefix .. '.version', ttl = interval, capacity = o.cache_capacity })
+    version_of = function(path)
+      local r = check(path)
+      return r.version, r.at
+    end
+  else
+    local serde = kumo.serde
+    local json_load = (serde and serde.json_load) or kumo.json_load
+    local function file_version(versions, info)
+      local file, sha, count = info.file, info.sha256, info.count
+      if type(file) == 'string' and type(sha) == 'string' then
+        local large = type(count) == 'number' and count * BYTES_PER_ENTRY >= large_bytes
+        versions[file] = (large and LARGE or REGULAR) .. sha
+      end
+    end
+    local function read_manifest(mpath)
+      local ok, doc = pcall(json_load, mpath)
       if not ok then
-        return false -- missing: no suppression, nothing to log
+        local text = tostring(doc)
+        -- a missing manifest is just "nothing exported yet"
+        if not find(text, 'No such file', 1, true) and not find(text, 'os error 2', 1, true) then
+          log_once('kumo-suppression: cannot read ' .. mpath .. ': ' .. text)
+        end
+        return nil
       end
-      local ok2, version = pcall(describe_file, md)
-      return ok2 and version
-    end, { name = prefix .. '.version', ttl = o.check_interval, capacity = o.cache_capacity })
-  end
-  local serde = kumo.serde
-  local json_load = (serde and serde.json_load) or kumo.json_load
-  local function file_version(versions, info)
-    local file, sha, count = info.file, info.sha256, info.count
-    if type(file) == 'string' and type(sha) == 'string' then
-      local large = type(count) == 'number' and count * BYTES_PER_ENTRY >= large_bytes
-      versions[file] = (large and LARGE or REGULAR) .. sha
-    end
-  end
-  local get_manifest = kumo.memoize(function(manifest_dir)
-    local mpath = manifest_dir .. '/manifest.json'
-    local ok, doc = pcall(json_load, mpath)
-    if not ok then
-      local text = tostring(doc)
-      -- a missing manifest is just "nothing exported yet"
-      if not find(text, 'No such file', 1, true) and not find(text, 'os error 2', 1, true) then
-        log_once(prefix, 'kumo-suppression: cannot read ' .. mpath .. ': ' .. text)
+      if type(doc) ~= 'table' or type(doc.domains) ~= 'table' then
+        log_once('kumo-suppression: ' .. mpath .. ' is not a kumo-suppression manifest')
+        return nil
       end
-      return false
-    end
-    if type(doc) ~= 'table' or type(doc.domains) ~= 'table' then
-      log_once(prefix, 'kumo-suppression: ' .. mpath .. ' is not a kumo-suppression manifest')
-      return false
-    end
-    -- domains: domain -> {file, sha256, count, shard_files = {{file, sha256, count}...}}
-    local versions = {}
-    for domain, info in pairs(doc.domains) do
-      if type(domain) == 'string' and type(info) == 'table' then
-        file_version(versions, info)
-        local shard_files = info.shard_files
-        if type(shard_files) == 'table' then
-          for _, shard in pairs(shard_files) do
-            if type(shard) == 'table' then
-              file_version(versions, shard)
+      -- domains: domain -> {file, sha256, count, shard_files = {{file, sha256, count}...}}
+      local versions = {}
+      for domain, info in pairs(doc.domains) do
+        if type(domain) == 'string' and type(info) == 'table' then
+          file_version(versions, info)
+          local shard_files = info.shard_files
+          if type(shard_files) == 'table' then
+            for _, shard in pairs(shard_files) do
+              if type(shard) == 'table' then
+                file_version(versions, shard)
+              end
             end
           end
         end
       end
+      return versions
     end
-    return versions
-  end, { name = prefix .. '.manifest', ttl = o.check_interval, capacity = 16 })
-  local base_start = #dir + 2
-  return function(path)
-    local versions = get_manifest(dir)
-    return versions and versions[sub(path, base_start)] or false
+    local manifest = kumo.memoize(function(manifest_dir)
+      return { versions = read_manifest(manifest_dir .. '/manifest.json'), at = os_time() }
+    end, { name = prefix .. '.manifest', ttl = interval, capacity = 16 })
+    local base_start = #dir + 2
+    version_of = function(path)
+      local m = manifest(dir)
+      local versions = m.versions
+      return versions and versions[sub(path, base_start)] or false, m.at
+    end
   end
-end
 
--- kumo.log_error(text) once per text (texts name the file version), process-wide
-local log_once_caches = {}
-log_once = function(prefix, text)
-  local once = log_once_caches[prefix]
-  if once == nil then
-    once = kumo.memoize(function(t)
-      log_error(t)
-      return true
-    end, { name = prefix .. '.log_once', ttl = LOG_ONCE_TTL, capacity = 1024 })
-    log_once_caches[prefix] = once
-  end
-  once(text)
-end
-
--- e if it is an entry that has not expired (the clock is read only for an entry found)
-local function active(e)
-  if e == nil then
-    return nil
-  end
-  local expires = e.expires
-  if expires == nil or expires > os_time() then
-    return e
-  end
-  return nil
-end
-
--- The snapshots of one instance: open(dkey) -> the snapshot of that sending domain or
--- nil (two memoize hits, no file IO); find(snapshot, rkey) -> the active entry for
--- recipient key rkey (its own entry, else its domain's '@domain' entry) or nil.
-local function new_snapshots(o, prefix)
-  local dir, ext = o.snapshot_dir, o.format
-  local version_of = version_source(o, prefix, dir)
   local load_shared = kumo.memoize(load_snapshot, {
     name = prefix .. '.snapshots', ttl = SHARED_SNAPSHOT_TTL, capacity = o.cache_capacity,
   })
-  local large_loaders, nlarge = {}, 0
+  local large_loaders = bounded(MAX_DOMAINS_PER_STATE) -- path -> its own cache
   local function load(path, version, shard_hash)
     if sub(version, 1, 2) ~= LARGE then
       return load_shared(path, version, shard_hash)
     end
-    local loader = large_loaders[path]
-    if loader == nil then
-      if nlarge >= MAX_DOMAINS_PER_STATE then
-        large_loaders, nlarge = {}, 0
-      end
-      loader = kumo.memoize(load_snapshot, {
-        name = prefix .. '.large_snapshot:' .. sub(path, #dir + 2), ttl = LARGE_SNAPSHOT_TTL, capacity = 1,
-      })
-      large_loaders[path] = loader
-      nlarge = nlarge + 1
-    end
+    local loader = large_loaders.t[path] or remember(large_loaders, path, kumo.memoize(load_snapshot, {
+      name = prefix .. '.large_snapshot:' .. sub(path, #dir + 2), ttl = LARGE_SNAPSHOT_TTL, capacity = 1,
+    }))
     return loader(path, version, shard_hash)
   end
-  -- per state, bounded: domain key -> its file's path; index path -> its shards' paths
-  local paths, npaths = {}, 0
-  local shard_paths, nshard_paths = {}, 0
-  local function path_of(dkey)
-    local path = paths[dkey]
-    if path == nil then
-      if not mod.is_plain_hostname(dkey) then
-        return nil -- never cached: hostile names must not fill this table
-      end
-      if npaths >= MAX_DOMAINS_PER_STATE then
-        paths, npaths, shard_paths, nshard_paths = {}, 0, {}, 0
-      end
-      path = dir .. '/' .. dkey .. '.' .. ext
-      paths[dkey] = path
-      npaths = npaths + 1
+  return version_of, load, log_once
+end
+
+-- e if it is an entry that has not expired at `now`, else nil
+local function active(e, now)
+  if e ~= nil then
+    local expires = e.expires
+    if expires == nil or expires > now then
+      return e
     end
-    return path
   end
-  local function shard_path_of(index_path, k, n)
-    local by_k = shard_paths[index_path]
-    local path = by_k and by_k[k]
-    if path == nil then
-      if nshard_paths >= MAX_DOMAINS_PER_STATE then
-        shard_paths, nshard_paths = {}, 0
-      end
-      by_k = shard_paths[index_path] or {}
-      shard_paths[index_path] = by_k
-      path = shard_path(index_path, k, n)
-      by_k[k] = path
-      nshard_paths = nshard_paths + 1
+  return nil
+end
+
+-- The snapshots of one instance, seen from one Lua state:
+--  open(dkey, now) -> the view of that sending domain's snapshot, or nil when it has
+--    none usable; warm, a table read and a clock comparison (no memoize call, no IO);
+--  find(view, rkey, now) -> the active entry for recipient key rkey (its own entry,
+--    else its domain's '@domain' entry) or nil.
+-- A view: { path, checked_at, fresh_until, version, map (the recipients), hashed,
+-- domain_entries, shards, shard_hash, shard_views = { [k] = shard view } }; a shard
+-- view: { k, path, checked_at, fresh_until, map (false: missing or broken) }. A view
+-- is fresh from the time its version was checked until check_interval later, exactly
+-- as long as the memoized version check it came from.
+local function new_snapshots(o, prefix)
+  local dir, ext, interval = o.snapshot_dir, o.format, o.check_interval
+  local version_of, load, log_once = memoize_caches(o, prefix)
+  local views = bounded(MAX_VIEWS_PER_STATE) -- dkey -> its view, shard path -> its view
+  local domain_digests = bounded(MAX_DOMAINS_PER_STATE) -- '@domain' -> its sha256 hex
+
+  local function refresh(view)
+    local version, checked_at = version_of(view.path)
+    view.checked_at, view.fresh_until, view.version = checked_at, checked_at + interval, version
+    local snap = version and load(view.path, version)
+    if not snap then
+      view.map = nil
+      return
     end
-    return path
-  end
-  -- the recipients map of the shard that `digest` falls into, or nil
-  -- a layout's scalar fields, copied once per state and file version into a plain
-  -- table (a memoized table's every index is a call into kumod; scalars hold no memory)
-  local layouts, nlayouts = {}, 0
-  local function layout_of(snapshot)
-    local version = snapshot.version
-    local layout = layouts[version]
-    if layout == nil then
-      if nlayouts >= MAX_DOMAINS_PER_STATE then
-        layouts, nlayouts = {}, 0
-      end
-      layout = {
-        hashed = snapshot.hashed, shards = snapshot.shards, domain_entries = snapshot.domain_entries,
-        path = snapshot.path, version = version, shard_hash = snapshot.hashed and HASH or 'plain',
-      }
-      layouts[version] = layout
-      nlayouts = nlayouts + 1
+    local hashed, shards = snap.hashed, snap.shards
+    view.map, view.hashed, view.domain_entries = snap.recipients, hashed, snap.domain_entries
+    local shard_hash = hashed and HASH or 'plain'
+    if shards ~= view.shards or shard_hash ~= view.shard_hash then -- other shard files
+      view.shards, view.shard_hash, view.shard_views = shards, shard_hash, shards and {} or nil
     end
-    return layout
   end
-  local function open_shard(layout, digest)
-    local n = layout.shards
-    local k = mod.shard_of_digest(digest, n)
-    local path = shard_path_of(layout.path, k, n)
-    local version = version_of(path)
+
+  local function refresh_shard(view, s)
+    local version, checked_at = version_of(s.path)
+    s.checked_at, s.fresh_until = checked_at, checked_at + interval
     if not version then
-      log_once(prefix, format('kumo-suppression: %s (shard %d of index version %s) is missing; '
-        .. 'no suppression for its recipients', path, k, layout.version))
-      return nil
+      log_once(format('kumo-suppression: %s (shard %d of index version %s) is missing; '
+        .. 'no suppression for its recipients', s.path, s.k, view.version))
+      s.map = false
+      return
     end
-    return load(path, version, layout.shard_hash) or nil
+    s.map = load(s.path, version, view.shard_hash) or false
+  end
+
+  -- the recipients map of the shard that `digest` falls into, or false
+  local function shard_map(view, digest, now)
+    local k = shard_of_digest(digest, view.shards)
+    local s = view.shard_views[k]
+    if s == nil then -- the first recipient of this state in that shard: its path, once
+      local path = shard_path(view.path, k, view.shards)
+      s = remember(views, path, { k = k, path = path, checked_at = 0, fresh_until = 0 })
+      view.shard_views[k] = s
+    end
+    if now >= s.fresh_until or now < s.checked_at then
+      refresh_shard(view, s)
+    end
+    return s.map
+  end
+
+  local function domain_digest(at)
+    return domain_digests.t[at] or remember(domain_digests, at, sha256_hex(at))
   end
 
   local snapshots = {}
-  function snapshots.npaths() -- how many domain paths this state remembers
-    return npaths
-  end
-  -- the snapshot: a plain recipients map or a layout table (see load_snapshot)
-  function snapshots.open(dkey)
-    local path = path_of(dkey)
-    local version = path and version_of(path)
-    if not version then
-      return nil
+  function snapshots.npaths() -- how many sending domains this state has a view of
+    local n = 0
+    for key in pairs(views.t) do
+      n = n + (find(key, '/', 1, true) and 0 or 1)
     end
-    return load(path, version) or nil
+    return n
   end
-  function snapshots.find(snapshot, rkey)
+  function snapshots.open(dkey, now)
+    local view = views.t[dkey]
+    if view == nil then
+      if not is_plain_hostname(dkey) then
+        return nil -- never remembered: hostile names must not fill the table
+      end
+      view = remember(views, dkey, { path = dir .. '/' .. dkey .. '.' .. ext, checked_at = 0, fresh_until = 0 })
+    end
+    if now >= view.fresh_until or now < view.checked_at then
+      refresh(view)
+    end
+    return view.map and view or nil
+  end
+  function snapshots.find(view, rkey, now)
     if rkey == nil then
       return nil
     end
-    local at = match(rkey, '@[^@]*$')
-    local recipients = snapshot.recipients
-    if recipients == nil then -- a plain single file: the map itself
-      return active(snapshot[rkey]) or active(snapshot[at])
+    local hashed, shards, own = view.hashed, view.shards, view.map
+    local digest = (hashed or shards) and sha256_hex(rkey) -- once: its shard and, hashed, its key
+    if shards then
+      own = shard_map(view, digest, now)
     end
-    local layout = layout_of(snapshot)
-    local hashed = layout.hashed
-    local digest = sha256_hex(rkey) -- once per recipient: the shard and, hashed, the key
-    local own = recipients
-    if layout.shards then
-      own = open_shard(layout, digest)
+    local e = nil
+    if own then -- false: a missing or broken shard, whose '@domain' entries still count
+      e = active(own[hashed and digest or rkey], now)
     end
-    local e = own and active(own[hashed and digest or rkey])
-    if e or layout.domain_entries == 0 then
-      return e
+    if e == nil and view.domain_entries ~= 0 then
+      local at = domain_part(rkey)
+      e = active(view.map[hashed and domain_digest(at) or at], now)
     end
-    return active(recipients[hashed and sha256_hex(at) or at])
+    return e
   end
   return snapshots
 end
@@ -837,22 +897,13 @@ end
 ---------------------------------------------------------------------------- reject text
 
 -- "since" as YYYY-MM-DD (UTC), cached per day: os.date is the costly part of a text
-local day_strings, ndays = {}, 0
+local day_strings = bounded(4096)
 local function day_string(since)
   if type(since) ~= 'number' then
     return 'unknown'
   end
   local day = since // 86400
-  local text = day_strings[day]
-  if text == nil then
-    if ndays >= 4096 then
-      day_strings, ndays = {}, 0
-    end
-    text = os_date('!%Y-%m-%d', math.floor(since))
-    day_strings[day] = text
-    ndays = ndays + 1
-  end
-  return text
+  return day_strings.t[day] or remember(day_strings, day, os_date('!%Y-%m-%d', math.floor(since)))
 end
 
 local PLACEHOLDERS = { domain = true, reason = true, since = true, recipient = true }
@@ -904,32 +955,13 @@ local function compile_template(template)
     return build
   end
 
-  local cache, ntexts = {}, 0 -- dkey -> reason -> day -> text, bounded per state
+  local texts = bounded(MAX_DOMAINS_PER_STATE) -- dkey -> reason -> day -> text
   return function(dkey, entry, recipient)
     local reason, since = entry.reason, entry.since
     local day = type(since) == 'number' and since // 86400 or 'unknown'
-    local by_reason = cache[dkey]
+    local by_reason = texts.t[dkey]
     local by_day = by_reason and by_reason[reason]
-    local text = by_day and by_day[day]
-    if text then
-      return text
-    end
-    text = build(dkey, entry, recipient)
-    if ntexts >= MAX_DOMAINS_PER_STATE then
-      cache, ntexts, by_reason = {}, 0, nil
-    end
-    if not by_reason then
-      by_reason = {}
-      cache[dkey] = by_reason
-    end
-    by_day = by_reason[reason]
-    if not by_day then
-      by_day = {}
-      by_reason[reason] = by_day
-    end
-    by_day[day] = text
-    ntexts = ntexts + 1
-    return text
+    return by_day and by_day[day] or remember_in(texts, dkey, reason, day, build(dkey, entry, recipient))
   end
 end
 

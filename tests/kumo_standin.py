@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import orjson
 from lupa import lua54
 
 __all__ = ["Kumod", "FakeClock", "LuaError", "Message", "TxnResult", "HttpResult",
@@ -61,6 +62,7 @@ MULTI_HANDLER_EVENTS = ("get_queue_config", "throttle_insert_ready_queue",
 
 
 _I64_MAX = 2**63 - 1
+_SCALARS = {str, int, float, bool, type(None)}
 SERIES_PER_MEMOIZE_CACHE = 15
 
 
@@ -327,16 +329,26 @@ for _, fname in ipairs({'concat', 'insert', 'remove', 'sort', 'unpack', 'move'})
 end
 
 -- kumod converts a returned table into a shared map once: scalars and tables only.
+local FREEZABLE = {string = true, number = true, boolean = true}
 local function check_freezable(v, depth)
   local t = type(v)
   if t == 'table' then
     if depth > 64 then raise('memoize: table nested too deeply') end
     for k, x in next, v do
-      local tk = type(k)
-      if tk ~= 'string' and mtype(k) ~= 'integer' then raise('memoize: unsupported key type ' .. tk) end
-      if type(x) == 'table' then check_freezable(x, depth + 1)
-      elseif type(x) ~= 'string' and type(x) ~= 'number' and type(x) ~= 'boolean' then
-        raise('memoize: cannot memoize a ' .. type(x) .. ' value')
+      if type(k) ~= 'string' and mtype(k) ~= 'integer' then raise('memoize: unsupported key type ' .. type(k)) end
+      local tx = type(x)
+      if tx == 'table' then
+        if depth >= 64 then raise('memoize: table nested too deeply') end
+        -- a map of records (a snapshot): its entries' fields are checked here, not by a
+        -- call per entry (the walk stands for kumod's conversion, done in Rust there)
+        for k2, y in next, x do
+          if type(k2) ~= 'string' and mtype(k2) ~= 'integer' then raise('memoize: unsupported key type ' .. type(k2)) end
+          local ty = type(y)
+          if ty == 'table' then check_freezable(y, depth + 2)
+          elseif not FREEZABLE[ty] then raise('memoize: cannot memoize a ' .. ty .. ' value') end
+        end
+      elseif not FREEZABLE[tx] then
+        raise('memoize: cannot memoize a ' .. tx .. ' value')
       end
     end
   elseif t == 'userdata' or t == 'function' or t == 'thread' then
@@ -522,27 +534,29 @@ local BinaryResultMT = {__name = 'BinaryResult'}
 local BIN_FIELDS = {hex = true, bytes = true, base32 = true, base32_nopad = true, base32hex = true,
   base32hex_nopad = true, base64 = true, base64_nopad = true, base64url = true, base64url_nopad = true}
 BinaryResultMT.__index = function(u, k)
-  local r = BIN[u]
-  if k == 'hex' then return r.hex end
+  local hex = BIN[u]
+  if k == 'hex' then return hex end
   if not BIN_FIELDS[k] then raise("attempt to get an unknown field '" .. tostring(k) .. "'") end
-  return PY.encode_digest(r.hex, k)
+  return PY.encode_digest(hex, k)
 end
-BinaryResultMT.__tostring = function(u) return BIN[u].hex end
+BinaryResultMT.__tostring = function(u) return BIN[u] end
 local digest = {}
 for _, algo in ipairs({'sha1', 'sha224', 'sha256', 'sha384', 'sha512', 'sha512_256', 'sha3_256',
                        'sha3_384', 'sha3_512'}) do
+  local hex_of = PY.digest(algo)   -- one Python function per algorithm: hashlib's own constructor
+  local function join(...)
+    local parts = {}
+    for i = 1, select('#', ...) do
+      local v = select(i, ...)
+      parts[i] = type(v) == 'string' and v or PY.json_key(v)
+    end
+    return concat(parts)
+  end
   digest[algo] = function(first, ...)
     local data = first
-    if type(first) ~= 'string' or select('#', ...) > 0 then
-      local parts = {}
-      for i = 1, select('#', first, ...) do
-        local v = select(i, first, ...)
-        parts[i] = type(v) == 'string' and v or PY.json_key(v)
-      end
-      data = concat(parts)
-    end
+    if type(first) ~= 'string' or select('#', ...) > 0 then data = join(first, ...) end
     local u = new_ud(BinaryResultMT)
-    BIN[u] = {hex = PY.digest(algo, data)}
+    BIN[u] = hex_of(data)
     return u
   end
 end
@@ -809,8 +823,18 @@ return S
 """
 
 
-def _digest_hex(algo: str, data: str) -> str:
-    return hashlib.new(algo, data.encode("utf-8", "surrogateescape")).hexdigest()
+def _digest_hex(algo: str):
+    """The stand-in's kumo.digest.<algo> core: the lowercase hex digest of a Lua string's
+    bytes (lupa hands them over as UTF-8 text; other bytes come back as surrogates)."""
+    new = getattr(hashlib, algo, None) or (lambda raw: hashlib.new(algo, raw))
+
+    def hex_of(data: str) -> str:
+        try:
+            raw = data.encode()
+        except UnicodeEncodeError:
+            raw = data.encode("utf-8", "surrogateescape")
+        return new(raw).hexdigest()
+    return hex_of
 
 
 def _encode_digest(hex_digest: str, encoding: str):
@@ -1078,6 +1102,7 @@ class Kumod:
         self.clock = clock or FakeClock()
         self.logs: list[tuple[str, str]] = []
         self.io_paths: list[str] = []      # every path the fakes touched (stat / load)
+        self._record_builders: dict = {}    # field count -> Lua function (see _records)
         self.fake_inode: int | None = None  # reported by kumo.fs instead of the real inode
         self._msg_ids = 0
         self.lua = lua54.LuaRuntime(unpack_returned_tuples=True, register_eval=False)
@@ -1108,10 +1133,10 @@ class Kumod:
         self.io_paths.append(path)
         try:
             with open(path, "rb") as f:
-                data = json.loads(f.read())
+                data = orjson.loads(f.read())  # serde_json's strictness: no NaN, no lone surrogate
         except (OSError, ValueError) as err:
             return False, f"{path}: {err}"
-        return True, self.to_lua(data)
+        return True, self._decoded(data)
 
     def _toml_load(self, path):
         self.io_paths.append(path)
@@ -1120,7 +1145,7 @@ class Kumod:
                 data = tomllib.load(f)
         except (OSError, ValueError) as err:
             return False, f"{path}: {err}"
-        return True, self.to_lua(data)
+        return True, self._decoded(data)
 
     def _stat(self, path, follow):
         self.io_paths.append(path)
@@ -1141,6 +1166,43 @@ class Kumod:
         })
 
     # ---- conversion
+    def _decoded(self, value):
+        """A decoded file as the Lua tables kumod's serde conversion makes of it. A map of
+        records (maps of scalars: a snapshot's recipients) is built field by field in Lua,
+        the same tables as table_from(recursive=True) makes in half its time: a module's
+        first lookup in a snapshot is mostly this conversion, which kumod does in Rust."""
+        if isinstance(value, dict):
+            records = self._records(value)
+            if records is not None:
+                return records
+            return self.lua.table_from({k: self._decoded(v) for k, v in value.items()})
+        if isinstance(value, list):
+            return self.lua.table_from([self._decoded(v) for v in value])
+        return value
+
+    def _records(self, value: dict):
+        rows = list(value.values())
+        if len(rows) < 64 or set(map(type, rows)) != {dict}:
+            return None
+        fields = sorted(set().union(*map(dict.keys, rows)))
+        if not 1 <= len(fields) <= 8:
+            return None
+        args = [self.lua.table_from(list(value)), len(rows)]
+        for name in fields:
+            column = [row.get(name) for row in rows]   # None: the field is absent (nil)
+            if not set(map(type, column)) <= _SCALARS:
+                return None
+            args += [name, self.lua.table_from(column)]
+        build = self._record_builders.get(len(fields))
+        if build is None:
+            n = len(fields)
+            params = ", ".join(f"f{i}, c{i}" for i in range(n))
+            fields_of_i = ", ".join(f"[f{i}] = c{i}[i]" for i in range(n))
+            build = self._record_builders[n] = self.lua.execute(
+                f"return function(keys, n, {params}) local out = {{}} "
+                f"for i = 1, n do out[keys[i]] = {{{fields_of_i}}} end return out end")
+        return build(*args)
+
     def to_lua(self, value):
         if isinstance(value, dict):
             return self.lua.table_from(value, recursive=True)

@@ -148,6 +148,47 @@ def test_warm_checks_do_no_file_io(snap):
     assert p.k.io_paths == [str(snap / "example.com.json")], "one stat per check_interval"
 
 
+def test_warm_checks_make_no_memoize_call_until_the_version_check_is_due(snap):
+    """A Lua state keeps its view of a domain's snapshot exactly as long as the memoized
+    version check it came from: no memoize call per message, one of each per interval."""
+    p = policy(snap)
+    caches = ("user.kumo_suppression.default.version", "user.kumo_suppression.default.snapshots")
+
+    def lookups():
+        return [p.k.memo_stats(name)["lookups"] for name in caches]
+    rejected(p, "first@example.net")
+    before = lookups()
+    for i in range(50):
+        rejected(p, f"r{i}@example.net")
+        rejected(p, "first@example.net")
+    assert lookups() == before
+    p.clock.advance(4.5)
+    rejected(p, "first@example.net")
+    assert lookups() == before, "still inside the interval of the version check"
+    p.clock.advance(1)
+    rejected(p, "first@example.net")
+    rejected(p, "first@example.net")
+    assert lookups() == [n + 1 for n in before]
+
+
+def test_a_view_follows_a_version_checked_earlier_by_another_state(snap):
+    """The version check may have been populated before this state asked (kumod shares
+    memoize caches across its Lua states): a view expires with that check, so a new export
+    is still seen within check_interval of it."""
+    p = policy(snap)
+    # another Lua state: the module loaded afresh, same instance name, so the same caches
+    p.k.lua.globals()["SNAP"] = str(snap)
+    other = p.k.execute("""package.loaded.suppression = nil
+      local s = require('suppression'):new { snapshot_dir = SNAP, queue = 'other.kumo_suppression' }
+      return function(r, d) return s:lookup(r, d) ~= nil end""")
+    assert other("first@example.net", "example.com")                  # the check runs at t
+    p.clock.advance(3)
+    write_snapshot(snap, "example.com", {"second@example.net": entry()})
+    assert not rejected(p, "second@example.net")                    # this state's view: t + 3
+    p.clock.advance(2.5)                                            # t + 5.5: the check expired
+    assert rejected(p, "second@example.net")
+
+
 def test_memo_names_follow_instance_name(snap):
     p = policy(snap, options={"name": "node_a", "queue": "held.node_a"})
     rejected(p, "first@example.net")

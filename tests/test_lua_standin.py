@@ -1,5 +1,7 @@
 """Self-tests of tests/kumo_standin.py: the kumod behaviours the module's tests rely on."""
 
+import json
+
 import pytest
 
 from kumo_standin import FakeClock, Kumod, LuaError
@@ -144,3 +146,63 @@ def test_smtp_reject_of_one_message_rejects_the_transaction(k):
     bad = k.make_message("a@example.com", ["bad@x.example"])
     assert k.smtp_transaction([good]).accepted
     assert k.smtp_transaction([good, bad]).rejected
+
+
+def test_json_load_builds_the_tables_serde_would(k, tmp_path):
+    """kumo.serde.json_load: a map of records (built column by column) and every other
+    shape come out as the same Lua tables; absent and null fields are nil."""
+    records = {f"user{i}@example.net": {"reason": "bounce", "since": i, **({"expires": i + 1} if i % 2 else {})}
+               for i in range(100)}
+    records["odd@example.net"] = {"reason": "manual", "since": 1.5, "note": None, "flag": True}
+    doc = {"format": "f", "version": 1, "recipients": records, "list": [1, "a", {"x": [2, 3]}],
+           "nested": {f"k{i}": {"deep": {"n": i}} for i in range(70)}}
+    path = tmp_path / "doc.json"
+    path.write_text(json.dumps(doc))
+    loaded = k.from_lua(k.eval(f"require('kumo').serde.json_load({json.dumps(str(path))})"))
+    records["odd@example.net"].pop("note")
+    assert loaded == doc
+    assert k.eval(f"math.type(require('kumo').serde.json_load({json.dumps(str(path))})"
+                  ".recipients['user1@example.net'].since)") == "integer"
+    for bad in ("{not json", '{"a": NaN}', '{"a": "\\ud800"}'):
+        path.write_text(bad)
+        with pytest.raises(LuaError):
+            k.eval(f"require('kumo').serde.json_load({json.dumps(str(path))})")
+
+
+def test_memoize_checks_every_level_of_a_map_of_records(k):
+    k.execute("""
+      local kumo = require 'kumo'
+      bad = kumo.memoize(function(n)
+        local t = {}
+        for i = 1, n do t['r' .. i] = {reason = 'x', since = i} end
+        t.r2.since = kumo.time.now()          -- a userdata inside one record
+        return t
+      end, {name = 'user.records', ttl = 5, capacity = 2})""")
+    with pytest.raises(LuaError, match="cannot memoize a userdata"):
+        k.eval("bad(3)")
+
+
+def test_userdata_keep_what_they_are_while_others_come_and_go(k):
+    """Every userdata wraps a fresh Python object (the lupa pitfall: an object wrapped
+    again while an older wrapper awaits the collector can hand out a live userdata a
+    second time): one still held keeps its own kind and value through any churn."""
+    k.execute("""
+      local kumo = require 'kumo'
+      kept = {}
+      for i = 1, 5000 do
+        local d = kumo.digest.sha256('x' .. i)
+        local ok, e = pcall(kumo.reject, 550, 'r' .. i)
+        if i % 97 == 0 then kept[#kept + 1] = {i, d, e} end
+        if i % 700 == 0 then collectgarbage() end
+      end
+      collectgarbage()""")
+    bad = k.eval("""(function()
+      local out = {}
+      for _, x in ipairs(kept) do
+        local i, d, e = x[1], x[2], x[3]
+        if d.hex ~= require('kumo').digest.sha256('x' .. i).hex or tostring(e) ~= '550 r' .. i then
+          out[#out + 1] = i
+        end
+      end
+      return #out end)()""")
+    assert bad == 0 and k.eval("#kept") == 51
