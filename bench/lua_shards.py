@@ -4,7 +4,7 @@
     python bench/lua_shards.py [--quick] [--shards N]
 
 A 5,000,000-entry sending domain written as the exporter shards it by default
-(shard_entries 50,000 -> 128 shards of ~39,000 entries; only the shards this run touches
+(shard_entries 50,000 -> 512 shards of ~9,800 entries; only the shards this run touches
 are written, with exactly the entries that hash into them), beside a small single-file
 domain. Prints `name: value unit` lines:
   * first lookup in a shard (index warm): the whole check in process CPU time, the
@@ -40,6 +40,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from lua_support import NOW, Policy, shard_name, snapshot_doc  # noqa: E402
+
+from exporter import config, snapshot  # noqa: E402
 
 # plain and hashed, side by side in one kumod state
 BIG, SMALL = "big.example", "small.example"
@@ -194,12 +196,14 @@ def run(d: Path, total: int, iterations: int, shards: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="a 500,000-entry domain (~4,000 per shard)")
-    ap.add_argument("--shards", type=int, default=128,
-                    help="shards of the big domains (default 128: what the exporter writes for 5M entries)")
+    ap.add_argument("--quick", action="store_true", help="a 500,000-entry domain (~7,800 per shard)")
+    ap.add_argument("--shards", type=int, default=None,
+                    help="shards of the big domains (default: what the exporter writes for the size)")
     args = ap.parse_args()
     total = 500_000 if args.quick else 5_000_000
     iterations = 20_000 if args.quick else 100_000
+    if args.shards is None:
+        args.shards = snapshot.shard_count(total, config.defaults()["export"]["shard_entries"])
     with tempfile.TemporaryDirectory() as tmp:
         r = run(Path(tmp) / "snapshots", total, iterations, args.shards)
     assert not r["errors"], r["errors"]

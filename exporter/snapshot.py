@@ -37,6 +37,10 @@ MANIFEST_VERSION = 1
 HASH = "sha256"
 FORMATS = ("json", "toml")
 MAX_SHARDS = 8192              # shard numbers have four digits in the file name
+# a new layout's shards hold at most shard_entries / SHARD_FILL entries (12,500 by default):
+# kumod loads a shard the first time a recipient hashes into it, so its size is the
+# latency of that first message
+SHARD_FILL = 4
 _SEPARATOR = {"json": ",\n", "toml": "\n"}
 # `example.com.json`, `example.com_shard-0007-of-0128.json`: `_` never occurs in a plain
 # hostname, so a shard name can never be another domain's file
@@ -68,15 +72,18 @@ def shard_of(key: str, shards: int) -> int:
 
 def shard_count(count: int, shard_entries: int, current: int = 1) -> int:
     """How many files a domain of `count` active entries is written as: 1 (the single
-    file) up to `shard_entries`, else a power of two >= 2. The current count is kept while
-    its shards stay between a quarter full and full, so a domain hovering around a
-    boundary does not rewrite all its shards at every export."""
+    file) up to `shard_entries`, else the smallest power of two >= 2 whose shards hold at
+    most a SHARD_FILL-th of `shard_entries` each: the first lookup in a shard loads one
+    small file, and one new entry rewrites a small part of the domain. The current count
+    is kept while its shards stay between a quarter of that size and that size, so a
+    domain hovering around a boundary does not rewrite all its shards at every export."""
     if count <= shard_entries:
         return 1
-    if current >= 2 and shard_entries / 4 <= count / current <= shard_entries:
+    per_shard = shard_entries / SHARD_FILL
+    if current >= 2 and per_shard / 4 <= count / current <= per_shard:
         return current
     shards = 2
-    while count / shards > shard_entries and shards < MAX_SHARDS:
+    while count / shards > per_shard and shards < MAX_SHARDS:
         shards *= 2
     return shards
 

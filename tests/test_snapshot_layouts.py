@@ -32,14 +32,16 @@ def test_sha256_shard_vectors(case):
 
 def test_shard_count_power_of_two_with_hysteresis():
     assert snapshot.shard_count(50_000, 50_000) == 1
-    assert snapshot.shard_count(50_001, 50_000) == 2
-    assert snapshot.shard_count(5_000_000, 50_000) == 128
-    # kept while its shards stay between a quarter full and full
-    assert snapshot.shard_count(3_300_000, 50_000, current=128) == 128
-    assert snapshot.shard_count(1_600_000, 50_000, current=128) == 128
-    assert snapshot.shard_count(1_599_999, 50_000, current=128) == 32
-    assert snapshot.shard_count(6_400_001, 50_000, current=128) == 256
-    assert snapshot.shard_count(40_000, 50_000, current=128) == 1
+    # shards of at most 50,000 / 4 = 12,500 entries when the count is chosen
+    assert snapshot.shard_count(50_001, 50_000) == 8
+    assert snapshot.shard_count(5_000_000, 50_000) == 512
+    assert snapshot.shard_count(6_400_000, 50_000) == 512
+    # kept while its shards stay between a quarter of that and that: 3,125 .. 12,500
+    assert snapshot.shard_count(3_300_000, 50_000, current=512) == 512
+    assert snapshot.shard_count(1_600_000, 50_000, current=512) == 512
+    assert snapshot.shard_count(1_599_999, 50_000, current=512) == 128
+    assert snapshot.shard_count(6_400_001, 50_000, current=512) == 1024
+    assert snapshot.shard_count(40_000, 50_000, current=512) == 1
     assert snapshot.shard_count(10**12, 1) == snapshot.MAX_SHARDS
 
 
@@ -113,12 +115,12 @@ def test_large_domain_is_an_index_and_shards(install, fmt):
     d.add("alone@example.net", domain="small.example")
     d.export()
     index = snapshot.read(d.dir / f"example.com.{fmt}")
-    assert index["shards"] == 4 and index["count"] == 21 and index["domain_entries"] == 1
+    assert index["shards"] == 16 and index["count"] == 21 and index["domain_entries"] == 1
     assert set(index["recipients"]) == {"@bad.example"}
-    shards = [snapshot.read(d.dir / snapshot.shard_filename("example.com", k, 4, fmt)) for k in range(4)]
+    shards = [snapshot.read(d.dir / snapshot.shard_filename("example.com", k, 16, fmt)) for k in range(16)]
     for k, shard in enumerate(shards):
-        assert (shard["shard"], shard["shards"], shard["count"]) == (k, 4, len(shard["recipients"]))
-        assert all(snapshot.shard_of(r, 4) == k for r in shard["recipients"])
+        assert (shard["shard"], shard["shards"], shard["count"]) == (k, 16, len(shard["recipients"]))
+        assert all(snapshot.shard_of(r, 16) == k for r in shard["recipients"])
         assert list(shard["recipients"]) == sorted(shard["recipients"])
     assert sorted(r for s in shards for r in s["recipients"]) == sorted(plain)
     assert snapshot.read(d.dir / f"small.example.{fmt}").get("shards") is None
@@ -135,7 +137,7 @@ def test_one_new_entry_rewrites_its_shard_and_the_index_only(install, monkeypatc
     d.add(*(f"user{i}@mail.example" for i in range(40)))
     d.export()
     before = d.files()
-    assert len(before) == 1 + 8
+    assert len(before) == 1 + 32
     new = "new.user@mail.example"
     d.add(new)
 
@@ -147,7 +149,7 @@ def test_one_new_entry_rewrites_its_shard_and_the_index_only(install, monkeypatc
         result = d.export()
     after = d.files()
     changed = {name for name in after if after[name] != before.get(name)}
-    shard = snapshot.shard_filename("example.com", snapshot.shard_of(new, 8), 8, "json")
+    shard = snapshot.shard_filename("example.com", snapshot.shard_of(new, 32), 32, "json")
     assert changed == {"example.com.json", shard}
     assert sorted(result.written) == sorted(changed)
     assert d.lookup(new) is not None
@@ -168,7 +170,7 @@ def test_removed_and_expired_entries_leave_their_shards(install):
     assert d.lookup("user3@mail.example") is None
     changed = {n for n, v in d.files().items() if v != before[n]}
     assert changed == {"example.com.json",
-                       snapshot.shard_filename("example.com", snapshot.shard_of("user3@mail.example", 4), 4, "json")}
+                       snapshot.shard_filename("example.com", snapshot.shard_of("user3@mail.example", 16), 16, "json")}
     # the export after its expiry drops it, though no prune ran and the store still holds it
     d.export(now=d.now + 120)
     assert d.lookup("soon@mail.example") is None
@@ -211,22 +213,22 @@ def test_domain_growing_and_shrinking_changes_layout_and_leaves_no_shard(install
     d.add(*(f"user{i}@mail.example" for i in range(6)))
     d.export()
     assert [p.name for p in snapshot.snapshot_files(d.dir)] == ["example.com.json"]
-    d.add(*(f"more{i}@mail.example" for i in range(30)))     # 36 entries: 8 shards
+    d.add(*(f"more{i}@mail.example" for i in range(30)))     # 36 entries: 32 shards of at most 8 / 4
+    d.export()
+    assert snapshot.read(d.dir / "example.com.json")["shards"] == 32
+    d.remove(*(f"more{i}@mail.example" for i in range(20)))  # 16: half a shard each, a quarter of 2: kept
+    d.export()
+    assert snapshot.read(d.dir / "example.com.json")["shards"] == 32
+    d.remove("more20@mail.example", "more21@mail.example")  # 14: under a quarter: 8 shards
     d.export()
     assert snapshot.read(d.dir / "example.com.json")["shards"] == 8
-    d.remove(*(f"more{i}@mail.example" for i in range(20)))  # 16: 2 a shard, a quarter of 8: kept
-    d.export()
-    assert snapshot.read(d.dir / "example.com.json")["shards"] == 8
-    d.remove("more20@mail.example", "more21@mail.example")  # 14: under a quarter: 2 shards
-    d.export()
-    assert snapshot.read(d.dir / "example.com.json")["shards"] == 2
     assert sorted(p.name for p in snapshot.snapshot_files(d.dir)) == [
-        "example.com.json", "example.com_shard-0000-of-0002.json", "example.com_shard-0001-of-0002.json"]
+        "example.com.json", *(snapshot.shard_filename("example.com", k, 8, "json") for k in range(8))]
     d.remove(*(f"more{i}@mail.example" for i in range(22, 30)))  # 6: one file again
     result = d.export()
     assert sorted(p.name for p in d.dir.iterdir() if not p.name.startswith(".")) == \
         ["example.com.json", "manifest.json"]
-    assert "example.com_shard-0000-of-0002.json" in result.removed
+    assert "example.com_shard-0000-of-0008.json" in result.removed
     assert snapshot.read(d.dir / "example.com.json")["count"] == 6
     _manifest_matches_files(d.dir)
 
@@ -235,7 +237,7 @@ def test_tampered_or_deleted_shard_is_rewritten(install, caplog):
     d = Domain(install, shard_entries=8)
     d.add(*(f"user{i}@mail.example" for i in range(20)))
     d.export()
-    shard = d.dir / snapshot.shard_filename("example.com", 1, 4, "json")
+    shard = d.dir / snapshot.shard_filename("example.com", 1, 16, "json")
     good = snapshot.read(shard)
     shard.write_text('{"format": "kumo-suppression-snapshot"}')
     d.export()
@@ -281,7 +283,7 @@ def test_validate_finds_a_missing_shard_and_a_wrong_count(install):
     d = Domain(install, shard_entries=4)
     d.add(*(f"user{i}@mail.example" for i in range(10)))
     d.export()
-    (d.dir / snapshot.shard_filename("example.com", 0, 4, "json")).unlink()
+    (d.dir / snapshot.shard_filename("example.com", 0, 16, "json")).unlink()
     r = install.run("validate")
     assert r.exit_code == 1 and "shard files missing" in r.output
     d.export()
