@@ -29,7 +29,7 @@ from .keys import recipient_domain_entry
 from .records import Event
 from .rules import Decision, Entry
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 WAL_SIZE_LIMIT = 4 << 20     # bytes of WAL kept after a checkpoint
 EVIDENCE = ("type", "message_id", "code", "enhanced_code", "content", "classification", "nodeid")
 _EV_COLS = ", ".join(f"ev_{c}" for c in EVIDENCE)
@@ -72,6 +72,21 @@ _MIGRATE_3_TO_4 = (
     "CREATE INDEX strikes_pair ON strikes(domain, recipient, at)",
     "CREATE INDEX suppressions_recipient ON suppressions(recipient)",
 )
+
+# schema 4 -> 5: no index on suppressions(recipient) (a fourth b-tree written in random
+# order for every new entry, 55 B of it): a recipient is looked up in every sending
+# domain by one probe of the primary key per row of `domains`, which lists every domain
+# that ever had an entry (filled in here for a store written by hand). The event memory
+# no longer holds the newest event of each entry: the entry's own evidence and
+# last_seen are that event's key (Store._held_key); it goes to seen_events when the
+# entry lets go of it (a newer event, a removal).
+_MIGRATE_4_TO_5 = (
+    "DROP INDEX IF EXISTS suppressions_recipient",
+    "INSERT OR IGNORE INTO domains(domain, generation) SELECT DISTINCT domain, 1 FROM suppressions",
+)
+# an event's key (Event.key) is made of these: the types whose records an entry's evidence
+# can come from (an operator's entry has its source there instead)
+_EVENT_TYPES = frozenset(rules.REASON_OF_TYPE)
 
 
 def _event_key_64(key: bytes | int) -> int:
@@ -244,8 +259,11 @@ class Store:
                 self._migrate_v1_to_v2()
             if version <= 2:
                 self._migrate_v2_to_v3()
-            self.conn.create_function("event_key_64", 1, _event_key_64, deterministic=True)
-            for statement in _MIGRATE_3_TO_4:
+            if version <= 3:
+                self.conn.create_function("event_key_64", 1, _event_key_64, deterministic=True)
+                for statement in _MIGRATE_3_TO_4:
+                    self.conn.execute(statement)
+            for statement in _MIGRATE_4_TO_5:
                 self.conn.execute(statement)
             self.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
@@ -408,25 +426,41 @@ class Store:
             for (domain, recipient), e in sorted(entries.items(), key=lambda item: item[0])])
         self.conn.executemany(_HISTORY, history)
 
-    def _unseen(self, keyed: list[tuple[int, int | None]]) -> list[bool]:
-        """For each (event key, keep-until time) whether this is its first sighting; the
-        new ones are remembered. A key seen earlier in the same list is not new either.
-        One INSERT per few hundred keys that returns the keys it inserted: looking a key
-        up and inserting it is one b-tree descent, not two."""
-        conn = self.conn
-        first = dict(reversed(keyed))       # key -> at, once per key
-        remembered: set[int] = set()
-        ordered = sorted(first.items())     # neighbouring keys share pages
-        for start in range(0, len(ordered), 400):
-            chunk = ordered[start:start + 400]
-            remembered.update(r[0] for r in conn.execute(
-                f"INSERT INTO seen_events(key, at) VALUES {', '.join(['(?, ?)'] * len(chunk))} "
-                "ON CONFLICT(key) DO NOTHING RETURNING key", [v for pair in chunk for v in pair]))
-        fresh = []
-        for key, _at in keyed:
-            fresh.append(key in remembered)
-            remembered.discard(key)         # a second sighting in the same list is not new
-        return fresh
+    def _held_key(self, pair: tuple[str, str], entry: Entry) -> int | None:
+        """The key of the event whose evidence the entry holds (its newest: evidence and
+        last_seen always come from the same event), or None for an operator's entry. The
+        event memory does not keep that key while the entry holds it."""
+        ev_type, message_id, code = entry.evidence[0], entry.evidence[1], entry.evidence[2]
+        if ev_type not in _EVENT_TYPES:
+            return None
+        return Event(type=ev_type, recipients=[], domain=pair[0], timestamp=entry.last_seen,
+                     message_id=message_id, code=code, enhanced_code=None, content=None,
+                     classification=None, nodeid=None).key(pair[1])
+
+    def _known_keys(self, keys: Iterable[int]) -> set[int]:
+        """Those of `keys` the event memory holds (the keys travel as one JSON array)."""
+        return {r[0] for r in self.conn.execute(
+            "SELECT key FROM seen_events WHERE key IN (SELECT value FROM json_each(?))",
+            (json.dumps(sorted(set(keys))),))}
+
+    def _remember(self, keyed: dict[int, int | None]) -> None:
+        """Event keys (-> when each stops mattering) into the event memory, in key order."""
+        if keyed:
+            self.conn.executemany("INSERT INTO seen_events(key, at) VALUES (?, ?) ON CONFLICT(key) DO NOTHING",
+                                  sorted(keyed.items()))
+
+    def _let_go(self, stored: dict[tuple[str, str], Entry], held: dict[tuple[str, str], int | None],
+                remember: dict[int, int | None]) -> None:
+        """Entries that changed (`held`: pair -> the key of the event each holds now) let go
+        of the key they held before: it joins `remember`, kept as long as the entry's
+        expiry (at least as long as its own). A key an entry holds now is not kept apart."""
+        for pair, now_held in held.items():
+            before = stored.get(pair)
+            key = None if before is None else self._held_key(pair, before)
+            if key is not None and key != now_held:
+                remember.setdefault(key, before.expires)
+        for now_held in held.values():
+            remember.pop(now_held, None)
 
     def apply_event(self, event: Event, decision: Decision, source: str, now: int,
                     result: ApplyResult) -> bool:
@@ -442,24 +476,34 @@ class Store:
         Returns for each event whether it was new: False when every recipient's event
         had been seen before (the record is a duplicate)."""
         pending = list(pending)
-        items = [(i, event, decision, recipient) for i, (event, decision) in enumerate(pending)
+        items = [(i, event, decision, recipient, event.key(recipient)) for i, (event, decision) in enumerate(pending)
                  for recipient in event.recipients]
         if not items:
             return [False] * len(pending)
+        entries, removed = self._load({(event.domain, recipient) for _i, event, _d, recipient, _k in items})
+        stored = dict(entries)
+        # seen before: in the event memory, held by its pair's entry, or earlier in the batch
+        seen = self._known_keys(key for *_rest, key in items)
+        seen.update(key for key in (self._held_key(pair, e) for pair, e in stored.items()) if key is not None)
         # an event's key is kept while the event can still matter (until its suppression
-        # would expire) and prune's retention after that; NULL: a suppression that never
-        # expires, whose key prune never forgets, so replaying a years-old complaint counts once
-        fresh = self._unseen([(event.key(recipient), rules.expiry(event.timestamp, decision.ttl))
-                              for _i, event, decision, recipient in items])
-        items = [item for item, new in zip(items, fresh) if new]
+        # would expire; NULL: one that never expires, never forgotten)
+        remember: dict[int, int | None] = {}
+        fresh_items = []
+        for item in items:
+            key = item[4]
+            if key in seen:
+                continue
+            seen.add(key)
+            remember[key] = rules.expiry(item[1].timestamp, item[2].ttl)
+            fresh_items.append(item)
         new_events = [False] * len(pending)
-        for i, *_rest in items:
+        for i, *_rest in fresh_items:
             new_events[i] = True
-        result.duplicates += len(fresh) - len(items)
-        entries, removed = self._load({(event.domain, recipient) for _i, event, _d, recipient in items})
+        result.duplicates += len(items) - len(fresh_items)
         changed: dict[tuple[str, str], Entry] = {}
+        held: dict[tuple[str, str], int | None] = {}     # changed pair -> the key its entry holds
         history: list[tuple] = []
-        for _i, event, decision, recipient in items:
+        for _i, event, decision, recipient, key in fresh_items:
             pair = (event.domain, recipient)
             if rules.tombstoned(event.timestamp, removed.get(pair)):
                 result.tombstoned += 1   # an operator removed it after this event happened
@@ -480,6 +524,10 @@ class Store:
                     continue
                 entry, action, shown = rules.record(entries.get(pair), decision.reason, source, when, expires,
                                                     strike_evidence, None, now)
+                if entry.evidence is strike_evidence:      # the entry holds this event now
+                    held[pair] = key if strike_evidence is evidence else self._held_key(pair, entry)
+                elif pair not in held:
+                    held[pair] = None if pair not in stored else self._held_key(pair, stored[pair])
                 entries[pair] = changed[pair] = entry
                 history.append((now, action, event.domain, recipient, decision.reason, source, when,
                                 entry.expires, None, None))
@@ -487,6 +535,8 @@ class Store:
                     self._bump(event.domain)
                 tally = result.added if action == "add" else result.refreshed
                 tally[decision.reason] = tally.get(decision.reason, 0) + 1
+        self._let_go(stored, held, remember)
+        self._remember(remember)
         self._save(changed, history)
         return new_events
 
@@ -523,6 +573,8 @@ class Store:
         self.conn.executemany("DELETE FROM tombstones WHERE domain = ? AND recipient = ?",
                               [(domain, recipient) for recipient, domain, *_rest in rows])
         entries, _removed = self._load({(domain, recipient) for recipient, domain, *_rest in rows})
+        stored = dict(entries)
+        held: dict[tuple[str, str], int | None] = {}
         changed: dict[tuple[str, str], Entry] = {}
         history, actions = [], []
         evidence = (source,) + (None,) * (len(EVIDENCE) - 1)
@@ -530,11 +582,15 @@ class Store:
             pair = (domain, recipient)
             entry, action, shown = rules.record(entries.get(pair), reason, source, since, expires, evidence,
                                                 note, now)
+            held[pair] = self._held_key(pair, entry)
             entries[pair] = changed[pair] = entry
             history.append((now, action, domain, recipient, reason, source, since, entry.expires, note, actor))
             if shown:
                 self._bump(domain)
             actions.append(action)
+        remember: dict[int, int | None] = {}
+        self._let_go(stored, held, remember)
+        self._remember(remember)
         self._save(changed, history)
         return actions
 
@@ -568,16 +624,20 @@ class Store:
         re-adds it. False, and nothing written, when the pair has no active entry (a typo
         must not leave a tombstone that silently blocks a later event)."""
         with self.transaction():
-            row = self.conn.execute("SELECT reason, expires FROM suppressions WHERE domain = ? AND recipient = ?",
-                                    (domain, recipient)).fetchone()
-            if row is None or not rules.is_active(row["expires"], now):
+            entries, _removed = self._load([(domain, recipient)])
+            row = entries.get((domain, recipient))
+            if row is None or not rules.is_active(row.expires, now):
                 return False
+            # the removed entry's newest event stays known: replayed, it is a duplicate
+            remember: dict[int, int | None] = {}
+            self._let_go({(domain, recipient): row}, {(domain, recipient): None}, remember)
+            self._remember(remember)
             self.conn.execute("INSERT INTO tombstones(domain, recipient, removed_at, note) VALUES (?, ?, ?, ?) "
                               "ON CONFLICT(domain, recipient) DO UPDATE SET removed_at = excluded.removed_at, "
                               "note = excluded.note", (domain, recipient, now, note))
             self.conn.execute("DELETE FROM suppressions WHERE domain = ? AND recipient = ?", (domain, recipient))
             self.conn.execute("DELETE FROM strikes WHERE domain = ? AND recipient = ?", (domain, recipient))
-            self.conn.execute(_HISTORY, (now, "remove", domain, recipient, row["reason"], source, None, None, note,
+            self.conn.execute(_HISTORY, (now, "remove", domain, recipient, row.reason, source, None, None, note,
                                          actor))
             self._bump(domain)
             self.add_counters({"removed_total": 1})
@@ -585,8 +645,9 @@ class Store:
 
     def prune(self, now: int, seen_retention: int = 400 * 86400, history_retention: int | None = None) -> int:
         """Drop expired entries (with an `expire` history row each), the keys of events
-        whose suppression ended more than `seen_retention` ago (a replay could change
-        nothing any more), strikes that old and, with `history_retention`, history rows
+        whose suppression has ended (replayed, such an event is stale: it can change no
+        entry, history row or snapshot any more; it is counted as a record again),
+        strikes older than `seen_retention` and, with `history_retention`, history rows
         older than that."""
         with self.transaction():
             # the SQL form of `not rules.is_active(expires, now)`
@@ -599,7 +660,7 @@ class Store:
             for domain in {r["domain"] for r in rows}:
                 self._bump(domain)
             self.add_counters({"expired_total": len(rows)})
-            self.conn.execute("DELETE FROM seen_events WHERE at < ?", (now - seen_retention,))
+            self.conn.execute("DELETE FROM seen_events WHERE at <= ?", (now,))
             self.conn.execute("DELETE FROM strikes WHERE at < ?", (now - seen_retention,))
             if history_retention is not None:
                 self.conn.execute("DELETE FROM history WHERE at < ?", (now - history_retention,))
@@ -620,23 +681,27 @@ class Store:
                      after: tuple[str, str] | None = None, limit: int | None = None) -> Iterator[dict]:
         """Active entries in (domain, recipient) order; `after` a (domain, recipient) to
         continue behind (cursor pagination)."""
-        filters = {"domain = ?": domain, "reason = ?": reason, "recipient = ?": recipient, "source = ?": source}
+        filters = {"s.domain = ?": domain, "reason = ?": reason, "recipient = ?": recipient, "source = ?": source}
         where = ["(expires IS NULL OR expires > ?)", *(sql for sql, value in filters.items() if value is not None)]
         args = [now, *(value for value in filters.values() if value is not None)]
         if after is not None:
-            where.append("(domain, recipient) > (?, ?)")
+            where.append("(s.domain, recipient) > (?, ?)")
             args += after
         args.append(-1 if limit is None else limit)      # LIMIT -1: no limit
-        cur = self.conn.execute(f"SELECT * FROM suppressions WHERE {' AND '.join(where)} "
-                                "ORDER BY domain, recipient LIMIT ?", args)
+        # a recipient in every sending domain: one primary-key probe per domain
+        source_rows = "domains d CROSS JOIN suppressions s ON s.domain = d.domain" \
+            if recipient is not None and domain is None else "suppressions s"
+        cur = self.conn.execute(f"SELECT s.* FROM {source_rows} WHERE {' AND '.join(where)} "
+                                "ORDER BY s.domain, recipient LIMIT ?", args)
         for row in cur:
             yield entry_dict(row)
 
     def suppressing_domains(self, recipient: str, now: int) -> list[str]:
         """The sending domains with an active entry for the recipient or its `@domain`."""
+        # one primary-key probe per sending domain and key (no index on recipient)
         return [r[0] for r in self.conn.execute(
-            "SELECT DISTINCT domain FROM suppressions WHERE recipient IN (?, ?) "
-            "AND (expires IS NULL OR expires > ?) ORDER BY domain",
+            "SELECT DISTINCT d.domain FROM domains d CROSS JOIN suppressions s ON s.domain = d.domain "
+            "WHERE s.recipient IN (?, ?) AND (s.expires IS NULL OR s.expires > ?) ORDER BY d.domain",
             (recipient, recipient_domain_entry(recipient), now))]
 
     def history(self, recipient: str, domain: str) -> list[dict]:
