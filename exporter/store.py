@@ -31,6 +31,7 @@ from .rules import Decision, Entry
 
 SCHEMA_VERSION = 5
 WAL_SIZE_LIMIT = 4 << 20     # bytes of WAL kept after a checkpoint
+CACHE_KIB = 32 << 10         # SQLite's page cache per connection (at most; used as the store grows)
 EVIDENCE = ("type", "message_id", "code", "enhanced_code", "content", "classification", "nodeid")
 _EV_COLS = ", ".join(f"ev_{c}" for c in EVIDENCE)
 _ENTRY_COLS = f"reason, source, first_seen, last_seen, expires, count, {_EV_COLS}, note, updated_at"
@@ -94,6 +95,14 @@ def _event_key_64(key: bytes | int) -> int:
     return key if isinstance(key, int) else int.from_bytes(key[:8], "big", signed=True)
 
 
+def _pair_of(item: tuple) -> tuple:
+    return item[0]
+
+
+def _history_pair(row: tuple) -> tuple:
+    return row[2], row[3]
+
+
 class StoreError(Exception):
     """The store cannot be used (missing, unreadable, locked, disk full): exit 3."""
 
@@ -117,13 +126,80 @@ class ApplyResult:
 
 
 
+# ---------------------------------------------------------------------- evidence columns
+# Schema 5 keeps the evidence kumod writes in fewer bytes, exactly reversibly (the API, the
+# CLI and a panel reading through these rules see the very strings): a record type or
+# classification of this list as a one-byte BLOB holding its position (x'01' = "Bounce";
+# a BLOB, as SQLite would turn an integer in a TEXT column into text), a 32-hex-digit message id
+# as its 16 bytes, a lowercase UUID node id as its 16 bytes. Anything else stays text.
+# The list only ever grows at its end: stored numbers must keep their meaning.
+NAMES = (
+    "Bounce", "OOB", "Expiration", "Feedback", "AdminBounce", "manual", "import", "api", "webhook", "log",
+    "Uncategorized", "InvalidRecipient", "BadDomain", "InactiveMailbox", "QuotaIssues", "SpamBlock",
+    "SpamContent", "SpamRelated", "PolicyRelated", "ContentRelated", "VirusRelated", "ProhibitedAttachment",
+    "AuthenticationFailed", "BadConfiguration", "RelayDenied", "RelayingIssues", "InvalidSender",
+    "TooManyRecipients", "BadConnection", "NoAnswerFromHost", "DNSFailure", "MessageExpired",
+    "TransientFailure", "ProtocolErrors", "BadDestination", "BadDestinationMailbox", "MailboxFull",
+)
+_NAME_CODE = {name: bytes([i + 1]) for i, name in enumerate(NAMES)}
+_HEX = frozenset("0123456789abcdef")
+
+
+def _pack_name(value):
+    return _NAME_CODE.get(value, value)
+
+
+def _unpack_name(value):
+    return NAMES[value[0] - 1] if type(value) is bytes and len(value) == 1 and 0 < value[0] <= len(NAMES) else value
+
+
+def _pack_hex(value):
+    """A message id of 32 lowercase hex digits (kumod's) as its 16 bytes."""
+    if type(value) is str and len(value) == 32 and _HEX.issuperset(value):
+        return bytes.fromhex(value)
+    return value
+
+
+def _unpack_hex(value):
+    return value.hex() if type(value) is bytes else value
+
+
+def _pack_uuid(value):
+    """A node id that is a lowercase UUID (kumod's) as its 16 bytes."""
+    if (type(value) is str and len(value) == 36 and value[8] == value[13] == value[18] == value[23] == "-"
+            and value.count("-") == 4 and _HEX.issuperset(value.replace("-", ""))):
+        return bytes.fromhex(value.replace("-", ""))
+    return value
+
+
+def _unpack_uuid(value):
+    if type(value) is bytes:
+        h = value.hex()
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return value
+
+
+def pack_evidence(evidence: tuple) -> tuple:
+    """(type, message_id, code, enhanced_code, content, classification, nodeid) as stored."""
+    ev_type, message_id, code, enhanced, content, classification, nodeid = evidence
+    return (_pack_name(ev_type), _pack_hex(message_id), code, enhanced, content, _pack_name(classification),
+            _pack_uuid(nodeid))
+
+
+def unpack_evidence(stored) -> tuple:
+    ev_type, message_id, code, enhanced, content, classification, nodeid = stored
+    return (_unpack_name(ev_type), _unpack_hex(message_id), code, enhanced, content, _unpack_name(classification),
+            _unpack_uuid(nodeid))
+
+
 def entry_dict(row: sqlite3.Row) -> dict:
     """A suppressions row -> the object `check --json` and the read API show."""
+    evidence = unpack_evidence([row[f"ev_{c}"] for c in EVIDENCE])
     return {
         "recipient": row["recipient"], "domain": row["domain"], "reason": row["reason"],
         "source": row["source"], "first_seen": row["first_seen"], "last_seen": row["last_seen"],
         "expires": row["expires"], "count": row["count"], "note": row["note"],
-        "evidence": {c: row[f"ev_{c}"] for c in EVIDENCE},
+        "evidence": dict(zip(EVIDENCE, evidence)),
     }
 
 
@@ -166,6 +242,9 @@ class Store:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute("PRAGMA temp_store=MEMORY")   # a batch's pairs (temp.wanted_pairs): no temp file
+                # a batch's pages (entries, history, their index, all written in key order)
+                # stay in memory until its commit instead of spilling to the WAL midway
+                conn.execute(f"PRAGMA cache_size={-CACHE_KIB}")
                 # a long-lived connection (the webhook writer, `run`) truncates the WAL to
                 # this each time it starts over after a complete checkpoint
                 conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
@@ -396,19 +475,21 @@ class Store:
         """The domain's snapshot changed: its generation goes up when the transaction commits."""
         self._dirty.add(domain)
 
-    def _load(self, pairs: Iterable[tuple[str, str]]) -> tuple[dict[tuple[str, str], Entry], dict[tuple[str, str], int]]:
+    def _load(self, pairs: Iterable[tuple[str, str]], ordered: bool = False
+              ) -> tuple[dict[tuple[str, str], Entry], dict[tuple[str, str], int]]:
         """The stored entries (expired ones included) and tombstones' removal times of
-        these (domain, recipient) pairs, looked up in one join each."""
+        these (domain, recipient) pairs, looked up in one join each. `ordered`: the pairs
+        come in key order, each once."""
         conn = self.conn
         conn.execute("CREATE TEMP TABLE IF NOT EXISTS wanted_pairs (domain TEXT, recipient TEXT, "
                      "PRIMARY KEY (domain, recipient)) WITHOUT ROWID")
         conn.execute("DELETE FROM temp.wanted_pairs")
-        conn.executemany("INSERT OR IGNORE INTO temp.wanted_pairs VALUES (?, ?)", sorted(pairs))
+        conn.executemany("INSERT OR IGNORE INTO temp.wanted_pairs VALUES (?, ?)", pairs if ordered else sorted(pairs))
         entries = {}
         for row in conn.execute(f"SELECT s.domain, s.recipient, {_ENTRY_COLS} FROM temp.wanted_pairs w "
                                 "JOIN main.suppressions s ON s.domain = w.domain AND s.recipient = w.recipient"):
             entries[row[0], row[1]] = Entry(row[2], row[3], row[4], row[5], row[6], row[7],
-                                            tuple(row[8:8 + len(EVIDENCE)]), row[-2], row[-1])
+                                            unpack_evidence(row[8:8 + len(EVIDENCE)]), row[-2], row[-1])
         removed = {}
         # most stores have no tombstone at all: then this is one lookup, not a join
         if conn.execute("SELECT EXISTS(SELECT 1 FROM tombstones)").fetchone()[0]:
@@ -417,13 +498,18 @@ class Store:
                 "JOIN main.tombstones t ON t.domain = w.domain AND t.recipient = w.recipient")}
         return entries, removed
 
-    def _save(self, entries: dict[tuple[str, str], Entry], history: list[tuple]) -> None:
+    def _save(self, entries: dict[tuple[str, str], Entry], history: list[tuple], ordered: bool = False) -> None:
         """Write changed entries (in key order: neighbouring rows share pages) and their
-        history rows (in the order they happened)."""
+        history rows, each pair's in the order they happened, the pairs in key order: the
+        history's pair index is then written in key order too, as the entries are (ids
+        within one transaction say nothing across pairs: the rows share their `at`).
+        `ordered`: both are in that order already."""
         self.conn.executemany(_SAVE_ENTRY, [
             (domain, recipient, e.reason, e.source, e.first_seen, e.last_seen, e.expires, e.count,
-             *e.evidence, e.note, e.updated_at)
-            for (domain, recipient), e in sorted(entries.items(), key=lambda item: item[0])])
+             *pack_evidence(e.evidence), e.note, e.updated_at)
+            for (domain, recipient), e in (entries.items() if ordered else sorted(entries.items(), key=_pair_of))])
+        if not ordered:
+            history.sort(key=_history_pair)     # stable: a pair's rows keep their order
         self.conn.executemany(_HISTORY, history)
 
     def _held_key(self, pair: tuple[str, str], entry: Entry) -> int | None:
@@ -476,11 +562,14 @@ class Store:
         Returns for each event whether it was new: False when every recipient's event
         had been seen before (the record is a duplicate)."""
         pending = list(pending)
-        items = [(i, event, decision, recipient, event.key(recipient)) for i, (event, decision) in enumerate(pending)
-                 for recipient in event.recipients]
+        # in key order, each pair's events in arrival order (a stable sort): what happens to
+        # a pair depends on its own events alone, and its rows are then written in key order
+        items = sorted([((event.domain, recipient), i, event, decision, event.key(recipient))
+                        for i, (event, decision) in enumerate(pending) for recipient in event.recipients],
+                       key=_pair_of)
         if not items:
             return [False] * len(pending)
-        entries, removed = self._load({(event.domain, recipient) for _i, event, _d, recipient, _k in items})
+        entries, removed = self._load(dict.fromkeys(item[0] for item in items), ordered=True)
         stored = dict(entries)
         # seen before: in the event memory, held by its pair's entry, or earlier in the batch
         seen = self._known_keys(key for *_rest, key in items)
@@ -494,17 +583,17 @@ class Store:
             if key in seen:
                 continue
             seen.add(key)
-            remember[key] = rules.expiry(item[1].timestamp, item[2].ttl)
+            remember[key] = rules.expiry(item[2].timestamp, item[3].ttl)
             fresh_items.append(item)
         new_events = [False] * len(pending)
-        for i, *_rest in fresh_items:
+        for _pair, i, *_rest in fresh_items:
             new_events[i] = True
         result.duplicates += len(items) - len(fresh_items)
         changed: dict[tuple[str, str], Entry] = {}
         held: dict[tuple[str, str], int | None] = {}     # changed pair -> the key its entry holds
         history: list[tuple] = []
-        for _i, event, decision, recipient, key in fresh_items:
-            pair = (event.domain, recipient)
+        for pair, _i, event, decision, key in fresh_items:
+            recipient = pair[1]
             if rules.tombstoned(event.timestamp, removed.get(pair)):
                 result.tombstoned += 1   # an operator removed it after this event happened
                 continue
@@ -537,7 +626,7 @@ class Store:
                 tally[decision.reason] = tally.get(decision.reason, 0) + 1
         self._let_go(stored, held, remember)
         self._remember(remember)
-        self._save(changed, history)
+        self._save(changed, history, ordered=True)
         return new_events
 
     def _strike(self, event: Event, decision: Decision, recipient: str, evidence: tuple) -> list[tuple[int, tuple]]:
