@@ -148,7 +148,6 @@ NAMES = (
     "TransientFailure", "ProtocolErrors", "BadDestination", "BadDestinationMailbox", "MailboxFull",
 )
 _NAME_CODE = {name: bytes([i + 1]) for i, name in enumerate(NAMES)}
-_HEX = frozenset("0123456789abcdef")
 
 
 def _unpack_name(value):
@@ -157,8 +156,13 @@ def _unpack_name(value):
 
 def _pack_hex(value):
     """A message id of 32 lowercase hex digits (kumod's) as its 16 bytes."""
-    if type(value) is str and len(value) == 32 and _HEX.issuperset(value):
-        return bytes.fromhex(value)
+    if type(value) is str and len(value) == 32:
+        try:
+            packed = bytes.fromhex(value)
+        except ValueError:
+            return value
+        if packed.hex() == value:         # exactly these digits back (no spaces, no capitals)
+            return packed
     return value
 
 
@@ -168,9 +172,15 @@ def _unpack_hex(value):
 
 def _pack_uuid(value):
     """A node id that is a lowercase UUID (kumod's) as its 16 bytes."""
-    if (type(value) is str and len(value) == 36 and value[8] == value[13] == value[18] == value[23] == "-"
-            and value.count("-") == 4 and _HEX.issuperset(value.replace("-", ""))):
-        return bytes.fromhex(value.replace("-", ""))
+    if type(value) is str and len(value) == 36 and value[8] == value[13] == value[18] == value[23] == "-":
+        digits = value.replace("-", "")
+        if len(digits) == 32:
+            try:
+                packed = bytes.fromhex(digits)
+            except ValueError:
+                return value
+            if packed.hex() == digits:
+                return packed
     return value
 
 

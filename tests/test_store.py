@@ -299,3 +299,28 @@ def test_schema_4_store_migrates_and_answers_as_before(tmp_path):
         assert apply(store, f.bounce("gone@example.net", timestamp=now - 2 * DAY, id="m9"), now=now,
                      **rules).tombstoned == 1
         assert store.get("u@example.net", "example.com", now)["count"] == 2
+
+
+@pytest.mark.parametrize("evidence", [
+    ("Bounce", "b72d729558e74286b69e2e09f1b5b6a1", 550, "5.1.1", "5.1.1 user unknown", "InvalidRecipient",
+     "0b5e1b4e-9a55-11ee-8c90-0242ac120002"),
+    ("Bounce", "B72D729558E74286B69E2E09F1B5B6A1", 550, None, "", "SomeFutureLabel",
+     "0B5E1B4E-9A55-11EE-8C90-0242AC120002"),
+    ("OOB", "0a " * 10 + "ab", None, None, None, None, "0b5e1b4e 9a55-11ee-8c90-0242ac120002"),
+    ("manual", None, None, None, None, None, None),
+    ("Feedback", "not-hex-at-all-but-32-chars-long", 250, None, "x", "Uncategorized", "node-1"),
+])
+def test_evidence_is_stored_compactly_and_read_back_exactly(store, evidence):
+    """Message ids and node ids in kumod's shape take 16 bytes, known names one; every
+    other value stays as it was; the API/CLI object shows the very strings."""
+    from exporter.store import pack_evidence, unpack_evidence
+    packed = pack_evidence(evidence)
+    assert unpack_evidence(packed) == evidence
+    store.conn.execute("INSERT INTO suppressions(domain, recipient, reason, source, first_seen, last_seen, count, "
+                       "ev_type, ev_message_id, ev_code, ev_enhanced_code, ev_content, ev_classification, ev_nodeid) "
+                       "VALUES ('example.com', 'u@example.net', 'bounce', 'log', 1, 1, 1, ?, ?, ?, ?, ?, ?, ?)", packed)
+    got = store.get("u@example.net", "example.com", NOW)["evidence"]
+    assert tuple(got.values()) == evidence
+    if evidence[1] == "b72d729558e74286b69e2e09f1b5b6a1":
+        assert [type(v) for v in packed] == [bytes, bytes, int, str, str, bytes, bytes]
+        assert len(packed[1]) == len(packed[6]) == 16 and len(packed[0]) == 1
