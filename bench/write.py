@@ -64,7 +64,7 @@ def through_store(path: Path, events: list[Event]) -> float:
 
 def floor(path: Path, events: list[Event]) -> float:
     conn = sqlite3.connect(path, isolation_level=None)
-    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", f"cache_size={-CACHE_KIB}"):   # the store's
+    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", f"cache_size=-{CACHE_KIB}"):   # the store's
         conn.execute(f"PRAGMA {pragma}")
     conn.execute("CREATE TABLE pairs (domain TEXT, recipient TEXT, PRIMARY KEY (domain, recipient)) WITHOUT ROWID")
     pairs = [(e.domain, e.recipients[0]) for e in events]

@@ -257,7 +257,7 @@ class Store:
                 conn.execute("PRAGMA temp_store=MEMORY")   # a batch's pairs (temp.wanted_pairs): no temp file
                 # a batch's pages (entries, history, their index, all written in key order)
                 # stay in memory until its commit instead of spilling to the WAL midway
-                conn.execute(f"PRAGMA cache_size={-CACHE_KIB}")
+                conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
                 # a long-lived connection (the webhook writer, `run`) truncates the WAL to
                 # this each time it starts over after a complete checkpoint
                 conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
@@ -791,8 +791,9 @@ class Store:
             args += after
         args.append(-1 if limit is None else limit)      # LIMIT -1: no limit
         # a recipient in every sending domain: one primary-key probe per domain
-        source_rows = "domains d CROSS JOIN suppressions s ON s.domain = d.domain" \
-            if recipient is not None and domain is None else "suppressions s"
+        source_rows = "suppressions s"
+        if recipient is not None and domain is None:
+            source_rows = "domains d CROSS JOIN suppressions s ON s.domain = d.domain"
         cur = self.conn.execute(f"SELECT s.* FROM {source_rows} WHERE {' AND '.join(where)} "
                                 "ORDER BY s.domain, recipient LIMIT ?", args)
         for row in cur:
