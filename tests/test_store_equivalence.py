@@ -1,6 +1,6 @@
 """The store's end state for a fixed corpus, as every reader sees it (list, dump, history,
 stats, export), pinned to what the store wrote before its storage was made compact
-(tests/vectors/store_outputs.json, written by schema-4 code): a change of how entries,
+(tests/vectors/store_outputs.json: the digests of what schema-4 code answered): a change of how entries,
 evidence, history or the event memory are kept must not change a single answer.
 
 Regenerate (only for an intended change of behaviour): python tests/test_store_equivalence.py --write
@@ -8,6 +8,7 @@ Regenerate (only for an intended change of behaviour): python tests/test_store_e
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import random
@@ -133,11 +134,19 @@ def sl_entries(root: Path) -> list[dict]:
         return list(sl.entries(now=VIEW))
 
 
+def digests(parts: dict) -> dict:
+    """The golden file: each part's sha256 (canonical JSON), and the small parts in full."""
+    parts = json.loads(json.dumps(parts))
+    return {"sha256": {k: hashlib.sha256(json.dumps(v, sort_keys=True).encode()).hexdigest()
+                       for k, v in parts.items()}, "stats": parts["stats"], "pruned": parts["pruned"]}
+
+
 def test_the_same_corpus_leaves_the_same_answers(tmp_path):
-    got = json.loads(json.dumps(outputs(tmp_path / "install")))
+    got = digests(outputs(tmp_path / "install"))
     want = json.loads(GOLDEN.read_text())
-    for part in want:
-        assert got[part] == want[part], f"{part} differs from what schema-4 code answered"
+    assert got["stats"] == want["stats"] and got["pruned"] == want["pruned"]
+    differ = [part for part in want["sha256"] if got["sha256"][part] != want["sha256"][part]]
+    assert not differ, f"these answers differ from what schema-4 code gave: {differ}"
 
 
 if __name__ == "__main__":
@@ -145,5 +154,5 @@ if __name__ == "__main__":
     if sys.argv[1:] != ["--write"]:
         raise SystemExit(__doc__)
     with tempfile.TemporaryDirectory() as tmp:
-        GOLDEN.write_text(json.dumps(outputs(Path(tmp) / "install"), indent=1, sort_keys=True) + "\n")
+        GOLDEN.write_text(json.dumps(digests(outputs(Path(tmp) / "install")), indent=1, sort_keys=True) + "\n")
     print(f"wrote {GOLDEN}")
