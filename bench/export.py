@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import KUMO_SUPPRESS, figure, note, reproduce, run_child, write_config  # noqa: E402
 
 from exporter import snapshot  # noqa: E402
-from exporter.store import EVIDENCE, Store  # noqa: E402
+from exporter.store import EVIDENCE, Store, pack_evidence  # noqa: E402
 
 DOMAINS = 1000
 REASONS = ("bounce", "bounce", "bounce", "oob", "expiration", "complaint", "manual")
@@ -65,9 +65,10 @@ def fill(db: Path, data: list[tuple]) -> None:
         cols = ["domain", "recipient", "reason", "source", "first_seen", "last_seen", "expires", "count",
                 *(f"ev_{c}" for c in EVIDENCE), "note", "updated_at"]
         sql = f"INSERT INTO suppressions({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
-        for start in range(0, len(data), 50_000):     # ingest's batches
+        for start in range(0, len(data), 50_000):     # ingest's batches, evidence stored as ingest stores it
             with store.transaction():
-                conn.executemany(sql, data[start:start + 50_000])
+                conn.executemany(sql, [(*row[:8], *pack_evidence(row[8:15]), *row[15:])
+                                       for row in data[start:start + 50_000]])
         with store.transaction():
             conn.executemany("INSERT INTO domains(domain, generation) VALUES (?, 1)",
                              [(d,) for d in sorted({row[0] for row in data})])

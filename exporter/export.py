@@ -12,6 +12,7 @@ domain's list, let alone the whole list, in memory (a shard being patched at mos
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import datetime as dt
 import grp
@@ -40,6 +41,9 @@ _TEMP_NAME = re.compile(r"^\..+\.(json|toml)\.[A-Za-z0-9_]+\.tmp$")
 # a sharded domain's first export spreads its cursor over this many shard spools at once
 # (more shards: one more pass per group), well under the usual 1024 open files
 _OPEN_SPOOLS = 256
+# new snapshot files are fsynced, then renamed into place, this many at a time (their
+# descriptors stay open in between)
+_SYNC_GROUP = 64
 
 
 class ExportError(Exception):
@@ -94,41 +98,68 @@ def atomic_write(path: Path, write: Callable, mode: int = 0o644, gid: int | None
 
 
 class _Pending:
-    """Files written to temp files beside their paths (fsynced) and renamed over them
-    together by commit(), in the order written, or dropped by discard(): a sharded
-    domain's shards go in before the index that names them, and not at all when they
-    turn out to disagree with the store."""
+    """Files written to temp files beside their paths and renamed over them together by
+    commit(), in the order written, or dropped by discard(): a sharded domain's shards go
+    in before the index that names them, and not at all when they turn out to disagree
+    with the store. Every temp file is fsynced before the first rename. With a `syncer`
+    (a one-thread executor) each file's fsync runs there as soon as it is written, while
+    the export formats the next ones, and commit() waits for them: the disk writes and the
+    formatting overlap instead of taking turns (descriptors stay open until commit)."""
 
-    def __init__(self, mode: int = 0o644, gid: int | None = None):
-        self.mode, self.gid = mode, gid
+    def __init__(self, mode: int = 0o644, gid: int | None = None, *,
+                 syncer: concurrent.futures.Executor | None = None):
+        self.mode, self.gid, self.syncer = mode, gid, syncer
         self._temps: list[tuple[str, Path]] = []
+        self._unsynced: dict[str, tuple] = {}      # temp path -> (its open file, its fsync)
+
+    def __len__(self) -> int:
+        return len(self._temps)
 
     def write(self, path: Path, write: Callable):
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fh = os.fdopen(fd, "wb")
         try:
-            with os.fdopen(fd, "wb") as fh:
-                value = write(fh)
-                if value is not None:
-                    fh.flush()
-                    os.fsync(fh.fileno())
+            value = write(fh)
             if value is None:
+                fh.close()
                 os.unlink(tmp)
                 return None
-            os.chmod(tmp, self.mode)
+            fh.flush()
+            os.fchmod(fh.fileno(), self.mode)
             if self.gid is not None:
-                os.chown(tmp, -1, self.gid)
+                os.fchown(fh.fileno(), -1, self.gid)
+            if self.syncer is not None:
+                self._unsynced[tmp] = (fh, self.syncer.submit(os.fsync, fh.fileno()))
+            else:
+                os.fsync(fh.fileno())
+                fh.close()
         except BaseException:
+            fh.close()
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
         self._temps.append((tmp, path))
         return value
 
+    def take(self, other: "_Pending") -> None:
+        """Queue `other`'s files behind this batch's, to be synced and installed with them."""
+        self._temps += other._temps
+        self._unsynced.update(other._unsynced)
+        other._temps, other._unsynced = [], {}
+
     def names(self) -> set[str]:
         """The names of the files waiting to be installed."""
         return {path.name for _tmp, path in self._temps}
 
+    def _sync(self) -> None:
+        while self._unsynced:
+            tmp, (fh, synced) = next(iter(self._unsynced.items()))
+            synced.result()             # an fsync that failed fails the commit
+            fh.close()
+            del self._unsynced[tmp]
+
     def commit(self) -> list[Path]:
+        self._sync()
         installed = []
         while self._temps:
             tmp, path = self._temps[0]
@@ -138,6 +169,12 @@ class _Pending:
         return installed
 
     def discard(self) -> None:
+        for fh, synced in self._unsynced.values():
+            with contextlib.suppress(Exception):
+                synced.result()         # never close a descriptor an fsync is using
+            with contextlib.suppress(OSError):
+                fh.close()
+        self._unsynced.clear()
         for tmp, _path in self._temps:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
@@ -318,65 +355,85 @@ def _export(store: Store, directory: Path, settings: ExportConfig, gid: int | No
     old_domains = old.get("domains", {}) if usable and isinstance(old.get("domains"), dict) else {}
     generated_at = iso_now(now)
     domains: dict[str, dict] = {}
-    for i, (domain, generation) in enumerate(sorted(generations.items())):
-        if progress:
-            progress(i + 1, len(generations))
-        name = snapshot_filename(domain, fmt)
-        if name is None or name == snapshot.MANIFEST:
-            result.skipped.append(domain)
-            log.warning("sending domain %r is not a plain hostname, or its file would be the manifest: "
-                        "no snapshot file", domain)
-            continue
-        path = directory / name
-        prev = old_domains.get(domain)
-        prev = prev if isinstance(prev, dict) and prev.get("file") == name else {}
-        # unchanged: same generation, the same files in place, and `now` inside the span
-        # [computed_at, next_expiry) in which the set of active entries cannot change by
-        # itself; a clock stepped back before computed_at makes entries that had expired
-        # active again, so the domain is read again
-        if (prev.get("generation") == generation
-                and isinstance(prev.get("computed_at"), int) and prev["computed_at"] <= now
-                and (prev.get("next_expiry") is None or prev["next_expiry"] > now)
-                and all(_intact(directory, item) for item in snapshot.manifest_files(prev))):
-            domains[domain] = prev
-            result.unchanged += 1
-            result.entries += prev.get("count", 0)
-            continue
-        job = _Domain(directory, settings, gid, domain, generated_at, now, prev, _Pending(gid=gid))
-        try:
-            with store.read_snapshot():    # one consistent view for the count and the rows
-                entry = _patch_sharded(store, job) if prev.get("shards") else None
-                if entry is None:
-                    job.batch.discard()
-                    count, next_expiry = store.domain_summary(domain, now)
-                    if count == 0:
-                        if name in own_files and path.is_file() and not path.is_symlink():
-                            path.unlink()
-                            result.removed.append(name)
-                        continue
-                    shards = snapshot.shard_count(count, settings.shard_entries, prev.get("shards", 1))
-                    if shards == 1:
-                        entry = _write_single(store, job, count, next_expiry)
-                    else:
-                        entry = _write_sharded(store, job, count, next_expiry, shards)
-            new_names = job.batch.names() - own_files
-            if new_names:              # on record before they exist (shards of a new count)
-                store.set_export_files(where, new_names, replace=False)
-                own_files |= new_names
-            # shards first, then the index naming them: a reader of the new index finds them
-            written = [path.name for path in job.batch.commit()]
-        finally:
-            job.batch.discard()
-        for item in snapshot.manifest_files(entry):
-            if item["file"] in written:
-                item["size"], item["mtime_ns"] = _file_state(directory / item["file"])
-        entry.update(generation=generation, computed_at=now)
-        if written:
-            result.written += written
-        else:
-            result.unchanged += 1
-        domains[domain] = entry
-        result.entries += entry["count"]
+    # the domains' new files, fsynced and installed a group at a time (shards before
+    # their index, every file before the manifest), and the manifest entries naming them
+    syncer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="export-fsync")
+    queue = _Pending(gid=gid, syncer=syncer)
+    queued: list[dict] = []
+
+    def install() -> None:
+        installed = [path.name for path in queue.commit()]
+        names = set(installed)
+        for entry in queued:
+            for item in snapshot.manifest_files(entry):
+                if item["file"] in names:
+                    item["size"], item["mtime_ns"] = _file_state(directory / item["file"])
+        queued.clear()
+        result.written += installed
+
+    try:
+        for i, (domain, generation) in enumerate(sorted(generations.items())):
+            if progress:
+                progress(i + 1, len(generations))
+            name = snapshot_filename(domain, fmt)
+            if name is None or name == snapshot.MANIFEST:
+                result.skipped.append(domain)
+                log.warning("sending domain %r is not a plain hostname, or its file would be the manifest: "
+                            "no snapshot file", domain)
+                continue
+            path = directory / name
+            prev = old_domains.get(domain)
+            prev = prev if isinstance(prev, dict) and prev.get("file") == name else {}
+            # unchanged: same generation, the same files in place, and `now` inside the span
+            # [computed_at, next_expiry) in which the set of active entries cannot change by
+            # itself; a clock stepped back before computed_at makes entries that had expired
+            # active again, so the domain is read again
+            if (prev.get("generation") == generation
+                    and isinstance(prev.get("computed_at"), int) and prev["computed_at"] <= now
+                    and (prev.get("next_expiry") is None or prev["next_expiry"] > now)
+                    and all(_intact(directory, item) for item in snapshot.manifest_files(prev))):
+                domains[domain] = prev
+                result.unchanged += 1
+                result.entries += prev.get("count", 0)
+                continue
+            job = _Domain(directory, settings, gid, domain, generated_at, now, prev,
+                          _Pending(gid=gid, syncer=syncer))
+            try:
+                with store.read_snapshot():    # one consistent view for the count and the rows
+                    entry = _patch_sharded(store, job) if prev.get("shards") else None
+                    if entry is None:
+                        job.batch.discard()
+                        count, next_expiry = store.domain_summary(domain, now)
+                        if count == 0:
+                            if name in own_files and path.is_file() and not path.is_symlink():
+                                path.unlink()
+                                result.removed.append(name)
+                            continue
+                        shards = snapshot.shard_count(count, settings.shard_entries, prev.get("shards", 1))
+                        if shards == 1:
+                            entry = _write_single(store, job, count, next_expiry)
+                        else:
+                            entry = _write_sharded(store, job, count, next_expiry, shards)
+                new_names = job.batch.names() - own_files
+                if new_names:              # on record before they exist (shards of a new count)
+                    store.set_export_files(where, new_names, replace=False)
+                    own_files |= new_names
+                if len(job.batch):
+                    queue.take(job.batch)  # shards first, then the index naming them
+                    queued.append(entry)
+                else:
+                    result.unchanged += 1
+            finally:
+                job.batch.discard()
+            entry.update(generation=generation, computed_at=now)
+            domains[domain] = entry
+            result.entries += entry["count"]
+            if len(queue) >= _SYNC_GROUP:
+                install()
+        install()
+    finally:
+        queue.discard()
+        syncer.shutdown()
     result.domains = len(domains)
     if result.written:                 # the snapshots' renames are durable before the manifest's
         _fsync_dir(directory)

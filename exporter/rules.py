@@ -94,6 +94,21 @@ def _failure_suppresses(event: Event, rules: RulesConfig) -> bool:
     return classification not in rules.ignore_classifications
 
 
+_DECISIONS: dict[tuple, Decision] = {}
+
+
+def _decision(reason: str, ttl: int | None, threshold: int = 1, window: int = 0) -> Decision:
+    """The (immutable) Decision of these values, made once: a frozen dataclass costs more
+    to build than the rest of decide()."""
+    key = (reason, ttl, threshold, window)
+    found = _DECISIONS.get(key)
+    if found is None:
+        if len(_DECISIONS) > 1024:      # configs come and go (tests): never grows without bound
+            _DECISIONS.clear()
+        found = _DECISIONS[key] = Decision(reason, ttl, threshold, window)
+    return found
+
+
 def decide(event: Event, rules: RulesConfig) -> Decision | None:
     kind = event.type
     reason = REASON_OF_TYPE.get(kind)
@@ -105,13 +120,13 @@ def decide(event: Event, rules: RulesConfig) -> Decision | None:
         enabled = rules.oob and _failure_suppresses(event, rules)
     elif kind == "Expiration":
         if rules.expiration:
-            return Decision(reason, rules.ttl[reason], rules.expiration_threshold, rules.expiration_window)
+            return _decision(reason, rules.ttl[reason], rules.expiration_threshold, rules.expiration_window)
         return None
     elif kind == "Feedback":
         enabled = rules.feedback and (event.feedback_type or "").lower() in rules.feedback_types
     else:
         enabled = rules.admin_bounce
-    return Decision(reason, rules.ttl[reason]) if enabled else None
+    return _decision(reason, rules.ttl[reason]) if enabled else None
 
 
 # ---------------------------------------------------------------------- entries

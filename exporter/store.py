@@ -29,8 +29,9 @@ from .keys import recipient_domain_entry
 from .records import Event
 from .rules import Decision, Entry
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 WAL_SIZE_LIMIT = 4 << 20     # bytes of WAL kept after a checkpoint
+CACHE_KIB = 32 << 10         # SQLite's page cache per connection (at most; used as the store grows)
 EVIDENCE = ("type", "message_id", "code", "enhanced_code", "content", "classification", "nodeid")
 _EV_COLS = ", ".join(f"ev_{c}" for c in EVIDENCE)
 _ENTRY_COLS = f"reason, source, first_seen, last_seen, expires, count, {_EV_COLS}, note, updated_at"
@@ -73,10 +74,39 @@ _MIGRATE_3_TO_4 = (
     "CREATE INDEX suppressions_recipient ON suppressions(recipient)",
 )
 
+# schema 4 -> 5: no index on suppressions(recipient) (a fourth b-tree written in random
+# order for every new entry, 55 B of it): a recipient is looked up in every sending
+# domain by one probe of the primary key per row of `domains`, which lists every domain
+# that ever had an entry (filled in here for a store written by hand). The event memory
+# no longer holds the newest event of each entry: the entry's own evidence and
+# last_seen are that event's key (Store._held_key); it goes to seen_events when the
+# entry lets go of it (a newer event, a removal).
+_MIGRATE_4_TO_5 = (
+    "DROP INDEX IF EXISTS suppressions_recipient",
+    "INSERT OR IGNORE INTO domains(domain, generation) SELECT DISTINCT domain, 1 FROM suppressions",
+)
+# an event's key (Event.key) is made of these: the types whose records an entry's evidence
+# can come from (an operator's entry has its source there instead)
+_EVENT_TYPES = frozenset(rules.REASON_OF_TYPE)
+
 
 def _event_key_64(key: bytes | int) -> int:
     """An event key of schema 3 or older (16 bytes) as the 64-bit integer Event.key gives now."""
     return key if isinstance(key, int) else int.from_bytes(key[:8], "big", signed=True)
+
+
+def _pair_of(item: tuple) -> tuple:
+    return item[0]
+
+
+def _sort_key(item: tuple) -> str:
+    """(domain, recipient) order as one string (faster to compare than the pair; a domain
+    key never holds NUL)."""
+    return item[0][0] + "\0" + item[0][1]
+
+
+def _history_pair(row: tuple) -> tuple:
+    return row[2], row[3]
 
 
 class StoreError(Exception):
@@ -102,13 +132,87 @@ class ApplyResult:
 
 
 
+# ---------------------------------------------------------------------- evidence columns
+# Schema 5 keeps the evidence kumod writes in fewer bytes, exactly reversibly (the API, the
+# CLI and a panel reading through these rules see the very strings): a record type or
+# classification of this list as a one-byte BLOB holding its position (x'01' = "Bounce";
+# a BLOB, as SQLite would turn an integer in a TEXT column into text), a 32-hex-digit message id
+# as its 16 bytes, a lowercase UUID node id as its 16 bytes. Anything else stays text.
+# The list only ever grows at its end: stored numbers must keep their meaning.
+NAMES = (
+    "Bounce", "OOB", "Expiration", "Feedback", "AdminBounce", "manual", "import", "api", "webhook", "log",
+    "Uncategorized", "InvalidRecipient", "BadDomain", "InactiveMailbox", "QuotaIssues", "SpamBlock",
+    "SpamContent", "SpamRelated", "PolicyRelated", "ContentRelated", "VirusRelated", "ProhibitedAttachment",
+    "AuthenticationFailed", "BadConfiguration", "RelayDenied", "RelayingIssues", "InvalidSender",
+    "TooManyRecipients", "BadConnection", "NoAnswerFromHost", "DNSFailure", "MessageExpired",
+    "TransientFailure", "ProtocolErrors", "BadDestination", "BadDestinationMailbox", "MailboxFull",
+)
+_NAME_CODE = {name: bytes([i + 1]) for i, name in enumerate(NAMES)}
+
+
+def _unpack_name(value):
+    return NAMES[value[0] - 1] if type(value) is bytes and len(value) == 1 and 0 < value[0] <= len(NAMES) else value
+
+
+def _pack_hex(value):
+    """A message id of 32 lowercase hex digits (kumod's) as its 16 bytes."""
+    if type(value) is str and len(value) == 32:
+        try:
+            packed = bytes.fromhex(value)
+        except ValueError:
+            return value
+        if packed.hex() == value:         # exactly these digits back (no spaces, no capitals)
+            return packed
+    return value
+
+
+def _unpack_hex(value):
+    return value.hex() if type(value) is bytes else value
+
+
+def _pack_uuid(value):
+    """A node id that is a lowercase UUID (kumod's) as its 16 bytes."""
+    if type(value) is str and len(value) == 36 and value[8] == value[13] == value[18] == value[23] == "-":
+        digits = value.replace("-", "")
+        if len(digits) == 32:
+            try:
+                packed = bytes.fromhex(digits)
+            except ValueError:
+                return value
+            if packed.hex() == digits:
+                return packed
+    return value
+
+
+def _unpack_uuid(value):
+    if type(value) is bytes:
+        h = value.hex()
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return value
+
+
+def pack_evidence(evidence: tuple, _code=_NAME_CODE.get) -> tuple:
+    """(type, message_id, code, enhanced_code, content, classification, nodeid) as stored."""
+    ev_type, message_id, code, enhanced, content, classification, nodeid = evidence
+    return (_code(ev_type, ev_type), _pack_hex(message_id), code, enhanced, content,
+            _code(classification, classification),
+            _pack_uuid(nodeid))
+
+
+def unpack_evidence(stored) -> tuple:
+    ev_type, message_id, code, enhanced, content, classification, nodeid = stored
+    return (_unpack_name(ev_type), _unpack_hex(message_id), code, enhanced, content, _unpack_name(classification),
+            _unpack_uuid(nodeid))
+
+
 def entry_dict(row: sqlite3.Row) -> dict:
     """A suppressions row -> the object `check --json` and the read API show."""
+    evidence = unpack_evidence([row[f"ev_{c}"] for c in EVIDENCE])
     return {
         "recipient": row["recipient"], "domain": row["domain"], "reason": row["reason"],
         "source": row["source"], "first_seen": row["first_seen"], "last_seen": row["last_seen"],
         "expires": row["expires"], "count": row["count"], "note": row["note"],
-        "evidence": {c: row[f"ev_{c}"] for c in EVIDENCE},
+        "evidence": dict(zip(EVIDENCE, evidence)),
     }
 
 
@@ -151,6 +255,9 @@ class Store:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute("PRAGMA temp_store=MEMORY")   # a batch's pairs (temp.wanted_pairs): no temp file
+                # a batch's pages (entries, history, their index, all written in key order)
+                # stay in memory until its commit instead of spilling to the WAL midway
+                conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
                 # a long-lived connection (the webhook writer, `run`) truncates the WAL to
                 # this each time it starts over after a complete checkpoint
                 conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
@@ -244,8 +351,11 @@ class Store:
                 self._migrate_v1_to_v2()
             if version <= 2:
                 self._migrate_v2_to_v3()
-            self.conn.create_function("event_key_64", 1, _event_key_64, deterministic=True)
-            for statement in _MIGRATE_3_TO_4:
+            if version <= 3:
+                self.conn.create_function("event_key_64", 1, _event_key_64, deterministic=True)
+                for statement in _MIGRATE_3_TO_4:
+                    self.conn.execute(statement)
+            for statement in _MIGRATE_4_TO_5:
                 self.conn.execute(statement)
             self.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
@@ -378,19 +488,21 @@ class Store:
         """The domain's snapshot changed: its generation goes up when the transaction commits."""
         self._dirty.add(domain)
 
-    def _load(self, pairs: Iterable[tuple[str, str]]) -> tuple[dict[tuple[str, str], Entry], dict[tuple[str, str], int]]:
+    def _load(self, pairs: Iterable[tuple[str, str]], ordered: bool = False
+              ) -> tuple[dict[tuple[str, str], Entry], dict[tuple[str, str], int]]:
         """The stored entries (expired ones included) and tombstones' removal times of
-        these (domain, recipient) pairs, looked up in one join each."""
+        these (domain, recipient) pairs, looked up in one join each. `ordered`: the pairs
+        come in key order, each once."""
         conn = self.conn
         conn.execute("CREATE TEMP TABLE IF NOT EXISTS wanted_pairs (domain TEXT, recipient TEXT, "
                      "PRIMARY KEY (domain, recipient)) WITHOUT ROWID")
         conn.execute("DELETE FROM temp.wanted_pairs")
-        conn.executemany("INSERT OR IGNORE INTO temp.wanted_pairs VALUES (?, ?)", sorted(pairs))
+        conn.executemany("INSERT OR IGNORE INTO temp.wanted_pairs VALUES (?, ?)", pairs if ordered else sorted(pairs))
         entries = {}
         for row in conn.execute(f"SELECT s.domain, s.recipient, {_ENTRY_COLS} FROM temp.wanted_pairs w "
                                 "JOIN main.suppressions s ON s.domain = w.domain AND s.recipient = w.recipient"):
             entries[row[0], row[1]] = Entry(row[2], row[3], row[4], row[5], row[6], row[7],
-                                            tuple(row[8:8 + len(EVIDENCE)]), row[-2], row[-1])
+                                            unpack_evidence(row[8:8 + len(EVIDENCE)]), row[-2], row[-1])
         removed = {}
         # most stores have no tombstone at all: then this is one lookup, not a join
         if conn.execute("SELECT EXISTS(SELECT 1 FROM tombstones)").fetchone()[0]:
@@ -399,34 +511,55 @@ class Store:
                 "JOIN main.tombstones t ON t.domain = w.domain AND t.recipient = w.recipient")}
         return entries, removed
 
-    def _save(self, entries: dict[tuple[str, str], Entry], history: list[tuple]) -> None:
+    def _save(self, entries: dict[tuple[str, str], Entry], history: list[tuple], ordered: bool = False) -> None:
         """Write changed entries (in key order: neighbouring rows share pages) and their
-        history rows (in the order they happened)."""
+        history rows, each pair's in the order they happened, the pairs in key order: the
+        history's pair index is then written in key order too, as the entries are (ids
+        within one transaction say nothing across pairs: the rows share their `at`).
+        `ordered`: both are in that order already."""
         self.conn.executemany(_SAVE_ENTRY, [
             (domain, recipient, e.reason, e.source, e.first_seen, e.last_seen, e.expires, e.count,
-             *e.evidence, e.note, e.updated_at)
-            for (domain, recipient), e in sorted(entries.items(), key=lambda item: item[0])])
+             *pack_evidence(e.evidence), e.note, e.updated_at)
+            for (domain, recipient), e in (entries.items() if ordered else sorted(entries.items(), key=_pair_of))])
+        if not ordered:
+            history.sort(key=_history_pair)     # stable: a pair's rows keep their order
         self.conn.executemany(_HISTORY, history)
 
-    def _unseen(self, keyed: list[tuple[int, int | None]]) -> list[bool]:
-        """For each (event key, keep-until time) whether this is its first sighting; the
-        new ones are remembered. A key seen earlier in the same list is not new either.
-        One INSERT per few hundred keys that returns the keys it inserted: looking a key
-        up and inserting it is one b-tree descent, not two."""
-        conn = self.conn
-        first = dict(reversed(keyed))       # key -> at, once per key
-        remembered: set[int] = set()
-        ordered = sorted(first.items())     # neighbouring keys share pages
-        for start in range(0, len(ordered), 400):
-            chunk = ordered[start:start + 400]
-            remembered.update(r[0] for r in conn.execute(
-                f"INSERT INTO seen_events(key, at) VALUES {', '.join(['(?, ?)'] * len(chunk))} "
-                "ON CONFLICT(key) DO NOTHING RETURNING key", [v for pair in chunk for v in pair]))
-        fresh = []
-        for key, _at in keyed:
-            fresh.append(key in remembered)
-            remembered.discard(key)         # a second sighting in the same list is not new
-        return fresh
+    def _held_key(self, pair: tuple[str, str], entry: Entry) -> int | None:
+        """The key of the event whose evidence the entry holds (its newest: evidence and
+        last_seen always come from the same event), or None for an operator's entry. The
+        event memory does not keep that key while the entry holds it."""
+        ev_type, message_id, code = entry.evidence[0], entry.evidence[1], entry.evidence[2]
+        if ev_type not in _EVENT_TYPES:
+            return None
+        return Event(type=ev_type, recipients=[], domain=pair[0], timestamp=entry.last_seen,
+                     message_id=message_id, code=code, enhanced_code=None, content=None,
+                     classification=None, nodeid=None).key(pair[1])
+
+    def _known_keys(self, keys: Iterable[int]) -> set[int]:
+        """Those of `keys` the event memory holds (the keys travel as one JSON array)."""
+        return {r[0] for r in self.conn.execute(
+            "SELECT key FROM seen_events WHERE key IN (SELECT value FROM json_each(?))",
+            (json.dumps(sorted(set(keys))),))}
+
+    def _remember(self, keyed: dict[int, int | None]) -> None:
+        """Event keys (-> when each stops mattering) into the event memory, in key order."""
+        if keyed:
+            self.conn.executemany("INSERT INTO seen_events(key, at) VALUES (?, ?) ON CONFLICT(key) DO NOTHING",
+                                  sorted(keyed.items()))
+
+    def _let_go(self, stored: dict[tuple[str, str], Entry], held: dict[tuple[str, str], int | None],
+                remember: dict[int, int | None]) -> None:
+        """Entries that changed (`held`: pair -> the key of the event each holds now) let go
+        of the key they held before: it joins `remember`, kept as long as the entry's
+        expiry (at least as long as its own). A key an entry holds now is not kept apart."""
+        for pair, now_held in held.items():
+            before = stored.get(pair)
+            key = None if before is None else self._held_key(pair, before)
+            if key is not None and key != now_held:
+                remember.setdefault(key, before.expires)
+        for now_held in held.values():
+            remember.pop(now_held, None)
 
     def apply_event(self, event: Event, decision: Decision, source: str, now: int,
                     result: ApplyResult) -> bool:
@@ -442,25 +575,38 @@ class Store:
         Returns for each event whether it was new: False when every recipient's event
         had been seen before (the record is a duplicate)."""
         pending = list(pending)
-        items = [(i, event, decision, recipient) for i, (event, decision) in enumerate(pending)
-                 for recipient in event.recipients]
+        # in key order, each pair's events in arrival order (a stable sort): what happens to
+        # a pair depends on its own events alone, and its rows are then written in key order
+        items = sorted([((event.domain, recipient), i, event, decision, event.key(recipient))
+                        for i, (event, decision) in enumerate(pending) for recipient in event.recipients],
+                       key=_sort_key)
         if not items:
             return [False] * len(pending)
+        entries, removed = self._load(dict.fromkeys(item[0] for item in items), ordered=True)
+        stored = dict(entries)
+        # seen before: in the event memory, held by its pair's entry, or earlier in the batch
+        seen = self._known_keys(key for *_rest, key in items)
+        seen.update(key for key in (self._held_key(pair, e) for pair, e in stored.items()) if key is not None)
         # an event's key is kept while the event can still matter (until its suppression
-        # would expire) and prune's retention after that; NULL: a suppression that never
-        # expires, whose key prune never forgets, so replaying a years-old complaint counts once
-        fresh = self._unseen([(event.key(recipient), rules.expiry(event.timestamp, decision.ttl))
-                              for _i, event, decision, recipient in items])
-        items = [item for item, new in zip(items, fresh) if new]
+        # would expire; NULL: one that never expires, never forgotten)
+        remember: dict[int, int | None] = {}
+        fresh_items = []
+        for item in items:
+            key = item[4]
+            if key in seen:
+                continue
+            seen.add(key)
+            remember[key] = rules.expiry(item[2].timestamp, item[3].ttl)
+            fresh_items.append(item)
         new_events = [False] * len(pending)
-        for i, *_rest in items:
+        for _pair, i, *_rest in fresh_items:
             new_events[i] = True
-        result.duplicates += len(fresh) - len(items)
-        entries, removed = self._load({(event.domain, recipient) for _i, event, _d, recipient in items})
+        result.duplicates += len(items) - len(fresh_items)
         changed: dict[tuple[str, str], Entry] = {}
+        held: dict[tuple[str, str], int | None] = {}     # changed pair -> the key its entry holds
         history: list[tuple] = []
-        for _i, event, decision, recipient in items:
-            pair = (event.domain, recipient)
+        for pair, _i, event, decision, key in fresh_items:
+            recipient = pair[1]
             if rules.tombstoned(event.timestamp, removed.get(pair)):
                 result.tombstoned += 1   # an operator removed it after this event happened
                 continue
@@ -480,6 +626,10 @@ class Store:
                     continue
                 entry, action, shown = rules.record(entries.get(pair), decision.reason, source, when, expires,
                                                     strike_evidence, None, now)
+                if entry.evidence is strike_evidence:      # the entry holds this event now
+                    held[pair] = key if strike_evidence is evidence else self._held_key(pair, entry)
+                elif pair not in held:
+                    held[pair] = None if pair not in stored else self._held_key(pair, stored[pair])
                 entries[pair] = changed[pair] = entry
                 history.append((now, action, event.domain, recipient, decision.reason, source, when,
                                 entry.expires, None, None))
@@ -487,7 +637,9 @@ class Store:
                     self._bump(event.domain)
                 tally = result.added if action == "add" else result.refreshed
                 tally[decision.reason] = tally.get(decision.reason, 0) + 1
-        self._save(changed, history)
+        self._let_go(stored, held, remember)
+        self._remember(remember)
+        self._save(changed, history, ordered=True)
         return new_events
 
     def _strike(self, event: Event, decision: Decision, recipient: str, evidence: tuple) -> list[tuple[int, tuple]]:
@@ -523,6 +675,8 @@ class Store:
         self.conn.executemany("DELETE FROM tombstones WHERE domain = ? AND recipient = ?",
                               [(domain, recipient) for recipient, domain, *_rest in rows])
         entries, _removed = self._load({(domain, recipient) for recipient, domain, *_rest in rows})
+        stored = dict(entries)
+        held: dict[tuple[str, str], int | None] = {}
         changed: dict[tuple[str, str], Entry] = {}
         history, actions = [], []
         evidence = (source,) + (None,) * (len(EVIDENCE) - 1)
@@ -530,11 +684,15 @@ class Store:
             pair = (domain, recipient)
             entry, action, shown = rules.record(entries.get(pair), reason, source, since, expires, evidence,
                                                 note, now)
+            held[pair] = self._held_key(pair, entry)
             entries[pair] = changed[pair] = entry
             history.append((now, action, domain, recipient, reason, source, since, entry.expires, note, actor))
             if shown:
                 self._bump(domain)
             actions.append(action)
+        remember: dict[int, int | None] = {}
+        self._let_go(stored, held, remember)
+        self._remember(remember)
         self._save(changed, history)
         return actions
 
@@ -568,16 +726,20 @@ class Store:
         re-adds it. False, and nothing written, when the pair has no active entry (a typo
         must not leave a tombstone that silently blocks a later event)."""
         with self.transaction():
-            row = self.conn.execute("SELECT reason, expires FROM suppressions WHERE domain = ? AND recipient = ?",
-                                    (domain, recipient)).fetchone()
-            if row is None or not rules.is_active(row["expires"], now):
+            entries, _removed = self._load([(domain, recipient)])
+            row = entries.get((domain, recipient))
+            if row is None or not rules.is_active(row.expires, now):
                 return False
+            # the removed entry's newest event stays known: replayed, it is a duplicate
+            remember: dict[int, int | None] = {}
+            self._let_go({(domain, recipient): row}, {(domain, recipient): None}, remember)
+            self._remember(remember)
             self.conn.execute("INSERT INTO tombstones(domain, recipient, removed_at, note) VALUES (?, ?, ?, ?) "
                               "ON CONFLICT(domain, recipient) DO UPDATE SET removed_at = excluded.removed_at, "
                               "note = excluded.note", (domain, recipient, now, note))
             self.conn.execute("DELETE FROM suppressions WHERE domain = ? AND recipient = ?", (domain, recipient))
             self.conn.execute("DELETE FROM strikes WHERE domain = ? AND recipient = ?", (domain, recipient))
-            self.conn.execute(_HISTORY, (now, "remove", domain, recipient, row["reason"], source, None, None, note,
+            self.conn.execute(_HISTORY, (now, "remove", domain, recipient, row.reason, source, None, None, note,
                                          actor))
             self._bump(domain)
             self.add_counters({"removed_total": 1})
@@ -585,8 +747,9 @@ class Store:
 
     def prune(self, now: int, seen_retention: int = 400 * 86400, history_retention: int | None = None) -> int:
         """Drop expired entries (with an `expire` history row each), the keys of events
-        whose suppression ended more than `seen_retention` ago (a replay could change
-        nothing any more), strikes that old and, with `history_retention`, history rows
+        whose suppression has ended (replayed, such an event is stale: it can change no
+        entry, history row or snapshot any more; it is counted as a record again),
+        strikes older than `seen_retention` and, with `history_retention`, history rows
         older than that."""
         with self.transaction():
             # the SQL form of `not rules.is_active(expires, now)`
@@ -599,7 +762,7 @@ class Store:
             for domain in {r["domain"] for r in rows}:
                 self._bump(domain)
             self.add_counters({"expired_total": len(rows)})
-            self.conn.execute("DELETE FROM seen_events WHERE at < ?", (now - seen_retention,))
+            self.conn.execute("DELETE FROM seen_events WHERE at <= ?", (now,))
             self.conn.execute("DELETE FROM strikes WHERE at < ?", (now - seen_retention,))
             if history_retention is not None:
                 self.conn.execute("DELETE FROM history WHERE at < ?", (now - history_retention,))
@@ -620,23 +783,28 @@ class Store:
                      after: tuple[str, str] | None = None, limit: int | None = None) -> Iterator[dict]:
         """Active entries in (domain, recipient) order; `after` a (domain, recipient) to
         continue behind (cursor pagination)."""
-        filters = {"domain = ?": domain, "reason = ?": reason, "recipient = ?": recipient, "source = ?": source}
+        filters = {"s.domain = ?": domain, "reason = ?": reason, "recipient = ?": recipient, "source = ?": source}
         where = ["(expires IS NULL OR expires > ?)", *(sql for sql, value in filters.items() if value is not None)]
         args = [now, *(value for value in filters.values() if value is not None)]
         if after is not None:
-            where.append("(domain, recipient) > (?, ?)")
+            where.append("(s.domain, recipient) > (?, ?)")
             args += after
         args.append(-1 if limit is None else limit)      # LIMIT -1: no limit
-        cur = self.conn.execute(f"SELECT * FROM suppressions WHERE {' AND '.join(where)} "
-                                "ORDER BY domain, recipient LIMIT ?", args)
+        # a recipient in every sending domain: one primary-key probe per domain
+        source_rows = "suppressions s"
+        if recipient is not None and domain is None:
+            source_rows = "domains d CROSS JOIN suppressions s ON s.domain = d.domain"
+        cur = self.conn.execute(f"SELECT s.* FROM {source_rows} WHERE {' AND '.join(where)} "
+                                "ORDER BY s.domain, recipient LIMIT ?", args)
         for row in cur:
             yield entry_dict(row)
 
     def suppressing_domains(self, recipient: str, now: int) -> list[str]:
         """The sending domains with an active entry for the recipient or its `@domain`."""
+        # one primary-key probe per sending domain and key (no index on recipient)
         return [r[0] for r in self.conn.execute(
-            "SELECT DISTINCT domain FROM suppressions WHERE recipient IN (?, ?) "
-            "AND (expires IS NULL OR expires > ?) ORDER BY domain",
+            "SELECT DISTINCT d.domain FROM domains d CROSS JOIN suppressions s ON s.domain = d.domain "
+            "WHERE s.recipient IN (?, ?) AND (s.expires IS NULL OR s.expires > ?) ORDER BY d.domain",
             (recipient, recipient_domain_entry(recipient), now))]
 
     def history(self, recipient: str, domain: str) -> list[dict]:

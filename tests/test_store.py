@@ -9,7 +9,7 @@ import logfactory as f
 from exporter.config import build_config
 from exporter.records import DomainSource, to_event
 from exporter.rules import decide
-from exporter.store import ApplyResult, Store
+from exporter.store import SCHEMA_VERSION, ApplyResult, Store
 
 NOW = 1_800_000_000
 DAY = 86400
@@ -246,7 +246,7 @@ def test_schema_1_store_is_migrated_and_keeps_its_memory(tmp_path):
     conn.commit()
     conn.close()
     with Store.open(path) as store:
-        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert store.store_id == "old-store" and store.domain_generations() == {"example.com": 3}
         entry = store.get("u@example.net", "example.com", NOW)
         assert (entry["count"], entry["expires"], entry["evidence"]["nodeid"]) == (1, NOW + 364 * DAY, "node")
@@ -267,3 +267,60 @@ def test_prune_trims_history_older_than_the_retention(store):
     assert store.stats(NOW)["tombstones"] == 1, "a removal stays in force and on record"
     store.prune(NOW, history_retention=None)
     assert len(store.history("u@example.net", "example.com")) == 1
+
+
+def test_schema_4_store_migrates_and_answers_as_before(tmp_path):
+    """A store schema-4 code wrote (tests/vectors/store_v4.sql, its dump) migrates on open
+    and answers every read as schema-4 code did (tests/vectors/store_v4_reads.json); the
+    records it had seen are still duplicates, its tombstone still holds."""
+    import json
+    import sqlite3
+    from pathlib import Path
+    vectors = Path(__file__).resolve().parent / "vectors"
+    path = tmp_path / "v4.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript((vectors / "store_v4.sql").read_text())
+    now = 1_790_000_000
+    want = json.loads((vectors / "store_v4_reads.json").read_text())
+    with Store.open(path) as store:
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert store.store_id == "v4-store"
+        got = {"entries": list(store.iter_entries(now)),
+               "history": {key: store.history(key.split(" ")[1], key.split(" ")[0]) for key in want["history"]},
+               "stats": store.stats(now), "gens": store.domain_generations(),
+               "domains_of_c": store.suppressing_domains("c@example.org", now),
+               "domains_of_bad": store.suppressing_domains("z@bad.example", now)}
+        assert json.loads(json.dumps(got)) == want
+        rules = dict(ttl={"bounce": "3650d", "expiration": "3650d"})
+        for rcpt, mid, days in (("u@example.net", "m1", 3), ("u@example.net", "m2", 1)):
+            again = f.bounce(rcpt, timestamp=now - days * DAY, id=mid, content="newer" if mid == "m2" else "")
+            again["nodeid"] = "node-a"
+            assert apply(store, again, now=now, **rules).duplicates == 1, mid
+        assert apply(store, f.bounce("gone@example.net", timestamp=now - 2 * DAY, id="m9"), now=now,
+                     **rules).tombstoned == 1
+        assert store.get("u@example.net", "example.com", now)["count"] == 2
+
+
+@pytest.mark.parametrize("evidence", [
+    ("Bounce", "b72d729558e74286b69e2e09f1b5b6a1", 550, "5.1.1", "5.1.1 user unknown", "InvalidRecipient",
+     "0b5e1b4e-9a55-11ee-8c90-0242ac120002"),
+    ("Bounce", "B72D729558E74286B69E2E09F1B5B6A1", 550, None, "", "SomeFutureLabel",
+     "0B5E1B4E-9A55-11EE-8C90-0242AC120002"),
+    ("OOB", "0a " * 10 + "ab", None, None, None, None, "0b5e1b4e 9a55-11ee-8c90-0242ac120002"),
+    ("manual", None, None, None, None, None, None),
+    ("Feedback", "not-hex-at-all-but-32-chars-long", 250, None, "x", "Uncategorized", "node-1"),
+])
+def test_evidence_is_stored_compactly_and_read_back_exactly(store, evidence):
+    """Message ids and node ids in kumod's shape take 16 bytes, known names one; every
+    other value stays as it was; the API/CLI object shows the very strings."""
+    from exporter.store import pack_evidence, unpack_evidence
+    packed = pack_evidence(evidence)
+    assert unpack_evidence(packed) == evidence
+    store.conn.execute("INSERT INTO suppressions(domain, recipient, reason, source, first_seen, last_seen, count, "
+                       "ev_type, ev_message_id, ev_code, ev_enhanced_code, ev_content, ev_classification, ev_nodeid) "
+                       "VALUES ('example.com', 'u@example.net', 'bounce', 'log', 1, 1, 1, ?, ?, ?, ?, ?, ?, ?)", packed)
+    got = store.get("u@example.net", "example.com", NOW)["evidence"]
+    assert tuple(got.values()) == evidence
+    if evidence[1] == "b72d729558e74286b69e2e09f1b5b6a1":
+        assert [type(v) for v in packed] == [bytes, bytes, int, str, str, bytes, bytes]
+        assert len(packed[1]) == len(packed[6]) == 16 and len(packed[0]) == 1
