@@ -112,13 +112,15 @@ def outputs(root: Path) -> dict:
         lookups = {f"{d} {r}": sl.lookup(r, d, now=VIEW) for d, r in pairs[::5]}
         searches = {r: sl.page(recipient=r, limit=3, now=VIEW)[0] for _d, r in pairs[::9]}
         sl.export()
+        # what the snapshots say, whatever their layout: each domain's keys and entries
+        # over its single file or index and shards, and the manifest's counts
         snaps = {}
         for path in sorted((root / "snapshots").iterdir()):
             doc = json.loads(path.read_text())
-            doc.pop("generated_at", None)
             if path.name == "manifest.json":
-                doc = {d: {"count": e["count"], "shards": e.get("shards")} for d, e in doc["domains"].items()}
-            snaps[path.name] = doc
+                snaps["manifest"] = {d: e["count"] for d, e in doc["domains"].items()}
+            else:
+                snaps.setdefault(doc["domain"], {}).update(doc["recipients"])
     return {"before_prune": before_prune, "pruned": pruned, "list": [dict(e) for e in sl_entries(root)],
             "dump": dump.getvalue(), "stats": stats, "history": history, "lookups": lookups,
             "searches": searches, "snapshots": snaps}
