@@ -10,15 +10,20 @@ answered 2xx, i.e. every 2xx was committed.
 
 The same phases run against the previous server (the standard library's
 ThreadingHTTPServer, exporter/webhook.py before it moved to aiohttp), checked out of this
-repository's git history into a temp dir for the run, so both are measured on the same
-machine in the same minutes: in rounds, the two servers taking turns (which goes first
-alternates), the best round of each figure kept, since another job on a shared machine
-can halve one run. Without git history the old server is skipped, saying so.
+repository's git history into a temp dir for the run and driving today's store, ingest and
+records code, so only the HTTP layer differs. Both servers run at once, each on a fresh
+store, and take turns in short slices of every phase (which goes first alternates): on a
+shared machine another job can halve the speed of a whole minute, and slices that
+alternate every second or so give both servers the same share of it. A figure sums a
+phase's slices (p99 over all its posts). Without git history the old server is skipped,
+saying so.
 
-    python bench/webhook.py [--quick] [--clients 4] [--singles N] [--batches N] [--rounds N] [--no-old]
+    python bench/webhook.py [--quick] [--clients 4] [--singles N] [--batches N] [--slices N] [--no-old]
 
 Prints `name: value unit` lines (`old_` before the old server's). Targets: >= 1000 single
-posts/s, >= 20000 records/s batched.
+posts/s, >= 20000 records/s batched. batched_100_server_cpu is the server process's CPU
+time (user + system, Linux) per record of the batched phase: the work a record costs, which
+other jobs on a shared machine disturb far less than they do the throughput.
 """
 
 from __future__ import annotations
@@ -94,7 +99,9 @@ def p99(latencies: list[float]) -> float:
 
 
 def run_phase(pool, port: int, name: str, clients: int, requests: int, per_request: int,
-              every: int = 1) -> tuple[float, int, int, float]:
+              every: int = 1) -> tuple[float, int, int, list[float]]:
+    """(seconds from the first client's start to the last one's end, posts answered 2xx,
+    records in them, every post's latency)."""
     args = [(port, f"{name}{c}", requests, per_request, every) for c in range(clients)]
     results = pool.map(client, args)
     elapsed = max(r[4] for r in results) - min(r[3] for r in results)
@@ -103,7 +110,7 @@ def run_phase(pool, port: int, name: str, clients: int, requests: int, per_reque
     other = sum(r[2] for r in results)
     if other:
         print(f"{name}_non_2xx: {other} requests", flush=True)
-    return elapsed, ok, records, p99([lat for r in results for lat in r[5]])
+    return elapsed, ok, records, [lat for r in results for lat in r[5]]
 
 
 # the module imports its siblings relatively; beside them in a temp dir it imports the package's
@@ -128,58 +135,106 @@ def old_server_source() -> str | None:
 # figure -> (unit, True when higher is better)
 FIGURES = {"single_posts": ("posts/s", True), "single_latency_p99": ("ms", False),
            "batched_100": ("records/s", True), "batched_100_requests": ("posts/s", True),
-           "batched_100_latency_p99": ("ms", False), "batched_100_mixed": ("records/s", True)}
+           "batched_100_latency_p99": ("ms", False), "batched_100_mixed": ("records/s", True),
+           "batched_100_server_cpu": ("us/record", False)}
 
 
-def measure(argv: list[str], env: dict, opts, singles: int, batches: int) -> dict | None:
-    """Start the server `argv` (CONFIG in it stands for the config's path) on a fresh
-    store and run the three phases; the figures, or None when the server did not start or
-    a 2xx was not committed."""
-    tmp = Path(tempfile.mkdtemp(prefix="kumo-webhook-bench-"))
-    port = free_port()
-    (tmp / "config.toml").write_text(
-        f'[store]\npath = "suppression.db"\n[ingest]\nlog_dirs = []\n[export]\ndir = "snap"\n'
-        f'[webhook]\nenabled = true\nlisten = "127.0.0.1:{port}"\ntoken = "{TOKEN}"\nmax_body = "10MB"\n')
-    subprocess.run([sys.executable, "-m", "exporter", "-c", str(tmp / "config.toml"), "init"], cwd=tmp, env=env,
-                   check=True, stdout=subprocess.DEVNULL)
-    log = open(tmp / "serve.log", "wb")
-    proc = subprocess.Popen([str(tmp / "config.toml") if a == "CONFIG" else a for a in argv], cwd=tmp, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True, env=env)
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of process `pid` so far (Linux /proc), or None."""
     try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class Running:
+    """One server `argv` (CONFIG in it stands for the config's path) on a fresh store."""
+
+    def __init__(self, label: str, argv: list[str], env: dict):
+        self.label = label
+        self.tmp = Path(tempfile.mkdtemp(prefix="kumo-webhook-bench-"))
+        self.port = free_port()
+        config = self.tmp / "config.toml"
+        config.write_text(
+            f'[store]\npath = "suppression.db"\n[ingest]\nlog_dirs = []\n[export]\ndir = "snap"\n'
+            f'[webhook]\nenabled = true\nlisten = "127.0.0.1:{self.port}"\ntoken = "{TOKEN}"\nmax_body = "10MB"\n')
+        subprocess.run([sys.executable, "-m", "exporter", "-c", str(config), "init"], cwd=self.tmp, env=env,
+                       check=True, stdout=subprocess.DEVNULL)
+        self.log = open(self.tmp / "serve.log", "wb")
+        self.proc = subprocess.Popen([str(config) if a == "CONFIG" else a for a in argv], cwd=self.tmp,
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        self.expected = 0          # entries the store must hold: one per Bounce answered 2xx
+
+    def wait_listening(self) -> bool:
         deadline = time.time() + 20
         while True:
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return True
             except OSError:
-                if time.time() > deadline or proc.poll() is not None:
-                    print((tmp / "serve.log").read_text(), file=sys.stderr)
-                    return None
+                if time.time() > deadline or self.proc.poll() is not None:
+                    print((self.tmp / "serve.log").read_text(), file=sys.stderr)
+                    return False
                 time.sleep(0.1)
-        with mp.get_context("fork").Pool(opts.clients) as pool:
-            pool.map(client, [(port, f"warm{c}", 5, 1, 1) for c in range(opts.clients)])
-            warm = 5 * opts.clients
-            t1, ok1, rec1, p99_1 = run_phase(pool, port, "single", opts.clients, singles, 1)
-            t2, ok2, rec2, p99_2 = run_phase(pool, port, "batch", opts.clients, batches, 100)
-            t3, ok3, rec3, _ = run_phase(pool, port, "mixed", opts.clients, batches, 100, every=10)
-    finally:
-        proc.send_signal(signal.SIGTERM)
+
+    def stop(self) -> bool:
+        """SIGTERM; True when it exited 0 and its store holds exactly the entries answered 2xx."""
+        self.proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(15)
+            self.proc.wait(15)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
-    from exporter.store import Store
-    with Store.open(tmp / "suppression.db", create=False) as store:
-        entries = store.stats(int(time.time()))["entries"]
-    shutil.rmtree(tmp, ignore_errors=True)
-    expected = warm + rec1 + rec2 + rec3 // 10
-    if entries != expected or proc.returncode != 0:
-        print(f"# MISMATCH: {entries} entries in store for {expected} records answered 2xx; "
-              f"server exit {proc.returncode}", flush=True)
-        return None
-    return {"single_posts": ok1 / t1, "single_latency_p99": p99_1, "batched_100": rec2 / t2,
-            "batched_100_requests": ok2 / t2, "batched_100_latency_p99": p99_2, "batched_100_mixed": rec3 / t3}
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.log.close()
+        from exporter.store import Store
+        try:
+            with Store.open(self.tmp / "suppression.db", create=False) as store:
+                entries = store.stats(int(time.time()))["entries"]
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        if entries != self.expected or self.proc.returncode != 0:
+            print(f"# MISMATCH {self.label or 'new_'}: {entries} entries in store for {self.expected} Bounce "
+                  f"records answered 2xx; server exit {self.proc.returncode}", flush=True)
+            return False
+        return True
+
+
+# phase -> (records per post, one Bounce in `every` records)
+PHASES = {"single": (1, 1), "batch": (100, 1), "mixed": (100, 10)}
+
+
+def measure(pool, servers: list[Running], opts, singles: int, batches: int) -> dict[str, dict[str, float]]:
+    """Every phase in `opts.slices` slices, the servers taking turns slice by slice (which
+    goes first alternates): both see the same background load, however it changes."""
+    totals = {srv.label: {} for srv in servers}
+    for phase, (per_post, every) in PHASES.items():
+        posts = singles if per_post == 1 else batches
+        per_slice = max(1, posts // opts.slices)
+        for slice_no in range(opts.slices):
+            for srv in (servers if slice_no % 2 == 0 else servers[::-1]):
+                acc = totals[srv.label].setdefault(phase, {"t": 0.0, "ok": 0, "records": 0, "lat": [], "cpu": 0.0})
+                cpu_before = cpu_seconds(srv.proc.pid)
+                elapsed, ok, records, latencies = run_phase(pool, srv.port, f"{phase}{slice_no}-", opts.clients,
+                                                            per_slice, per_post, every)
+                cpu_after = cpu_seconds(srv.proc.pid)
+                acc["t"] += elapsed
+                acc["ok"] += ok
+                acc["records"] += records
+                acc["lat"] += latencies
+                if cpu_before is not None and cpu_after is not None:
+                    acc["cpu"] += cpu_after - cpu_before
+                srv.expected += records // every
+    figures = {}
+    for label, phases in totals.items():
+        single, batch, mixed = phases["single"], phases["batch"], phases["mixed"]
+        figures[label] = {
+            "single_posts": single["ok"] / single["t"], "single_latency_p99": p99(single["lat"]),
+            "batched_100": batch["records"] / batch["t"], "batched_100_requests": batch["ok"] / batch["t"],
+            "batched_100_latency_p99": p99(batch["lat"]), "batched_100_mixed": mixed["records"] / mixed["t"]}
+        if batch["cpu"]:
+            figures[label]["batched_100_server_cpu"] = batch["cpu"] / batch["records"] * 1e6
+    return figures
 
 
 def main() -> int:
@@ -188,43 +243,49 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--singles", type=int, default=None, help="single-record posts per client")
     ap.add_argument("--batches", type=int, default=None, help="100-record batches per client")
-    ap.add_argument("--rounds", type=int, default=None, help="rounds, each server once per round (best kept)")
+    ap.add_argument("--slices", type=int, default=None, help="turns per phase, the servers alternating")
     ap.add_argument("--no-old", action="store_true", help="skip the old server")
     opts = ap.parse_args()
     singles = opts.singles or (400 if opts.quick else 1500)
     batches = opts.batches or (30 if opts.quick else 150)
-    rounds = opts.rounds or (1 if opts.quick else 3)
+    opts.slices = opts.slices or (2 if opts.quick else 10)
     print("command: " + " ".join([Path(sys.executable).name, *sys.argv]), flush=True)
-    print(f"# {opts.clients} keep-alive clients; {rounds} round(s), the servers in turns; "
-          "the best of each figure is printed", flush=True)
+    print(f"# {opts.clients} keep-alive clients; each phase in {opts.slices} slices, the servers taking turns",
+          flush=True)
     sys.path.insert(0, str(ROOT))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    servers = [("", [sys.executable, "-m", "exporter", "-c", "CONFIG", "serve"], env)]
+    commands = [("", [sys.executable, "-m", "exporter", "-c", "CONFIG", "serve"], env)]
     with tempfile.TemporaryDirectory(prefix="kumo-old-server-") as old_dir:
         source = None if opts.no_old else old_server_source()
         if source is not None:
             (Path(old_dir) / "old_webhook_server.py").write_text(source.replace("from .", "from exporter."))
-            servers.append(("old_", [sys.executable, "-c", OLD_SERVER_LAUNCH, "CONFIG"],
-                            {**env, "PYTHONPATH": os.pathsep.join([old_dir, str(ROOT)])}))
-            print("# old_: the stdlib ThreadingHTTPServer this one replaced, checked out of git history", flush=True)
+            commands.append(("old_", [sys.executable, "-c", OLD_SERVER_LAUNCH, "CONFIG"],
+                             {**env, "PYTHONPATH": os.pathsep.join([old_dir, str(ROOT)])}))
+            print("# old_: the stdlib ThreadingHTTPServer this one replaced, checked out of git history, "
+                  "over the same store, ingest and records code", flush=True)
         elif not opts.no_old:
             print("# old server: not in this checkout's git history, skipped", flush=True)
-        best: dict[str, dict[str, float]] = {}
-        for round_no in range(rounds):
-            order = servers if round_no % 2 == 0 else servers[::-1]
-            for label, argv, server_env in order:
-                figures = measure(argv, server_env, opts, singles, batches)
-                if figures is None:
-                    return 1
-                print(f"# round {round_no + 1} {label or 'new_'}: " + ", ".join(
-                    f"{name} {value:.1f}" for name, value in figures.items()), flush=True)
-                kept = best.setdefault(label, figures)
-                for name, (_unit, higher) in FIGURES.items():
-                    kept[name] = (max if higher else min)(kept[name], figures[name])
+        servers = [Running(label, argv, server_env) for label, argv, server_env in commands]
+        ok = True
+        try:
+            if not all(srv.wait_listening() for srv in servers):
+                return 1
+            with mp.get_context("fork").Pool(opts.clients) as pool:
+                for srv in servers:
+                    pool.map(client, [(srv.port, f"warm{c}", 5, 1, 1) for c in range(opts.clients)])
+                    srv.expected += 5 * opts.clients
+                figures = measure(pool, servers, opts, singles, batches)
+        finally:
+            for srv in servers:
+                ok = srv.stop() and ok
+    if not ok:
+        return 1
     for name, (unit, _higher) in FIGURES.items():
-        for label, _argv, _env in servers:
-            value = best[label][name]
-            print(f"{label}{name}: {value:.2f} {unit}" if unit == "ms" else f"{label}{name}: {value:.0f} {unit}",
+        for srv in servers:
+            if name not in figures[srv.label]:
+                continue
+            value = figures[srv.label][name]
+            print(f"{srv.label}{name}: {value:.2f} {unit}" if unit == "ms" else f"{srv.label}{name}: {value:.0f} {unit}",
                   flush=True)
     return 0
 

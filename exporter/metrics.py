@@ -11,7 +11,9 @@ Two kinds of figures, every name defined once below:
 A scrape must cost the same for ten entries or a million: counting the active entries
 takes seconds at a million rows, so the server serves them from StatsCache, which a
 background thread refreshes (and only when a domain's generation moved, or the figures are
-old enough that expiries may have changed them). The textfile, written after a job that
+old enough that expiries may have changed them, and only while someone scrapes: under
+webhook traffic the generations move all the time, and a recount nobody reads would cost
+the writer CPU every REFRESH seconds for nothing). The textfile, written after a job that
 already read the store, counts afresh.
 """
 
@@ -135,11 +137,13 @@ class StatsCache:
         self._stats: dict | None = None
         self._signature: dict | None = None
         self._counted_at = 0.0
+        self._asked_at = 0.0          # the last read of `stats` (a scrape)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="metrics-stats", daemon=True)
 
     @property
     def stats(self) -> dict | None:
+        self._asked_at = time.monotonic()
         return self._stats
 
     def start(self) -> None:
@@ -151,6 +155,11 @@ class StatsCache:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            # counted once at start; after that only when a scrape came since the last count
+            # (the first scrape after a quiet spell shows that count, the next ones a fresh one)
+            if self._stats is not None and self._asked_at < self._counted_at:
+                self._stop.wait(self.REFRESH)
+                continue
             try:
                 with self._open_store() as store:
                     self.refresh(store)

@@ -39,6 +39,46 @@ def test_a_scrape_never_counts_the_entries(install):
         assert 'kumo_suppression_entries{reason="manual"} 2.0' in render(store, cache.stats).decode()
 
 
+def test_the_entries_are_recounted_only_while_someone_scrapes():
+    """Under webhook traffic the generations move all the time: with nobody scraping, the
+    background thread counts once at start and then leaves the store alone."""
+    import contextlib
+    import threading
+    import time
+
+    class Moving:
+        """A store whose domains change between any two looks, stats() counted."""
+        def __init__(self):
+            self.generation, self.stats_calls, self.counted = 0, 0, threading.Event()
+
+        def domain_generations(self):
+            self.generation += 1
+            return {"example.com": self.generation}
+
+        def stats(self, now):
+            self.stats_calls += 1
+            self.counted.set()
+            return {"by_reason": {}, "by_domain": {}, "calls": self.stats_calls}
+
+    store = Moving()
+    cache = StatsCache(lambda: contextlib.nullcontext(store))
+    cache.REFRESH = 0.01
+    cache.start()
+    try:
+        assert store.counted.wait(10)
+        time.sleep(0.3)                       # some 30 rounds of the thread, nobody scraping
+        assert store.stats_calls == 1
+        store.counted.clear()
+        assert cache.stats["calls"] == 1      # a scrape: the count from start, then a fresh one
+        assert store.counted.wait(10)
+        deadline = time.monotonic() + 10
+        while cache.stats["calls"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert cache.stats["calls"] >= 2
+    finally:
+        cache.stop()
+
+
 def test_figures_before_the_first_count_leave_the_gauges_out(install):
     install.ok("init")
     with Store.open(install.db, create=False) as store:

@@ -162,6 +162,23 @@ def test_payloads_that_can_never_be_accepted(server, payload, why):
     assert why in json.loads(body)["error"]
 
 
+def test_bodies_the_fast_parser_refuses_are_judged_as_json_judges_them(server):
+    """A byte-order mark, a lone surrogate, NaN: valid for Python's json (and accepted before
+    the receiver parsed with orjson), refused by orjson; still accepted and committed."""
+    def body(rcpt: str, extra: str) -> bytes:
+        text = json.dumps(bounce(rcpt))
+        return (text[:-1] + ", " + extra + "}").encode()
+    posts = {"bom@example.net": b"\xef\xbb\xbf" + json.dumps(bounce("bom@example.net")).encode(),
+             "surrogate@example.net": body("surrogate@example.net", '"note": "\\ud800"'),
+             "nan@example.net": body("nan@example.net", '"score": NaN')}
+    for rcpt, payload in posts.items():
+        status, answer, _ = server.post(payload)
+        assert status == 200, (rcpt, answer)
+    with store_of(server.install) as st:
+        now = int(time.time())
+        assert all(st.get(rcpt, "example.com", now) for rcpt in posts)
+
+
 def test_other_paths_and_methods(server):
     assert server.request("GET", "/nope")[0] == 404
     assert server.request("POST", "/other", "{}")[0] == 404
