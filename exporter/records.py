@@ -19,8 +19,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
+from collections import Counter
 from dataclasses import dataclass
+from itertools import compress, count, repeat
+from operator import add, attrgetter, not_
 
+import msgspec
 import orjson
 
 from .keys import ascii_lower, domain_key, domain_of_address, recipient_key
@@ -32,6 +37,8 @@ KNOWN_TYPES = SUPPRESSING_TYPES | frozenset({
     "Reception", "Delivery", "TransientFailure", "Rejection", "AdminRebind",
     "DeferredInjectionRebind", "Delayed", "XferOut", "XferIn",
 })
+# Types that never suppress: a line that surely is one is counted, never fully parsed.
+PASSED_OVER_TYPES = KNOWN_TYPES - SUPPRESSING_TYPES
 MAX_RECIPIENTS = 10_000
 
 
@@ -100,6 +107,77 @@ def _json_loads(line: bytes | str):
         raise MalformedRecord("not UTF-8") from None
     except ValueError as err:
         raise MalformedRecord(f"not JSON ({err.args[0].split(':')[0] if err.args else err})") from None
+
+
+class _TypeOnly(msgspec.Struct, gc=False):
+    type: str
+
+
+_type_of = msgspec.json.Decoder(_TypeOnly).decode
+_TYPE = attrgetter("type")
+# A line shallower than this is read by parse_line whatever else it holds: orjson reads
+# 1024 levels, and json (for what orjson refuses) this many from any sane stack depth.
+_FAST_DEPTH = 500
+_SHALLOW_LINE = 2 * _FAST_DEPTH     # a line this short cannot nest deeper
+
+
+def _fast_type(line: bytes) -> str | None:
+    """The type of a line that parse_line surely reads as a record, or None (then only
+    parse_line can say). msgspec validates the whole line as JSON but builds only its
+    `type` (the last one, as json keeps it, when a key repeats); what it checks less
+    than parse_line is checked first: UTF-8 (its skipped strings are not decoded),
+    integers longer than Python's int_max_str_digits (which json refuses) and nesting
+    (json's depth is Python's recursion limit)."""
+    digits = sys.get_int_max_str_digits()
+    if digits and len(line) > digits:
+        return None
+    if len(line) > _SHALLOW_LINE and line.count(b"[") + line.count(b"{") > _FAST_DEPTH:
+        return None
+    if not line.isascii():
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    try:
+        return _type_of(line).type
+    except Exception:  # noqa: BLE001 - whatever msgspec refuses, parse_line decides
+        return None
+
+
+def pass_over(lines: list[bytes]) -> tuple[dict[str, int], list[int]]:
+    """The records of `lines` (complete lines of a log) that never suppress, counted by
+    type without being parsed, and the indexes (in order) of every other line, which
+    parse_line must read. A line is passed over only when parse_line would read it as a
+    record of that type: a broken line, whatever its first bytes, is left to parse_line
+    and counted as malformed there. The usual block (ASCII lines, none long or deep, all
+    JSON) is typed by one C-level pass; any other block line by line."""
+    if not lines:
+        return {}, []
+    types = None
+    lengths = list(map(len, lines))
+    longest = max(lengths)
+    digits = sys.get_int_max_str_digits()
+    if not digits or longest <= digits:
+        long = list(compress(lines, map(_SHALLOW_LINE.__lt__, lengths))) if longest > _SHALLOW_LINE else None
+        utf8 = not long or max(map(add, map(bytes.count, long, repeat(b"[")),
+                                    map(bytes.count, long, repeat(b"{")))) <= _FAST_DEPTH
+        if utf8 and not all(map(bytes.isascii, lines)):
+            try:
+                b"\n".join(lines).decode("utf-8")
+            except UnicodeDecodeError:
+                utf8 = False
+        if utf8:
+            try:
+                types = list(map(_TYPE, map(_type_of, lines)))
+            except Exception:  # noqa: BLE001 - a line msgspec refuses: sorted out one by one
+                types = None
+    if types is None:
+        types = list(map(_fast_type, lines))
+    counts = Counter(types)
+    passed = {kind: n for kind, n in counts.items() if kind in PASSED_OVER_TYPES}
+    if len(passed) == len(counts):
+        return passed, []
+    return passed, list(compress(count(), map(not_, map(PASSED_OVER_TYPES.__contains__, types))))
 
 
 def check_record(record) -> None:
