@@ -10,24 +10,29 @@ event has a key, so the same record by file and by webhook counts once.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import logging
 import os
 import sqlite3
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
+from itertools import compress, count, repeat
+from operator import is_, itemgetter
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
 
 from .config import Config
 from .locking import exclusive
-from .records import KNOWN_TYPES, DomainSource, MalformedRecord, Skip, check_record, parse_line, pass_over, \
+from .records import KNOWN_TYPES, DomainSource, MalformedRecord, Skip, check_record, line_types, parse_line, \
     to_event
 from .rules import decide
-from .segments import Lines, is_done
+from .segments import Block, Lines, is_done
 from .store import ApplyResult, FileIdentity, Store, StoreError, file_identity, now_ts
 
 log = logging.getLogger("kumo_suppress.ingest")
+_FIRST = itemgetter(0)
 
 
 @dataclass
@@ -263,28 +268,37 @@ class Ingestor:
         return result
 
     # ------------------------------------------------------------------ streams
-    def _scan(self, lines: list[bytes], lineno: int, origin: str, batch: IngestResult, pending: list,
+    def _scan(self, types: list, others: list, base: int, origin: str, batch: IngestResult, pending: list,
               horizon: int) -> None:
-        """Complete lines that follow line `lineno`: records that never suppress are
-        counted in bulk (records.pass_over), every other non-blank line is parsed and
+        """Part of a Block whose line i is line `base + i + 1` of `origin`: the records
+        counted by type are added in bulk, every other non-blank line is parsed and
         handled, in order."""
-        passed, others = pass_over(lines) if self.prefilter else ({}, range(len(lines)))
         by_type = batch.by_type
-        for name, found in passed.items():
-            batch.records += found
-            by_type[name] = by_type.get(name, 0) + found
+        for name, found in Counter(types).items():
+            if name is not None:
+                batch.records += found
+                by_type[name] = by_type.get(name, 0) + found
         handle = self._handle
-        for at in others:
-            line = lines[at][:-1]          # without its newline
+        for at, line in others:
             if not line.strip():
                 continue
             try:
                 record = parse_line(line)
             except MalformedRecord as err:
                 batch.malformed += 1
-                log.warning("%s:%d: malformed record skipped: %s", origin, lineno + at + 1, err)
+                log.warning("%s:%d: malformed record skipped: %s", origin, base + at + 1, err)
             else:
-                handle(record, batch, pending, f"{origin}:{lineno + at + 1}", horizon)
+                handle(record, batch, pending, f"{origin}:{base + at + 1}", horizon)
+
+    def _blocks(self, lines: Lines) -> Iterator[Block | None]:
+        """The blocks of `lines` sorted out by records.line_types (None: an oversized line)."""
+        prefilter = self.prefilter
+        for block in lines:
+            if block is None:
+                yield None
+                continue
+            types = line_types(block) if prefilter else [None] * len(block)
+            yield Block(types, [(i, block[i][:-1]) for i in compress(count(), map(is_, types, repeat(None)))])
 
     def _ingest_lines(self, lines: Lines, origin: str, source: str, skip_lines: int,
                       identity: FileIdentity | None, size: int, final: bool, result: IngestResult) -> None:
@@ -309,7 +323,7 @@ class Ingestor:
                 if self.progress:
                     self.progress(origin, lineno)
 
-        for block in lines:
+        for block in self._blocks(lines):
             if block is None:
                 lineno += 1
                 if lineno > skip_lines:
@@ -317,18 +331,23 @@ class Ingestor:
                     log.warning("%s:%d: line over %d bytes skipped", origin, lineno, lines.max_line)
                     at_batch_end()
                 continue
-            if lineno + len(block) <= skip_lines:
-                lineno += len(block)
+            types, others = block
+            n = len(types)
+            if lineno + n <= skip_lines:
+                lineno += n
                 continue
-            if lineno < skip_lines:
-                block = block[skip_lines - lineno:]
-                lineno = skip_lines
-            while block:
+            base = lineno                 # line i of the block is line base + i + 1
+            start = max(0, skip_lines - lineno)
+            lineno += start
+            k = bisect.bisect_left(others, start, key=_FIRST)
+            while start < n:
                 # up to the next multiple of batch_lines: a batch commits exactly there
-                part = block[:batch_lines - lineno % batch_lines]
-                block = block[len(part):]
-                self._scan(part, lineno, origin, batch, pending, horizon)
-                lineno += len(part)
+                end = min(n, start + batch_lines - lineno % batch_lines)
+                j = bisect.bisect_left(others, end, lo=k, key=_FIRST)
+                self._scan(types[start:end] if start or end < n else types, others[k:j], base, origin,
+                           batch, pending, horizon)
+                lineno += end - start
+                start, k = end, j
                 at_batch_end()
         if lines.truncated and final:   # an open segment's frame is simply not finished yet
             result.warnings.append(f"{origin}: truncated zstd stream; kept its {lineno} complete line(s)")

@@ -16,14 +16,14 @@ remote answer ("KumoMTA internal: ..."). None of them says anything about the re
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
 import sys
-from collections import Counter
 from dataclasses import dataclass
-from itertools import compress, count, repeat
-from operator import add, attrgetter, not_
+from itertools import compress, repeat
+from operator import add, attrgetter
 
 import msgspec
 import orjson
@@ -144,15 +144,18 @@ def _fast_type(line: bytes) -> str | None:
         return None
 
 
-def pass_over(lines: list[bytes]) -> tuple[dict[str, int], list[int]]:
-    """The records of `lines` (complete lines of a log) that never suppress, counted by
-    type without being parsed, and the indexes (in order) of every other line, which
-    parse_line must read. A line is passed over only when parse_line would read it as a
-    record of that type: a broken line, whatever its first bytes, is left to parse_line
-    and counted as malformed there. The usual block (ASCII lines, none long or deep, all
-    JSON) is typed by one C-level pass; any other block line by line."""
+_PASSED_OVER = {kind: kind for kind in PASSED_OVER_TYPES}
+
+
+def line_types(lines: list[bytes]) -> list[str | None]:
+    """For each of `lines` (complete lines of a log), the type of a record that never
+    suppresses, when parse_line would surely read the line as one: such a line is counted
+    by its type and never parsed. None for every other line, which parse_line must read:
+    a broken line, whatever its first bytes, is left to parse_line and counted as
+    malformed there. The usual block (ASCII lines, none long or deep, all JSON) is typed
+    by one C-level pass; any other block line by line."""
     if not lines:
-        return {}, []
+        return []
     types = None
     lengths = list(map(len, lines))
     longest = max(lengths)
@@ -173,11 +176,7 @@ def pass_over(lines: list[bytes]) -> tuple[dict[str, int], list[int]]:
                 types = None
     if types is None:
         types = list(map(_fast_type, lines))
-    counts = Counter(types)
-    passed = {kind: n for kind, n in counts.items() if kind in PASSED_OVER_TYPES}
-    if len(passed) == len(counts):
-        return passed, []
-    return passed, list(compress(count(), map(not_, map(PASSED_OVER_TYPES.__contains__, types))))
+    return list(map(_PASSED_OVER.get, types))
 
 
 def check_record(record) -> None:
@@ -245,6 +244,19 @@ def domain_of_header(value: str | None) -> str | None:
     a group, unparseable). HostileHeader for absurd input."""
     if not value:
         return None
+    if len(value) <= _CACHED_TEXT:
+        return _domain_of_short_header(value)
+    domain = mailbox_domain(value)
+    return domain_key(domain) if domain else None
+
+
+# a log repeats the same few From headers and queue names over and over: their keys are
+# pure functions of the text, remembered for short texts (bounded memory)
+_CACHED_TEXT = 256
+
+
+@functools.lru_cache(maxsize=4096)
+def _domain_of_short_header(value: str) -> str | None:
     domain = mailbox_domain(value)
     return domain_key(domain) if domain else None
 
@@ -374,6 +386,17 @@ KUMOD_INTERNAL_PREFIX = "KumoMTA internal: "
 def _queue_domains(queue: str) -> tuple[str, ...]:
     """The domain and routing domain of a kumod queue name
     (`campaign:tenant@domain!routing_domain`), ASCII-lowercased."""
+    if len(queue) <= _CACHED_TEXT:
+        return _short_queue_domains(queue)
+    return _split_queue(queue)
+
+
+@functools.lru_cache(maxsize=4096)
+def _short_queue_domains(queue: str) -> tuple[str, ...]:
+    return _split_queue(queue)
+
+
+def _split_queue(queue: str) -> tuple[str, ...]:
     domain = queue.split("@", 1)[1] if "@" in queue else queue
     return tuple(ascii_lower(part) for part in domain.split("!", 1))
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import stat
 from io import BytesIO
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterator, NamedTuple
 
 import zstandard
 
@@ -117,3 +117,12 @@ class Lines:
                 tail = b""
         self.torn = bool(tail) or skipping
         self.tail = tail
+
+
+class Block(NamedTuple):
+    """A block of complete lines, sorted out by the reader: `types[i]` is the type of
+    line i when it is a record counted without being parsed, else None; `others` holds
+    (i, line without its newline) for every line with None, in order."""
+    types: list
+    others: list
+
