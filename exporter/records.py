@@ -206,9 +206,10 @@ def _int(value, limit: int) -> int | None:
 
 
 def _recipients(value) -> list[str]:
-    if isinstance(value, str):
-        items = [value]
-    elif isinstance(value, list):
+    if isinstance(value, str):     # the usual record: one recipient
+        key = recipient_key(value)
+        return [key] if key and not key.startswith("@") else []
+    if isinstance(value, list):
         items = value[:MAX_RECIPIENTS]
     else:
         return []
@@ -285,12 +286,16 @@ def from_of_message(message) -> str | None:
 
 def _enhanced(value) -> str | None:
     if isinstance(value, dict):
-        parts = [_int(value.get(k), 1000) for k in ("class", "subject", "detail")]
-        if all(p is not None for p in parts):
-            return "%d.%d.%d" % tuple(parts)
-    if isinstance(value, str) and re.fullmatch(r"[245]\.\d{1,3}\.\d{1,3}", value):
+        cls, subject, detail = (_int(value.get("class"), 1000), _int(value.get("subject"), 1000),
+                                _int(value.get("detail"), 1000))
+        if cls is not None and subject is not None and detail is not None:
+            return "%d.%d.%d" % (cls, subject, detail)
+    if isinstance(value, str) and _ENHANCED.fullmatch(value):
         return value
     return None
+
+
+_ENHANCED = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
 
 
 def _complainants(report: dict) -> list[str]:
