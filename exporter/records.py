@@ -162,14 +162,15 @@ def line_types(lines: list[bytes]) -> list[str | None]:
     digits = sys.get_int_max_str_digits()
     if not digits or longest <= digits:
         long = list(compress(lines, map(_SHALLOW_LINE.__lt__, lengths))) if longest > _SHALLOW_LINE else None
-        utf8 = not long or max(map(add, map(bytes.count, long, repeat(b"[")),
+        # the guards of _fast_type, for the whole block at once
+        safe = not long or max(map(add, map(bytes.count, long, repeat(b"[")),
                                     map(bytes.count, long, repeat(b"{")))) <= _FAST_DEPTH
-        if utf8 and not all(map(bytes.isascii, lines)):
+        if safe and not all(map(bytes.isascii, lines)):
             try:
                 b"\n".join(lines).decode("utf-8")
             except UnicodeDecodeError:
-                utf8 = False
-        if utf8:
+                safe = False
+        if safe:
             try:
                 types = list(map(_TYPE, map(_type_of, lines)))
             except Exception:  # noqa: BLE001 - a line msgspec refuses: sorted out one by one
