@@ -14,6 +14,15 @@ Figures (name: value unit):
   zstd_cli_records_per_s          `zstd -dc SEGMENTS > /dev/null` (if /usr/bin/zstd exists)
   ingest_vs_zstandard_ratio       ingest time / zstandard time (target <= 5)
   ingest_peak_rss_small / _large  peak RSS of the ingest process at the small and full size
+  ingest_cpu_vs_zstandard_cpu_ratio  the same ratio in CPU seconds (user + system) of each:
+                                  what a shared machine's load does not change much
+  breakdown_*_cpu_s               where the ingest's CPU goes, measured stage by stage in this
+                                  process over the same segments (CPU seconds, best of
+                                  `repeat`): decompress (zstd to ~1 MB chunks), line_cut (chunks
+                                  to lines), prefilter (records.line_types), json (parse_line of
+                                  the lines left), rules (record -> event -> decision), sqlite
+                                  (the batches' transactions), startup (`kumo-suppress` import
+                                  and config, one process)
 Targets: >= 300,000 records/s, within 5x of plain decompression, RSS flat in input size.
 """
 
@@ -22,6 +31,7 @@ from __future__ import annotations
 import argparse
 import io
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -113,10 +123,103 @@ def zstd_cli(paths: list[Path]) -> float | None:
     return time.perf_counter() - started
 
 
-def ingest(root: Path, log_dir: Path) -> tuple[float, float, str]:
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def ingest(root: Path, log_dir: Path) -> tuple[float, float, str, float]:
+    """(wall s, peak RSS MB, output, CPU s) of one `kumo-suppress ingest` into a fresh store."""
     config = write_config(root)
     run_child([*KUMO_SUPPRESS, "-c", str(config), "init"])
-    return run_child([*KUMO_SUPPRESS, "-c", str(config), "ingest", str(log_dir)])
+    before = _children_cpu()
+    wall, rss, out = run_child([*KUMO_SUPPRESS, "-c", str(config), "ingest", str(log_dir)])
+    return wall, rss, out, _children_cpu() - before
+
+
+def _cpu(fn) -> tuple[float, object]:
+    started = time.process_time()
+    value = fn()
+    return time.process_time() - started, value
+
+
+def breakdown(root: Path, paths: list[Path], repeat: int) -> dict[str, float]:
+    """CPU seconds of each stage of an ingest of `paths`, measured one by one in this
+    process (best of `repeat`; the sqlite stage is one whole in-process ingest)."""
+    from exporter.config import load_config
+    from exporter.ingest import Ingestor, IngestResult
+    from exporter.records import line_types, parse_line
+    from exporter.segments import Lines
+    from exporter.store import Store
+
+    def chunks():
+        for path in paths:
+            with open(path, "rb") as fh:
+                for _chunk in Lines(fh, 1 << 20)._chunks():
+                    pass
+
+    def lines():
+        for path in paths:
+            with open(path, "rb") as fh:
+                for _block in Lines(fh, 1 << 20):
+                    pass
+
+    left: list[bytes] = []     # the lines the prefilter leaves to parse_line
+
+    def prefilter(keep: bool = False):
+        for path in paths:
+            with open(path, "rb") as fh:
+                for block in Lines(fh, 1 << 20):
+                    if block is not None:
+                        types = line_types(block)
+                        if keep:
+                            left.extend(block[i][:-1] for i, kind in enumerate(types) if kind is None)
+
+    prefilter(keep=True)
+    config = load_config(write_config(root / "breakdown"))
+
+    def json_():
+        return [parse_line(line) for line in left]
+
+    def rules():
+        ingestor, result, pending = Ingestor(None, config), IngestResult(), []
+        horizon = ingestor._horizon()
+        for line in left:
+            ingestor._handle(parse_line(line), result, pending, "bench", horizon)
+
+    def best(fn) -> float:
+        return min(_cpu(fn)[0] for _ in range(repeat))
+
+    out = {"decompress": best(chunks)}
+    out["line_cut"] = max(0.0, best(lines) - out["decompress"])
+    out["prefilter"] = max(0.0, best(prefilter) - out["line_cut"] - out["decompress"])
+    out["json"] = best(json_)
+    out["rules"] = max(0.0, best(rules) - out["json"])
+    spent = [0.0]
+    real_commit = Ingestor._commit
+
+    def timed_commit(self, *args, **kw):
+        started = time.process_time()
+        try:
+            return real_commit(self, *args, **kw)
+        finally:
+            spent[0] += time.process_time() - started
+    Ingestor._commit = timed_commit
+    try:
+        db = root / "breakdown" / "var" / "suppression.db"
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with Store.open(db) as store:
+            ingestor = Ingestor(store, config)
+            for path in paths:
+                ingestor.ingest_file(path, require_done=False)
+    finally:
+        Ingestor._commit = real_commit
+    out["sqlite"] = spent[0]
+    before = _children_cpu()
+    subprocess.run([*KUMO_SUPPRESS, "-c", str(root / "breakdown" / "config.toml"), "stats"], check=True,
+                   stdout=subprocess.DEVNULL, cwd=root / "breakdown")
+    out["startup"] = _children_cpu() - before
+    return out
 
 
 def main() -> None:
@@ -127,6 +230,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="100k records, small run 20k")
     ap.add_argument("--repeat", type=int, default=3, help="timed runs; the best is reported")
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--no-breakdown", dest="breakdown", action="store_false",
+                    help="skip the stage-by-stage CPU breakdown")
     args = ap.parse_args()
     if args.quick:
         args.records, args.small, args.per_segment, args.repeat = 100_000, 20_000, 20_000, 1
@@ -144,6 +249,7 @@ def main() -> None:
         zstd_cli(paths)
         z_time, z_count = min(zstandard_lines(paths) for _ in range(args.repeat))
         assert z_count == args.records, (z_count, args.records)
+        z_cpu = min(_cpu(lambda: zstandard_lines(paths))[0] for _ in range(args.repeat))
         cli_times = [zstd_cli(paths) for _ in range(args.repeat)]
         cli_time = None if cli_times[0] is None else min(cli_times)
 
@@ -155,9 +261,10 @@ def main() -> None:
                 break
             shutil.copy2(p, small_dir / p.name)
             remaining -= args.per_segment
-        _t, small_rss, _out = ingest(tmp / "run-small", small_dir)
+        _t, small_rss, _out, _c = ingest(tmp / "run-small", small_dir)
         runs = [ingest(tmp / f"run-large-{i}", logs) for i in range(args.repeat)]
         wall = min(r[0] for r in runs)
+        cpu = min(r[3] for r in runs)
         large_rss = max(r[1] for r in runs)
         out = runs[0][2]
         note(out.strip().splitlines()[-1] if out.strip() else "(no output)")
@@ -174,6 +281,15 @@ def main() -> None:
         figure("ingest_vs_zstandard_ratio", wall / z_time, "x")
         if cli_time is not None:
             figure("ingest_vs_zstd_cli_ratio", wall / cli_time, "x")
+        figure("ingest_cpu_seconds", cpu, "s")
+        figure("zstandard_lines_cpu_seconds", z_cpu, "s")
+        figure("ingest_cpu_vs_zstandard_cpu_ratio", cpu / z_cpu, "x")
+        if args.breakdown:
+            stages = breakdown(tmp, paths, args.repeat)
+            for name, seconds in stages.items():
+                figure(f"breakdown_{name}_cpu_s", seconds, "s")
+            note(f"stages sum to {sum(stages.values()):.2f} s of the {cpu:.2f} s CPU of the ingest process; "
+                 f"5x zstandard would be {5 * z_cpu:.2f} s")
         figure("ingest_rss_small_records", min(args.small, args.records), "records")
         figure("ingest_peak_rss_small", small_rss, "MB")
         figure("ingest_peak_rss_large", large_rss, "MB")

@@ -10,40 +10,29 @@ event has a key, so the same record by file and by webhook counts once.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import logging
 import os
-import re
 import sqlite3
-import stat
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import compress, count, repeat
+from operator import is_, itemgetter
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
 
-import zstandard
-
 from .config import Config
 from .locking import exclusive
-from .records import KNOWN_TYPES, SUPPRESSING_TYPES, DomainSource, MalformedRecord, Skip, check_record, \
-    parse_line, to_event
+from .records import KNOWN_TYPES, DomainSource, MalformedRecord, Skip, check_record, line_types, parse_line, \
+    to_event
 from .rules import decide
+from .segments import Block, Lines, is_done
 from .store import ApplyResult, FileIdentity, Store, StoreError, file_identity, now_ts
 
 log = logging.getLogger("kumo_suppress.ingest")
-
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-READ_CHUNK = 1 << 20
-ZSTD_FEED = 256            # compressed bytes per decompress call (bounds a zstd bomb's output)
-# Records of these types never suppress: a line that plainly is one is counted without
-# being parsed (kumod writes `{"type":"Delivery",...` first), which is most of the log.
-# The price: a broken line of that shape counts as a record, not as malformed; it could
-# never have suppressed anything. They are found and counted a block of lines at a time
-# (one regex pass gives every line's type), so no Python code runs per passed-over line.
-_PASS_OVER = {t.encode(): t for t in KNOWN_TYPES - SUPPRESSING_TYPES}
-# after each newline: the type of a line that starts `{"type":"<name>"`, else b""
-_LINE_TYPE = re.compile(rb'\n(?:\{"type":"([^"\\\n]*)")?')
+_FIRST = itemgetter(0)
 
 
 @dataclass
@@ -142,97 +131,6 @@ def _malformed(result: "IngestResult", where: str, err: BaseException) -> None:
     log.warning("%s: malformed record skipped: %s", _printable(where, 1000), _printable(why))
 
 
-def is_done(st: os.stat_result) -> bool:
-    """kumod marks a closed segment by clearing every write bit."""
-    return stat.S_IMODE(st.st_mode) & 0o222 == 0
-
-
-class _Lines:
-    """Complete lines of a zstd (kumod segment) or plain stream, tolerant of truncation
-    and bounded in memory: a line longer than `max_line` is never buffered; it comes out
-    as None so line numbers, and with them checkpoints, stay exact."""
-
-    def __init__(self, stream: BinaryIO, max_line: int):
-        self.stream = stream
-        self.max_line = max_line
-        self.torn = False          # the data ended inside a line
-        self.tail = b""            # that last, unterminated line (unless oversized)
-        self.truncated = False     # the zstd stream ended early or is corrupt
-
-    def _chunks(self) -> Iterator[bytes]:
-        data = self.stream.read(READ_CHUNK)
-        if not data.startswith(ZSTD_MAGIC):
-            while data:
-                yield data
-                data = self.stream.read(READ_CHUNK)
-            return
-        dobj = zstandard.ZstdDecompressor().decompressobj()
-        fed = False                 # has the current frame's decompressor seen input?
-        pending: list[bytes] = []   # small outputs gathered into chunks of ~READ_CHUNK
-        size = 0
-        while data:
-            pos, restart = 0, False
-            while pos < len(data):
-                # a few hundred compressed bytes per call: zstd expands at most ~32768:1
-                # (RLE blocks), so even a hostile stream yields a bounded piece at a time
-                piece = data[pos:pos + ZSTD_FEED]
-                pos += len(piece)
-                try:
-                    out = dobj.decompress(piece)
-                except zstandard.ZstdError:
-                    self.truncated = True
-                    if pending:
-                        yield b"".join(pending)
-                    return
-                fed = True
-                if out:
-                    pending.append(out)
-                    size += len(out)
-                    if size >= READ_CHUNK:
-                        yield b"".join(pending)
-                        pending, size = [], 0
-                if dobj.eof:        # a segment may hold several frames
-                    data = dobj.unused_data + data[pos:]
-                    dobj = zstandard.ZstdDecompressor().decompressobj()
-                    fed, restart = False, True
-                    break
-            if restart and data:
-                continue
-            data = self.stream.read(READ_CHUNK)
-        if pending:
-            yield b"".join(pending)
-        if fed and not dobj.eof:
-            self.truncated = True
-
-    def __iter__(self) -> Iterator[list[bytes] | None]:
-        """Blocks of complete lines (a list each, in order), and None for each line over
-        max_line, in its place."""
-        buf = b""
-        skipping = False           # inside an oversized line: drop up to its newline
-        max_line = self.max_line
-        for chunk in self._chunks():
-            buf += chunk
-            end = buf.rfind(b"\n")
-            if end >= 0:
-                lines = buf[:end].split(b"\n")
-                buf = buf[end + 1:]
-                if skipping:
-                    del lines[0]   # the end of the oversized line already reported
-                    skipping = False
-                if lines and max(map(len, lines)) > max_line:
-                    for line in lines:
-                        yield [line] if len(line) <= max_line else None
-                elif lines:
-                    yield lines
-            if len(buf) > max_line:
-                if not skipping:
-                    yield None
-                skipping = True
-                buf = b""
-        self.torn = bool(buf) or skipping
-        self.tail = buf
-
-
 class Ingestor:
     def __init__(self, store: Store, config: Config, *, progress: Callable[[str, int], None] | None = None,
                  file_done: Callable[[Path], None] | None = None):
@@ -245,6 +143,9 @@ class Ingestor:
         self.own_queue = config.policy.queue
         self.progress = progress
         self.file_done = file_done
+        # False: every line goes through parse_line (the reference the prefilter is
+        # tested against; the result is the same either way)
+        self.prefilter = True
 
     # ------------------------------------------------------------------ records
     def _horizon(self) -> int:
@@ -367,50 +268,39 @@ class Ingestor:
         return result
 
     # ------------------------------------------------------------------ streams
-    def _scan(self, lines: list[bytes], lineno: int, origin: str, batch: IngestResult, pending: list,
+    def _scan(self, types: list, others: list, base: int, origin: str, batch: IngestResult, pending: list,
               horizon: int) -> None:
-        """Complete lines that follow line `lineno`: passed-over records are counted in
-        bulk, every other non-blank line is parsed and handled, in order."""
-        block = b"\n" + b"\n".join(lines)
-        types = _LINE_TYPE.findall(block)          # one per line
+        """Part of a Block whose line i is line `base + i + 1` of `origin`: the records
+        counted by type are added in bulk, every other non-blank line is parsed and
+        handled, in order."""
         by_type = batch.by_type
-        if block.count(b"}\n") + block.endswith(b"}") == len(lines):
-            # every line ends with "}" (kumod's lines do): a line is passed over by its type
-            others = []
-            for kind, found in Counter(types).items():
-                name = _PASS_OVER.get(kind)
-                if name is not None:
-                    batch.records += found
-                    by_type[name] = by_type.get(name, 0) + found
-                    continue
-                at = -1
-                for _ in range(found):
-                    at = types.index(kind, at + 1)
-                    others.append(at)
-            others.sort()
-        else:
-            others = []
-            for at, (kind, line) in enumerate(zip(types, lines)):
-                name = _PASS_OVER.get(kind)
-                if name is not None and line.endswith(b"}"):
-                    batch.records += 1
-                    by_type[name] = by_type.get(name, 0) + 1
-                else:
-                    others.append(at)
+        for name, found in Counter(types).items():
+            if name is not None:
+                batch.records += found
+                by_type[name] = by_type.get(name, 0) + found
         handle = self._handle
-        for at in others:
-            line = lines[at]
+        for at, line in others:
             if not line.strip():
                 continue
             try:
                 record = parse_line(line)
             except MalformedRecord as err:
                 batch.malformed += 1
-                log.warning("%s:%d: malformed record skipped: %s", origin, lineno + at + 1, err)
+                log.warning("%s:%d: malformed record skipped: %s", origin, base + at + 1, err)
             else:
-                handle(record, batch, pending, f"{origin}:{lineno + at + 1}", horizon)
+                handle(record, batch, pending, f"{origin}:{base + at + 1}", horizon)
 
-    def _ingest_lines(self, lines: _Lines, origin: str, source: str, skip_lines: int,
+    def _blocks(self, lines: Lines) -> Iterator[Block | None]:
+        """The blocks of `lines` sorted out by records.line_types (None: an oversized line)."""
+        prefilter = self.prefilter
+        for block in lines:
+            if block is None:
+                yield None
+                continue
+            types = line_types(block) if prefilter else [None] * len(block)
+            yield Block(types, [(i, block[i][:-1]) for i in compress(count(), map(is_, types, repeat(None)))])
+
+    def _ingest_lines(self, lines: Lines, origin: str, source: str, skip_lines: int,
                       identity: FileIdentity | None, size: int, final: bool, result: IngestResult) -> None:
         """Lines after `skip_lines`, committed every [ingest] batch_lines with the checkpoint.
         `final`: the file is done, so a torn last line will never be completed."""
@@ -433,7 +323,7 @@ class Ingestor:
                 if self.progress:
                     self.progress(origin, lineno)
 
-        for block in lines:
+        for block in self._blocks(lines):
             if block is None:
                 lineno += 1
                 if lineno > skip_lines:
@@ -441,18 +331,23 @@ class Ingestor:
                     log.warning("%s:%d: line over %d bytes skipped", origin, lineno, lines.max_line)
                     at_batch_end()
                 continue
-            if lineno + len(block) <= skip_lines:
-                lineno += len(block)
+            types, others = block
+            n = len(types)
+            if lineno + n <= skip_lines:
+                lineno += n
                 continue
-            if lineno < skip_lines:
-                block = block[skip_lines - lineno:]
-                lineno = skip_lines
-            while block:
+            base = lineno                 # line i of the block is line base + i + 1
+            start = max(0, skip_lines - lineno)
+            lineno += start
+            k = bisect.bisect_left(others, start, key=_FIRST)
+            while start < n:
                 # up to the next multiple of batch_lines: a batch commits exactly there
-                part = block[:batch_lines - lineno % batch_lines]
-                block = block[len(part):]
-                self._scan(part, lineno, origin, batch, pending, horizon)
-                lineno += len(part)
+                end = min(n, start + batch_lines - lineno % batch_lines)
+                j = bisect.bisect_left(others, end, lo=k, key=_FIRST)
+                self._scan(types[start:end] if start or end < n else types, others[k:j], base, origin,
+                           batch, pending, horizon)
+                lineno += end - start
+                start, k = end, j
                 at_batch_end()
         if lines.truncated and final:   # an open segment's frame is simply not finished yet
             result.warnings.append(f"{origin}: truncated zstd stream; kept its {lineno} complete line(s)")
@@ -503,7 +398,7 @@ class Ingestor:
             skip, complete = self.store.segment_checkpoint(identity, st.st_size)
             if complete:
                 return result
-            lines = _Lines(fh, self.config.ingest.max_line)
+            lines = Lines(fh, self.config.ingest.max_line)
             try:
                 self._ingest_lines(lines, str(path), source, skip, identity, st.st_size, done, result)
             except _Superseded:
@@ -515,7 +410,7 @@ class Ingestor:
 
     def ingest_stream(self, stream: BinaryIO, origin: str = "<stdin>", source: str = "log") -> IngestResult:
         result = IngestResult()
-        lines = _Lines(stream, self.config.ingest.max_line)
+        lines = Lines(stream, self.config.ingest.max_line)
         self._ingest_lines(lines, origin, source, 0, None, 0, True, result)
         return result
 

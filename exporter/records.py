@@ -16,11 +16,16 @@ remote answer ("KumoMTA internal: ..."). None of them says anything about the re
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
+import sys
 from dataclasses import dataclass
+from itertools import compress, repeat
+from operator import add, attrgetter
 
+import msgspec
 import orjson
 
 from .keys import ascii_lower, domain_key, domain_of_address, recipient_key
@@ -32,6 +37,8 @@ KNOWN_TYPES = SUPPRESSING_TYPES | frozenset({
     "Reception", "Delivery", "TransientFailure", "Rejection", "AdminRebind",
     "DeferredInjectionRebind", "Delayed", "XferOut", "XferIn",
 })
+# Types that never suppress: a line that surely is one is counted, never fully parsed.
+PASSED_OVER_TYPES = KNOWN_TYPES - SUPPRESSING_TYPES
 MAX_RECIPIENTS = 10_000
 
 
@@ -102,6 +109,77 @@ def _json_loads(line: bytes | str):
         raise MalformedRecord(f"not JSON ({err.args[0].split(':')[0] if err.args else err})") from None
 
 
+class _TypeOnly(msgspec.Struct, gc=False):
+    type: str
+
+
+_type_of = msgspec.json.Decoder(_TypeOnly).decode
+_TYPE = attrgetter("type")
+# A line shallower than this is read by parse_line whatever else it holds: orjson reads
+# 1024 levels, and json (for what orjson refuses) this many from any sane stack depth.
+_FAST_DEPTH = 500
+_SHALLOW_LINE = 2 * _FAST_DEPTH     # a line this short cannot nest deeper
+
+
+def _fast_type(line: bytes) -> str | None:
+    """The type of a line that parse_line surely reads as a record, or None (then only
+    parse_line can say). msgspec validates the whole line as JSON but builds only its
+    `type` (the last one, as json keeps it, when a key repeats); what it checks less
+    than parse_line is checked first: UTF-8 (its skipped strings are not decoded),
+    integers longer than Python's int_max_str_digits (which json refuses) and nesting
+    (json's depth is Python's recursion limit)."""
+    digits = sys.get_int_max_str_digits()
+    if digits and len(line) > digits:
+        return None
+    if len(line) > _SHALLOW_LINE and line.count(b"[") + line.count(b"{") > _FAST_DEPTH:
+        return None
+    if not line.isascii():
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    try:
+        return _type_of(line).type
+    except Exception:  # noqa: BLE001 - whatever msgspec refuses, parse_line decides
+        return None
+
+
+_PASSED_OVER = {kind: kind for kind in PASSED_OVER_TYPES}
+
+
+def line_types(lines: list[bytes]) -> list[str | None]:
+    """For each of `lines` (complete lines of a log), the type of a record that never
+    suppresses, when parse_line would surely read the line as one: such a line is counted
+    by its type and never parsed. None for every other line, which parse_line must read:
+    a broken line, whatever its first bytes, is left to parse_line and counted as
+    malformed there. The usual block (ASCII lines, none long or deep, all JSON) is typed
+    by one C-level pass; any other block line by line."""
+    if not lines:
+        return []
+    types = None
+    lengths = list(map(len, lines))
+    longest = max(lengths)
+    digits = sys.get_int_max_str_digits()
+    if not digits or longest <= digits:
+        long = list(compress(lines, map(_SHALLOW_LINE.__lt__, lengths))) if longest > _SHALLOW_LINE else None
+        # the guards of _fast_type, for the whole block at once
+        safe = not long or max(map(add, map(bytes.count, long, repeat(b"[")),
+                                    map(bytes.count, long, repeat(b"{")))) <= _FAST_DEPTH
+        if safe and not all(map(bytes.isascii, lines)):
+            try:
+                b"\n".join(lines).decode("utf-8")
+            except UnicodeDecodeError:
+                safe = False
+        if safe:
+            try:
+                types = list(map(_TYPE, map(_type_of, lines)))
+            except Exception:  # noqa: BLE001 - a line msgspec refuses: sorted out one by one
+                types = None
+    if types is None:
+        types = list(map(_fast_type, lines))
+    return list(map(_PASSED_OVER.get, types))
+
+
 def check_record(record) -> None:
     if not isinstance(record, dict):
         raise MalformedRecord(f"a record must be a JSON object, not {type(record).__name__}")
@@ -129,9 +207,10 @@ def _int(value, limit: int) -> int | None:
 
 
 def _recipients(value) -> list[str]:
-    if isinstance(value, str):
-        items = [value]
-    elif isinstance(value, list):
+    if isinstance(value, str):     # the usual record: one recipient
+        key = recipient_key(value)
+        return [key] if key and not key.startswith("@") else []
+    if isinstance(value, list):
         items = value[:MAX_RECIPIENTS]
     else:
         return []
@@ -167,6 +246,19 @@ def domain_of_header(value: str | None) -> str | None:
     a group, unparseable). HostileHeader for absurd input."""
     if not value:
         return None
+    if len(value) <= _CACHED_TEXT:
+        return _domain_of_short_header(value)
+    domain = mailbox_domain(value)
+    return domain_key(domain) if domain else None
+
+
+# a log repeats the same few From headers and queue names over and over: their keys are
+# pure functions of the text, remembered for short texts (bounded memory)
+_CACHED_TEXT = 256
+
+
+@functools.lru_cache(maxsize=4096)
+def _domain_of_short_header(value: str) -> str | None:
     domain = mailbox_domain(value)
     return domain_key(domain) if domain else None
 
@@ -195,12 +287,16 @@ def from_of_message(message) -> str | None:
 
 def _enhanced(value) -> str | None:
     if isinstance(value, dict):
-        parts = [_int(value.get(k), 1000) for k in ("class", "subject", "detail")]
-        if all(p is not None for p in parts):
-            return "%d.%d.%d" % tuple(parts)
-    if isinstance(value, str) and re.fullmatch(r"[245]\.\d{1,3}\.\d{1,3}", value):
+        cls, subject, detail = (_int(value.get("class"), 1000), _int(value.get("subject"), 1000),
+                                _int(value.get("detail"), 1000))
+        if cls is not None and subject is not None and detail is not None:
+            return "%d.%d.%d" % (cls, subject, detail)
+    if isinstance(value, str) and _ENHANCED.fullmatch(value):
         return value
     return None
+
+
+_ENHANCED = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
 
 
 def _complainants(report: dict) -> list[str]:
@@ -296,6 +392,17 @@ KUMOD_INTERNAL_PREFIX = "KumoMTA internal: "
 def _queue_domains(queue: str) -> tuple[str, ...]:
     """The domain and routing domain of a kumod queue name
     (`campaign:tenant@domain!routing_domain`), ASCII-lowercased."""
+    if len(queue) <= _CACHED_TEXT:
+        return _short_queue_domains(queue)
+    return _split_queue(queue)
+
+
+@functools.lru_cache(maxsize=4096)
+def _short_queue_domains(queue: str) -> tuple[str, ...]:
+    return _split_queue(queue)
+
+
+def _split_queue(queue: str) -> tuple[str, ...]:
     domain = queue.split("@", 1)[1] if "@" in queue else queue
     return tuple(ascii_lower(part) for part in domain.split("!", 1))
 
