@@ -68,7 +68,8 @@ READ_THREADS = 4                  # store connections for reads and API writes
 DISCARD_LIMIT = 65536             # an unread body up to this is read away to keep the connection
 SHUTDOWN_GRACE = 10.0             # seconds a stop waits for requests in flight
 BACKLOG = 64                      # listen() queue, and the most connections one accept() round takes
-EVENT_LOOPS = 4                   # event-loop threads sharing the listening socket (WebhookService)
+ACCEPT_ROUNDS = 4                 # accept() rounds of descriptors kept free below RLIMIT_NOFILE
+EVENT_LOOPS = 1                   # event-loop threads sharing the listening socket (WebhookService)
 INLINE_BODY = 256 * 1024          # a post up to this is parsed on its loop, a bigger one in a thread
 
 
@@ -78,14 +79,16 @@ class Limits:
     body_timeout: float = 30.0
     max_connections: int = 4096   # lowered to what RLIMIT_NOFILE allows
 
-    def connection_cap(self, loops: int) -> int:
+    def connection_cap(self) -> int:
         """max_connections, or fewer so that open connections, the store's files, the
-        listening sockets and one accept() batch per loop of connections about to be
-        displaced always fit under the soft file-descriptor limit."""
+        listening sockets and ACCEPT_ROUNDS accept() batches of connections about to be
+        displaced always fit under the soft file-descriptor limit (a displaced
+        connection's descriptor is freed only after its close lands, while the loop
+        may already take the next batch)."""
         soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft == resource.RLIM_INFINITY:
             return self.max_connections
-        return max(16, min(self.max_connections, soft - loops * BACKLOG - 128))
+        return max(16, min(self.max_connections, soft - ACCEPT_ROUNDS * BACKLOG - 128))
 
 
 def is_loopback(host: str) -> bool:
@@ -409,7 +412,7 @@ class Service:
         self.stores = ReadStores(config)
         self.stats = metrics.StatsCache(lambda: Store.open(config.store.path, create=False,
                                                            busy_timeout=config.store.busy_timeout))
-        self.gate = ConnectionGate(limits.connection_cap(EVENT_LOOPS))
+        self.gate = ConnectionGate(limits.connection_cap())
 
     async def json_body(self, request: web.Request, *, required: bool) -> object:
         """A small JSON request body of the API; None when absent and not required."""
@@ -581,12 +584,13 @@ class WebhookService:
     and `run` drive it the same way.
 
     EVENT_LOOPS loops, each in its own thread with its own aiohttp runner, accept from one
-    listening socket (each through its own dup of it). The GIL still runs one piece of
-    Python at a time; what more loops buy is that one loop's socket calls (a send on
-    loopback may wait for the client it wakes) and its waits for the GIL no longer hold up
-    every other connection (the old server's thread per connection had that for free):
-    with four, single posts ran as fast as on that server (bench/webhook.py), with one
-    about 25% slower."""
+    listening socket (each through its own dup of it). The GIL runs one piece of Python
+    at a time, and the group-commit writer thread needs it for most of a batched post's
+    work (records, rules, rows): every extra loop contends with it. Measured on an idle
+    2-core machine (bench/webhook.py, three runs each, beside the old thread-per-connection
+    server in the same run): with one loop batched records/s were ahead of the old server
+    in all three runs (18.5k/17.7k, 21.6k/20.2k, 17.2k/16.7k) and single posts about even;
+    with four, behind in all three (13.9k/15.4k, 22.3k/23.2k, 13.2k/14.3k)."""
 
     def __init__(self, config: Config, limits: Limits | None = None):
         check_listen(config)
