@@ -121,25 +121,29 @@ _FAST_DEPTH = 500
 _SHALLOW_LINE = 2 * _FAST_DEPTH     # a line this short cannot nest deeper
 
 
-def _fast_type(line: bytes) -> str | None:
-    """The type of a line that parse_line surely reads as a record, or None (then only
-    parse_line can say). msgspec validates the whole line as JSON but builds only its
-    `type` (the last one, as json keeps it, when a key repeats); what it checks less
-    than parse_line is checked first: UTF-8 (its skipped strings are not decoded),
-    integers longer than Python's int_max_str_digits (which json refuses) and nesting
-    (json's depth is Python's recursion limit)."""
+def _typed(lines: list[bytes]) -> list[str] | None:
+    """The type of each of `lines`, when parse_line surely reads every one of them as a
+    record; else None (then only parse_line can say). msgspec validates each whole line as
+    JSON but builds only its `type` (the last one, as json keeps it, when a key repeats);
+    what it checks less than parse_line is checked first: UTF-8 (its skipped strings are
+    not decoded), integers longer than Python's int_max_str_digits (which json refuses)
+    and nesting (json's depth is Python's recursion limit)."""
+    lengths = list(map(len, lines))
+    longest = max(lengths)
     digits = sys.get_int_max_str_digits()
-    if digits and len(line) > digits:
+    if digits and longest > digits:
         return None
-    if len(line) > _SHALLOW_LINE and line.count(b"[") + line.count(b"{") > _FAST_DEPTH:
-        return None
-    if not line.isascii():
+    if longest > _SHALLOW_LINE:
+        deep = list(compress(lines, map(_SHALLOW_LINE.__lt__, lengths)))
+        if max(map(add, map(bytes.count, deep, repeat(b"[")), map(bytes.count, deep, repeat(b"{")))) > _FAST_DEPTH:
+            return None
+    if not all(map(bytes.isascii, lines)):
         try:
-            line.decode("utf-8")
+            b"\n".join(lines).decode("utf-8")
         except UnicodeDecodeError:
             return None
     try:
-        return _type_of(line).type
+        return list(map(_TYPE, map(_type_of, lines)))
     except Exception:  # noqa: BLE001 - whatever msgspec refuses, parse_line decides
         return None
 
@@ -156,27 +160,9 @@ def line_types(lines: list[bytes]) -> list[str | None]:
     by one C-level pass; any other block line by line."""
     if not lines:
         return []
-    types = None
-    lengths = list(map(len, lines))
-    longest = max(lengths)
-    digits = sys.get_int_max_str_digits()
-    if not digits or longest <= digits:
-        long = list(compress(lines, map(_SHALLOW_LINE.__lt__, lengths))) if longest > _SHALLOW_LINE else None
-        # the guards of _fast_type, for the whole block at once
-        safe = not long or max(map(add, map(bytes.count, long, repeat(b"[")),
-                                    map(bytes.count, long, repeat(b"{")))) <= _FAST_DEPTH
-        if safe and not all(map(bytes.isascii, lines)):
-            try:
-                b"\n".join(lines).decode("utf-8")
-            except UnicodeDecodeError:
-                safe = False
-        if safe:
-            try:
-                types = list(map(_TYPE, map(_type_of, lines)))
-            except Exception:  # noqa: BLE001 - a line msgspec refuses: sorted out one by one
-                types = None
+    types = _typed(lines)
     if types is None:
-        types = list(map(_fast_type, lines))
+        types = [(_typed([line]) or (None,))[0] for line in lines]
     return list(map(_PASSED_OVER.get, types))
 
 

@@ -14,6 +14,7 @@ sender, the message or the SMTP dialogue.
 from __future__ import annotations
 
 import bisect
+import functools
 from dataclasses import dataclass
 
 from .config import RulesConfig
@@ -94,19 +95,11 @@ def _failure_suppresses(event: Event, rules: RulesConfig) -> bool:
     return classification not in rules.ignore_classifications
 
 
-_DECISIONS: dict[tuple, Decision] = {}
-
-
+@functools.lru_cache(maxsize=1024)
 def _decision(reason: str, ttl: int | None, threshold: int = 1, window: int = 0) -> Decision:
     """The (immutable) Decision of these values, made once: a frozen dataclass costs more
     to build than the rest of decide()."""
-    key = (reason, ttl, threshold, window)
-    found = _DECISIONS.get(key)
-    if found is None:
-        if len(_DECISIONS) > 1024:      # configs come and go (tests): never grows without bound
-            _DECISIONS.clear()
-        found = _DECISIONS[key] = Decision(reason, ttl, threshold, window)
-    return found
+    return Decision(reason, ttl, threshold, window)
 
 
 def decide(event: Event, rules: RulesConfig) -> Decision | None:

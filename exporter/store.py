@@ -173,14 +173,9 @@ def _unpack_hex(value):
 def _pack_uuid(value):
     """A node id that is a lowercase UUID (kumod's) as its 16 bytes."""
     if type(value) is str and len(value) == 36 and value[8] == value[13] == value[18] == value[23] == "-":
-        digits = value.replace("-", "")
-        if len(digits) == 32:
-            try:
-                packed = bytes.fromhex(digits)
-            except ValueError:
-                return value
-            if packed.hex() == digits:
-                return packed
+        packed = _pack_hex(value.replace("-", ""))
+        if type(packed) is bytes:
+            return packed
     return value
 
 
