@@ -136,7 +136,7 @@ def old_server_source() -> str | None:
 FIGURES = {"single_posts": ("posts/s", True), "single_latency_p99": ("ms", False),
            "batched_100": ("records/s", True), "batched_100_requests": ("posts/s", True),
            "batched_100_latency_p99": ("ms", False), "batched_100_mixed": ("records/s", True),
-           "batched_100_server_cpu": ("us/record", False)}
+           "single_server_cpu": ("us/post", False), "batched_100_server_cpu": ("us/record", False)}
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -232,6 +232,8 @@ def measure(pool, servers: list[Running], opts, singles: int, batches: int) -> d
             "single_posts": single["ok"] / single["t"], "single_latency_p99": p99(single["lat"]),
             "batched_100": batch["records"] / batch["t"], "batched_100_requests": batch["ok"] / batch["t"],
             "batched_100_latency_p99": p99(batch["lat"]), "batched_100_mixed": mixed["records"] / mixed["t"]}
+        if single["cpu"]:
+            figures[label]["single_server_cpu"] = single["cpu"] / single["ok"] * 1e6
         if batch["cpu"]:
             figures[label]["batched_100_server_cpu"] = batch["cpu"] / batch["records"] * 1e6
     return figures

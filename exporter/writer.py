@@ -19,6 +19,8 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,6 +31,8 @@ from .store import Store, StoreError
 log = logging.getLogger("kumo_suppress.writer")
 
 GROUP_MAX_RECORDS = 20_000        # records the writer puts in one transaction at most
+LINGER = 0.0005                   # seconds a group waits at most for the posters it expects
+RECENT_GROUPS = 8                 # the groups whose largest size is the one expected
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +70,7 @@ class Writer:
         # loss too, not only a crash of this process (WAL + NORMAL would not fsync it)
         self.store.conn.execute("PRAGMA synchronous=FULL")
         self.ingestor = Ingestor(self.store, config)
+        self._recent_sizes: deque[int] = deque([1], maxlen=RECENT_GROUPS)
         self._thread = threading.Thread(target=self._loop, name="webhook-writer", daemon=True)
 
     def start(self) -> None:
@@ -93,16 +98,37 @@ class Writer:
                 if self._stop.is_set():
                     break
                 continue
-            group, count = [job], len(job.records)
-            while count < GROUP_MAX_RECORDS:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                group.append(more)
-                count += len(more.records)
+            group = self._group(job)
+            self._recent_sizes.append(len(group))
             self._commit_group(group)
         self.store.close()
+
+    def _group(self, first: _Job) -> list[_Job]:
+        """`first` and what is queued behind it. While the group is smaller than the
+        largest of the last few, it waits up to LINGER for the rest: posters that were
+        answered by the last commit are about to post again, and one fsync for all of them
+        costs less than one each. A lone poster never waits (its groups are of one)."""
+        group, count = [first], len(first.records)
+        expected = max(self._recent_sizes)
+        deadline = None
+        while count < GROUP_MAX_RECORDS:
+            try:
+                more = self._queue.get_nowait()
+            except queue.Empty:
+                if len(group) >= expected:
+                    break
+                if deadline is None:
+                    deadline = time.monotonic() + LINGER
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    more = self._queue.get(timeout=remaining)
+                except queue.Empty:
+                    break
+            group.append(more)
+            count += len(more.records)
+        return group
 
     def _commit_group(self, group: list[_Job]) -> None:
         try:
