@@ -152,7 +152,10 @@ def _open_native(lua, path: str):
     if lua54.lua_type(opened) != "function":
         why = opened[1] if isinstance(opened, tuple) else opened
         return None, f"package.loadlib({path}): {why}"
-    return opened(), ""
+    try:
+        return opened(), ""
+    except lua54.LuaError as err:
+        return None, f"luaopen_standin_native: {err}"
 
 
 class _Seed:
@@ -625,13 +628,24 @@ local BIN = setmetatable({}, {__mode = 'k'})
 local BinaryResultMT = {__name = 'BinaryResult'}
 local BIN_FIELDS = {hex = true, bytes = true, base32 = true, base32_nopad = true, base32hex = true,
   base32hex_nopad = true, base64 = true, base64_nopad = true, base64url = true, base64url_nopad = true}
-BinaryResultMT.__index = function(u, k)
-  local hex = BIN[u]
-  if k == 'hex' then return hex end
+local function binary_field(k, hex)  -- any field but .hex
   if not BIN_FIELDS[k] then raise("attempt to get an unknown field '" .. tostring(k) .. "'") end
   return PY.encode_digest(hex, k)
 end
+BinaryResultMT.__index = function(u, k)
+  local hex = BIN[u]
+  if k == 'hex' then return hex end
+  return binary_field(k, hex)
+end
 BinaryResultMT.__tostring = function(u) return BIN[u] end
+local function join(...)
+  local parts = {}
+  for i = 1, select('#', ...) do
+    local v = select(i, ...)
+    parts[i] = type(v) == 'string' and v or PY.json_key(v)
+  end
+  return concat(parts)
+end
 local digest = {}
 -- a string that is not UTF-8 reaches Python as its bytes in hex (lupa passes strings as text)
 local utf8len, HEX = utf8.len, {}
@@ -643,15 +657,6 @@ for _, algo in ipairs({'sha1', 'sha224', 'sha256', 'sha384', 'sha512', 'sha512_2
     if utf8len(data) then return py_hex_of(data) end
     return py_hex_of((data:gsub('.', HEX)), true)
   end
-  if algo == 'sha256' and OPT.native then hex_of = OPT.native.sha256_hex end  -- C, the raw bytes
-  local function join(...)
-    local parts = {}
-    for i = 1, select('#', ...) do
-      local v = select(i, ...)
-      parts[i] = type(v) == 'string' and v or PY.json_key(v)
-    end
-    return concat(parts)
-  end
   digest[algo] = function(first, ...)
     local data = first
     if type(first) ~= 'string' or select('#', ...) > 0 then data = join(first, ...) end
@@ -659,6 +664,13 @@ for _, algo in ipairs({'sha1', 'sha224', 'sha256', 'sha384', 'sha512', 'sha512_2
     BIN[u] = hex_of(data)
     return u
   end
+end
+if OPT.native then
+  -- sha256 (the module's digest) as kumod makes it: a C function whose BinaryResult holds
+  -- the digest's bytes, .hex and tostring() in C; the other fields as above
+  local NativeBinaryMT = {__name = 'BinaryResult', __tostring = OPT.native.binary_hex,
+    __index = OPT.native.binary_index(binary_field)}
+  digest.sha256 = OPT.native.binary_sha256(join, NativeBinaryMT)
 end
 if OPT.with_digest then kumo.digest = digest end
 

@@ -280,9 +280,28 @@ def test_native_and_python_digests_agree():
     code = """function(...) local d = require('kumo').digest.sha256(...)
       return tostring(d), d.hex, d.base64, d.base32_nopad end"""
     native, python = Kumod(native=True), Kumod(native=False)
-    for args in (("a",), ("a", "b"), ({"x": 1, "y": [1, 2]},), (12.5,), (True, "x")):
+    for args in (("a",), ("a", "b"), ({"x": 1, "y": [1, 2]},), (12.5,), (True, "x"), (), (None,),
+                 ("a", None), (b"\xff", b"\x00")):
         a = native.eval(code)(*map(native.to_lua, args))
         assert a == python.eval(code)(*map(python.to_lua, args)), args
+
+
+def test_native_sha256_block_functions_both_equal_hashlib():
+    """The block function in SHA extension instructions (where the CPU has them) and the
+    portable one."""
+    if native_library()[0] is None:
+        pytest.skip(f"no native part: {native_library()[1]}")
+    lua = kumo_standin.lua54.LuaRuntime()
+    mod, why = kumo_standin._open_native(lua, native_library()[0])
+    assert mod.sha256_block in ("sha-ni", "portable")
+    for data in TRICKY + [bytes(range(i)) for i in range(200)]:
+        assert mod.sha256_hex(data) == mod.sha256_hex_portable(data) == hashlib.sha256(data).hexdigest()
+    # a native BinaryResult's __index and __tostring refuse anything else
+    k = Kumod(native=True)
+    mt = k.eval("getmetatable(require('kumo').digest.sha256('a'))")
+    for name in ("__index", "__tostring"):
+        ok, err = k.pcall(mt[name], k.eval("{}"), "hex")
+        assert not ok and "BinaryResult expected" in err
 
 
 def test_without_the_native_part_the_python_fallback_is_used(monkeypatch):
