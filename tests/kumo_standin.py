@@ -1206,7 +1206,8 @@ class Kumod:
     native            userdata and kumo.digest.sha256 in C (tests/standin_native.c), as
                       kumod's are native: None = when it builds (else the Python
                       fallback), True = required, False = the Python fallback.
-                      `.native` says which is in use, `.native_why` why not.
+                      `.native` says which is in use, `.native_why` why not,
+                      `.native_sha256_block` which sha256 block function.
     """
 
     def __init__(self, policy_dir: os.PathLike | str | None = None, *, clock: FakeClock | None = None,
@@ -1232,6 +1233,7 @@ class Kumod:
             if native_mod is None and native:
                 raise RuntimeError(f"the stand-in's native part is unavailable: {self.native_why}")
         self.native = native_mod is not None
+        self.native_sha256_block = native_mod.sha256_block if self.native else None  # "sha-ni" | "portable"
         py = self.lua.table_from({
             "seeds": lambda n: self.lua.table_from([_Seed() for _ in range(n)]),
             "json_load": self._json_load,
