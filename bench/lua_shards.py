@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The sharded and hashed snapshot layouts in the project's kumod stand-in.
 
-    python bench/lua_shards.py [--quick] [--shards N]
+    python bench/lua_shards.py [--quick] [--shards N] [--python-fallback]
 
 A 5,000,000-entry sending domain written as the exporter shards it by default
 (shard_entries 50,000 -> 512 shards of ~9,800 entries; only the shards this run touches
@@ -13,11 +13,13 @@ domain. Prints `name: value unit` lines:
     conversion; kumod decodes in Rust), measured alone on the same file;
   * warm check_http of a clean recipient: small domain, sharded domain, hashed small
     domain, hashed sharded domain, and the ratios the targets name;
+  * which stand-in path runs (first line, stand_in_native): by default, where gcc is,
+    its native part (tests/standin_native.c): userdata and kumo.digest.sha256 with its
+    BinaryResult are C, as they are native Rust in kumod; with --python-fallback (or no
+    gcc) a userdata is a lupa-wrapped Python object and sha256 a Python hashlib call;
   * the stand-in's floors, measured in the same state: a no-op Python call from Lua
-    through lupa, one userdata (kumo.time.now(): lupa wraps a fresh Python object per
-    userdata), and kumo.digest.sha256(key).hex (both plus hashlib); kumod does all
-    three natively, so the ratios are also printed less the one digest a sharded or
-    hashed check makes;
+    through lupa, one userdata (kumo.time.now()), and kumo.digest.sha256(key).hex; the
+    ratios are also printed less the one digest a sharded or hashed check makes;
   * Lua memory held for the big domain after touching 2 to 6 shards;
   * snapshot bytes per entry, plain and hashed.
 Targets (issue 14): first lookup in a shard <= 100 ms; sharded warm check within 1.2x
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -39,6 +42,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
+from kumo_standin import NATIVE_ENV  # noqa: E402
 from lua_support import NOW, Policy, shard_name, snapshot_doc  # noqa: E402
 
 from exporter import config, snapshot  # noqa: E402
@@ -121,8 +125,8 @@ TOUCHED = 6  # shards written: the first warms the index, the other 5 are first 
 
 def warm_and_floors(p: Policy, checks: dict[str, tuple[str, str]], n: int) -> dict[str, float]:
     """The lowest of 3 rounds of each warm check and floor, the rounds interleaved: the
-    stand-in's userdata cost a little more with every one it ever made, so figures meant
-    to be compared are taken side by side."""
+    Python fallback's userdata cost a little more with every one it ever made, and GC
+    work moves, so figures meant to be compared are taken side by side."""
     loop, f = p.k.execute(LOOP, "=bench"), p.k.execute(FLOORS, "=floors")
     sup = p.k.eval("sup")
     msgs = {name: p.message([rcpt], from_domain=domain).ud for name, (domain, rcpt) in checks.items()}
@@ -134,8 +138,8 @@ def warm_and_floors(p: Policy, checks: dict[str, tuple[str, str]], n: int) -> di
         for name in ("noop_python_call", "userdata", "digest", "lua_call"):
             best[name] = min(best.get(name, 1.0), f[name](n, noop))
     # the same checks with kumo.digest.sha256 replaced by a Lua table lookup of the
-    # precomputed results (no Python call, no userdata): the module's own cost, what
-    # a native digest leaves to it
+    # precomputed results (no call, no userdata): the module's own cost, what a free
+    # digest would leave to it
     keys = {rcpt for _, rcpt in checks.values()} | {AT, "@" + next(iter(checks.values()))[1].rpartition("@")[2]}
     stub = p.k.execute("""return function(results)
       local digest = require('kumo').digest
@@ -191,6 +195,7 @@ def run(d: Path, total: int, iterations: int, shards: int) -> dict:
     out["timed"] = warm_and_floors(p, {"warm_big": (BIG, clean), "warm_small": (SMALL, clean),
                                        "warm_hbig": (HBIG, clean), "warm_hsmall": (HSMALL, clean)}, iterations)
     out["errors"] = list(p.k.errors_logged)
+    out["native"] = (p.k.native, p.k.native_why, p.k.native_sha256_block)
     return out
 
 
@@ -199,7 +204,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a 500,000-entry domain (~7,800 per shard)")
     ap.add_argument("--shards", type=int, default=None,
                     help="shards of the big domains (default: what the exporter writes for the size)")
+    ap.add_argument("--python-fallback", action="store_true",
+                    help="the stand-in without its native part (Python userdata and sha256)")
     args = ap.parse_args()
+    if args.python_fallback:
+        os.environ[NATIVE_ENV] = "0"
     total = 500_000 if args.quick else 5_000_000
     iterations = 20_000 if args.quick else 100_000
     if args.shards is None:
@@ -208,6 +217,12 @@ def main() -> None:
         r = run(Path(tmp) / "snapshots", total, iterations, args.shards)
     assert not r["errors"], r["errors"]
     us, t = 1e6, r["timed"]
+    native, why, block = r["native"]
+    if native:
+        print(f"stand_in_native: yes (tests/standin_native.c: C userdata, kumo.digest.sha256 and its "
+              f"BinaryResult in C, sha256 block {block}; native Rust in kumod)")
+    else:
+        print(f"stand_in_native: no ({why}: the Python fallback, lupa-wrapped Python userdata, hashlib)")
     print(f"domain_entries: {total} in {args.shards} shards ({r['shard_entries']} in the measured shard)")
     for label in ("plain", "hashed"):
         x = r[label]
@@ -216,10 +231,12 @@ def main() -> None:
               f"json_load of one shard alone: {x['decode'] * 1e3:.0f} ms CPU)")
     print(f"stand_in_noop_python_call: {t['noop_python_call'] * us:.2f} us (a Lua call of a no-op Python "
           f"function through lupa; a Lua function call: {t['lua_call'] * us:.2f} us)")
-    print(f"stand_in_userdata: {t['userdata'] * us:.2f} us (kumo.time.now(): one userdata, a fresh Python "
-          "object for lupa)")
+    made = "a C userdata" if native else "a fresh Python object for lupa"
+    print(f"stand_in_userdata: {t['userdata'] * us:.2f} us (kumo.time.now(): one userdata, {made})")
     cost = t["digest"]
-    print(f"stand_in_kumo_digest_sha256_hex: {cost * us:.2f} us (Python call + hashlib + userdata; native in kumod)")
+    made = ("one C call + a C .hex, as kumod's Rust" if native else
+            "Python call + hashlib + userdata; native in kumod")
+    print(f"stand_in_kumo_digest_sha256_hex: {cost * us:.2f} us ({made})")
     small, big, hsmall, hbig = t["warm_small"], t["warm_big"], t["warm_hsmall"], t["warm_hbig"]
     print(f"warm_check_small_domain: {small * us:.2f} us")
     print(f"warm_check_sharded_domain: {big * us:.2f} us ({big / small:.2f} x the small domain; "
@@ -230,7 +247,7 @@ def main() -> None:
     print(f"warm_check_small_domain_hashed_less_one_digest: {(hsmall - cost) * us:.2f} us "
           f"({(hsmall - cost) / small:.2f} x plain)")
     print(f"warm_check_sharded_domain_hashed: {hbig * us:.2f} us ({hbig / big:.2f} x plain sharded)")
-    print("# the same with kumo.digest.sha256 a Lua table lookup (no Python call, no userdata):")
+    print("# the same with kumo.digest.sha256 a Lua table lookup (no call, no userdata):")
     stub = {k: t[f"warm_{k}_stub"] for k in ("small", "big", "hsmall", "hbig")}
     print(f"warm_check_small_domain_digest_stub: {stub['small'] * us:.2f} us")
     print(f"warm_check_sharded_domain_digest_stub: {stub['big'] * us:.2f} us "

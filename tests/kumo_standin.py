@@ -27,22 +27,32 @@ crates/message, crates/mod-filesystem, crates/kumod):
   constructor -> connection:send; 4xx reject = TransientFailure, other = Bounce).
 * os.time(), os.date() and kumo.time.now() follow a FakeClock the test controls.
 
-Design: every kumod object is built IN LUA (prelude below). Userdata come from fresh,
-tiny Python objects whose metatable is replaced by a Lua-side one right away (while
-`debug` is still reachable to the prelude only). lupa then never runs its own __gc for
-them, so it keeps its reference: the Python object stays alive and no address is reused
-(a lupa pitfall: its own __gc would let the address be reused). A memoize hit is pure Lua: no Python call,
-no allocation, so benchmarks measure the module, not the stand-in.
+Design: every kumod object is built IN LUA (prelude below). kumod's userdata and digests
+are native Rust, so the stand-in makes them in C where it can (tests/standin_native.c,
+built once with gcc and loaded with package.loadlib; `Kumod.native` says whether it is in
+use): a userdata is a fresh empty C userdata given the Lua-side metatable, and
+kumo.digest.sha256 hashes the string's bytes in C. Without a C compiler (or with
+native=False / KUMO_STANDIN_NATIVE=0) the Python fallback behaves the same: userdata come
+from fresh, tiny Python objects whose metatable is replaced by a Lua-side one right away
+(while `debug` is still reachable to the prelude only). lupa then never runs its own __gc
+for them, so it keeps its reference: the Python object stays alive and no address is
+reused (a lupa pitfall: its own __gc would let the address be reused); digests are
+hashlib's. A memoize hit is pure Lua: no Python call, no allocation, so benchmarks
+measure the module, not the stand-in.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import os
 import re
+import shutil
 import stat as _stat
+import subprocess
+import tempfile
 import time as _time
 import tomllib
 from dataclasses import dataclass, field
@@ -53,7 +63,7 @@ import orjson
 from lupa import lua54
 
 __all__ = ["Kumod", "FakeClock", "LuaError", "Message", "TxnResult", "HttpResult",
-           "RcptResult", "DeliveryOutcome", "MULTI_HANDLER_EVENTS"]
+           "RcptResult", "DeliveryOutcome", "MULTI_HANDLER_EVENTS", "native_library", "NATIVE_ENV"]
 
 # kumod events declared with several handlers; every other event has exactly one.
 MULTI_HANDLER_EVENTS = ("get_queue_config", "throttle_insert_ready_queue",
@@ -68,6 +78,84 @@ SERIES_PER_MEMOIZE_CACHE = 15
 
 class LuaError(Exception):
     """An error that escaped a chunk run with Kumod.execute()."""
+
+
+# ----------------------------------------------------------------------------- native part
+# kumod's userdata and kumo.digest are native Rust; made of Python objects through lupa
+# they cost the stand-in ~1.5 us (a userdata) and ~1.9 us (a sha256 digest), more than
+# the module's own warm check. tests/standin_native.c makes both in C: built here once
+# per source and lupa build, loaded into each Lua state with package.loadlib.
+_NATIVE_SOURCE = Path(__file__).with_name("standin_native.c")
+NATIVE_ENV = "KUMO_STANDIN_NATIVE"   # "0": every Kumod uses the Python fallback
+
+
+def _native_cache_dir() -> Path:
+    """A directory of this user's only (the build is loaded into the process)."""
+    base = Path(tempfile.gettempdir()) / f"kumo-standin-native-{os.getuid()}"
+    try:
+        base.mkdir(mode=0o700, exist_ok=True)
+        st = os.lstat(base)
+        if _stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o022:
+            return base
+    except OSError:
+        pass
+    return Path(tempfile.mkdtemp(prefix="kumo-standin-native-"))
+
+
+@functools.cache
+def native_library() -> tuple[str | None, str]:
+    """(path, "") of tests/standin_native.c built against lupa's lua54 module, or (None,
+    why not): no C compiler, a failed build, or KUMO_STANDIN_NATIVE=0. Built once per
+    process (at most: once per source and lupa build, cached per user)."""
+    if os.environ.get(NATIVE_ENV, "1") == "0":
+        return None, f"{NATIVE_ENV}=0"
+    return build_native(_native_cache_dir())
+
+
+def build_native(cache: Path) -> tuple[str | None, str]:
+    """tests/standin_native.c built into `cache` unless there already, named by a hash of
+    the source, lupa's module (path, size, mtime) and the compiler. Concurrent builders
+    (xdist workers) each write a temp file and os.replace it: a reader sees a whole
+    library or none."""
+    cc = shutil.which(os.environ.get("CC") or "gcc")
+    if cc is None:
+        return None, "no C compiler (gcc) on PATH"
+    lua_so = lua54.__file__
+    try:
+        source, st = _NATIVE_SOURCE.read_bytes(), os.stat(lua_so)
+        key = hashlib.sha256(b"\0".join([source, os.fsencode(lua_so), os.fsencode(cc),
+                                         b"%d %d" % (st.st_size, st.st_mtime_ns)])).hexdigest()[:24]
+        lib = cache / f"standin_native-{key}.so"
+        if lib.is_file():
+            return str(lib), ""
+        fd, tmp = tempfile.mkstemp(dir=cache, prefix=f".{lib.stem}.", suffix=".so")
+        os.close(fd)
+        try:
+            # linked against lupa's module by its path: the library's lua_* calls resolve
+            # to the Lua already loaded in this process (lupa's symbols are not global)
+            r = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", tmp, str(_NATIVE_SOURCE), lua_so],
+                               capture_output=True, text=True, timeout=120)
+            if r.returncode != 0:
+                return None, f"{cc} failed ({r.returncode}): {r.stderr.strip()[-400:]}"
+            os.replace(tmp, lib)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except (OSError, subprocess.SubprocessError) as err:
+        return None, f"building {_NATIVE_SOURCE.name}: {err}"
+    return str(lib), ""
+
+
+def _open_native(lua, path: str):
+    """The native module's table in this Lua state, or (None, why not)."""
+    opened = lua.globals().package.loadlib(path, "luaopen_standin_native")
+    if lua54.lua_type(opened) != "function":
+        why = opened[1] if isinstance(opened, tuple) else opened
+        return None, f"package.loadlib({path}): {why}"
+    try:
+        return opened(), ""
+    except lua54.LuaError as err:
+        return None, f"luaopen_standin_native: {err}"
 
 
 class _Seed:
@@ -170,13 +258,20 @@ local S = {}                      -- the stand-in's internal API (for Python)
 collectgarbage('generational')
 
 -- ---------------------------------------------------------------- userdata factory
-local pool, pool_i = {}, 1
-local function new_ud(mt)
-  local u = pool[pool_i]
-  if u == nil then pool = PY.seeds(512); pool_i = 1; u = pool[1] end
-  pool[pool_i] = nil; pool_i = pool_i + 1
-  setmt(u, mt)
-  return u
+-- native (tests/standin_native.c): a fresh empty C userdata with metatable mt, as kumod's
+-- are native; fallback: a fresh Python object from a pool, its metatable replaced
+local new_ud
+if OPT.native then
+  new_ud = OPT.native.userdata
+else
+  local pool, pool_i = {}, 1
+  new_ud = function(mt)
+    local u = pool[pool_i]
+    if u == nil then pool = PY.seeds(512); pool_i = 1; u = pool[1] end
+    pool[pool_i] = nil; pool_i = pool_i + 1
+    setmt(u, mt)
+    return u
+  end
 end
 S.new_ud = new_ud
 local function mt_of(v) if type(v) == 'userdata' then return getmt(v) end return nil end
@@ -533,24 +628,34 @@ local BIN = setmetatable({}, {__mode = 'k'})
 local BinaryResultMT = {__name = 'BinaryResult'}
 local BIN_FIELDS = {hex = true, bytes = true, base32 = true, base32_nopad = true, base32hex = true,
   base32hex_nopad = true, base64 = true, base64_nopad = true, base64url = true, base64url_nopad = true}
-BinaryResultMT.__index = function(u, k)
-  local hex = BIN[u]
-  if k == 'hex' then return hex end
+local function binary_field(k, hex)  -- any field but .hex
   if not BIN_FIELDS[k] then raise("attempt to get an unknown field '" .. tostring(k) .. "'") end
   return PY.encode_digest(hex, k)
 end
+BinaryResultMT.__index = function(u, k)
+  local hex = BIN[u]
+  if k == 'hex' then return hex end
+  return binary_field(k, hex)
+end
 BinaryResultMT.__tostring = function(u) return BIN[u] end
+local function join(...)
+  local parts = {}
+  for i = 1, select('#', ...) do
+    local v = select(i, ...)
+    parts[i] = type(v) == 'string' and v or PY.json_key(v)
+  end
+  return concat(parts)
+end
 local digest = {}
+-- a string that is not UTF-8 reaches Python as its bytes in hex (lupa passes strings as text)
+local utf8len, HEX = utf8.len, {}
+for i = 0, 255 do HEX[string.char(i)] = ('%02x'):format(i) end
 for _, algo in ipairs({'sha1', 'sha224', 'sha256', 'sha384', 'sha512', 'sha512_256', 'sha3_256',
                        'sha3_384', 'sha3_512'}) do
-  local hex_of = PY.digest(algo)   -- one Python function per algorithm: hashlib's own constructor
-  local function join(...)
-    local parts = {}
-    for i = 1, select('#', ...) do
-      local v = select(i, ...)
-      parts[i] = type(v) == 'string' and v or PY.json_key(v)
-    end
-    return concat(parts)
+  local py_hex_of = PY.digest(algo)   -- one Python function per algorithm: hashlib's own constructor
+  local function hex_of(data)
+    if utf8len(data) then return py_hex_of(data) end
+    return py_hex_of((data:gsub('.', HEX)), true)
   end
   digest[algo] = function(first, ...)
     local data = first
@@ -559,6 +664,13 @@ for _, algo in ipairs({'sha1', 'sha224', 'sha256', 'sha384', 'sha512', 'sha512_2
     BIN[u] = hex_of(data)
     return u
   end
+end
+if OPT.native then
+  -- sha256 (the module's digest) as kumod makes it: a C function whose BinaryResult holds
+  -- the digest's bytes, .hex and tostring() in C; the other fields as above
+  local NativeBinaryMT = {__name = 'BinaryResult', __tostring = OPT.native.binary_hex,
+    __index = OPT.native.binary_index(binary_field)}
+  digest.sha256 = OPT.native.binary_sha256(join, NativeBinaryMT)
 end
 if OPT.with_digest then kumo.digest = digest end
 
@@ -824,16 +936,13 @@ return S
 
 
 def _digest_hex(algo: str):
-    """The stand-in's kumo.digest.<algo> core: the lowercase hex digest of a Lua string's
-    bytes (lupa hands them over as UTF-8 text; other bytes come back as surrogates)."""
+    """The stand-in's kumo.digest.<algo> core in Python: the lowercase hex digest of a Lua
+    string's bytes. lupa hands a string over as UTF-8 text (it refuses other bytes), so
+    the prelude sends a string that is not UTF-8 as its bytes in hex (as_hex)."""
     new = getattr(hashlib, algo, None) or (lambda raw: hashlib.new(algo, raw))
 
-    def hex_of(data: str) -> str:
-        try:
-            raw = data.encode()
-        except UnicodeEncodeError:
-            raw = data.encode("utf-8", "surrogateescape")
-        return new(raw).hexdigest()
+    def hex_of(data: str, as_hex: bool = False) -> str:
+        return new(bytes.fromhex(data) if as_hex else data.encode()).hexdigest()
     return hex_of
 
 
@@ -1094,11 +1203,17 @@ class Kumod:
     with_legacy_serde kumo.json_load / kumo.toml_load
     with_log          False: no kumo.log_* (kumod older than 2025.03.19)
     with_digest       False: no kumo.digest
+    native            userdata and kumo.digest.sha256 in C (tests/standin_native.c), as
+                      kumod's are native: None = when it builds (else the Python
+                      fallback), True = required, False = the Python fallback.
+                      `.native` says which is in use, `.native_why` why not,
+                      `.native_sha256_block` which sha256 block function.
     """
 
     def __init__(self, policy_dir: os.PathLike | str | None = None, *, clock: FakeClock | None = None,
                  with_fs: bool = True, with_serde: bool = True, with_legacy_serde: bool = True,
-                 with_log: bool = True, with_digest: bool = True, extra_paths: Sequence[os.PathLike | str] = ()):
+                 with_log: bool = True, with_digest: bool = True, extra_paths: Sequence[os.PathLike | str] = (),
+                 native: bool | None = None):
         self.clock = clock or FakeClock()
         self.logs: list[tuple[str, str]] = []
         self.io_paths: list[str] = []      # every path the fakes touched (stat / load)
@@ -1110,6 +1225,15 @@ class Kumod:
         path = ";".join(f"{Path(d).resolve()}/?.lua" for d in dirs)
         if path:
             self.lua.globals().package.path = path + ";" + self.lua.globals().package.path
+        native_mod, self.native_why = None, "native=False"
+        if native is not False:
+            lib, self.native_why = native_library()
+            if lib is not None:
+                native_mod, self.native_why = _open_native(self.lua, lib)
+            if native_mod is None and native:
+                raise RuntimeError(f"the stand-in's native part is unavailable: {self.native_why}")
+        self.native = native_mod is not None
+        self.native_sha256_block = native_mod.sha256_block if self.native else None  # "sha-ni" | "portable"
         py = self.lua.table_from({
             "seeds": lambda n: self.lua.table_from([_Seed() for _ in range(n)]),
             "json_load": self._json_load,
@@ -1123,7 +1247,7 @@ class Kumod:
         opt = self.lua.table_from({
             "now": self.clock.now(), "multi": self.lua.table_from(list(MULTI_HANDLER_EVENTS)),
             "with_fs": with_fs, "with_serde": with_serde, "with_legacy_serde": with_legacy_serde,
-            "with_log": with_log, "with_digest": with_digest,
+            "with_log": with_log, "with_digest": with_digest, "native": native_mod,
         })
         self._S = self.lua.execute(_PRELUDE, py, opt)
         self.clock._listeners.append(self._S.set_clock)

@@ -1,15 +1,32 @@
-"""Self-tests of tests/kumo_standin.py: the kumod behaviours the module's tests rely on."""
+"""Self-tests of tests/kumo_standin.py: the kumod behaviours the module's tests rely on,
+each on both of the stand-in's paths: its native part (tests/standin_native.c: C userdata
+and sha256) and the Python fallback used without a C compiler."""
 
+import base64
+import hashlib
 import json
+import os
+import shutil
+import threading
 
 import pytest
 
-from kumo_standin import FakeClock, Kumod, LuaError
+import kumo_standin
+from kumo_standin import NATIVE_ENV, FakeClock, Kumod, LuaError, build_native, native_library
+
+
+@pytest.fixture(params=["native", "python"])
+def path(request):
+    if request.param == "native" and native_library()[0] is None:
+        pytest.skip(f"no native part: {native_library()[1]}")
+    return request.param
 
 
 @pytest.fixture
-def k():
-    return Kumod(clock=FakeClock(1_000_000))
+def k(path):
+    k = Kumod(clock=FakeClock(1_000_000), native=path == "native")
+    assert k.native is (path == "native")
+    return k
 
 
 def test_kumo_is_a_module_not_a_global_and_no_debug(k):
@@ -206,3 +223,116 @@ def test_userdata_keep_what_they_are_while_others_come_and_go(k):
       end
       return #out end)()""")
     assert bad == 0 and k.eval("#kept") == 51
+
+
+# ----------------------------------------------------------------------------- the native part
+
+def test_native_part_builds_where_there_is_a_compiler():
+    """A machine with gcc (CI's) uses the native part: a broken build must not pass
+    unnoticed as the slower fallback."""
+    if os.environ.get(NATIVE_ENV) == "0" or not shutil.which(os.environ.get("CC") or "gcc"):
+        pytest.skip("no C compiler, or the native part switched off")
+    lib, why = native_library()
+    assert lib is not None, why
+    assert Kumod().native and Kumod().native_why == ""
+
+
+TRICKY = [b"", b"\x00", b"a\x00b", b"\x00" * 64, b"\xff\xfe\x80", b"\xed\xa0\x80", b"\xc0\xaf",
+          "\u00e9\u4e2d\U0001f600".encode(), b"user@example.net", b"@example.net",
+          *(b"x" * n for n in (55, 56, 57, 63, 64, 65, 119, 120, 128)), bytes(range(256)) * 4099]
+
+
+def test_sha256_of_any_bytes_equals_hashlib(k):
+    """The digest of a Lua string is of its raw bytes: NUL, bytes that are not UTF-8,
+    every padding boundary, a 1 MB string."""
+    for algo in ("sha256", "sha1", "sha512"):
+        hex_of = k.eval(f"function(s) return require('kumo').digest.{algo}(s).hex end")
+        for data in TRICKY:
+            assert hex_of(data) == hashlib.new(algo, data).hexdigest(), (algo, data[:20], len(data))
+
+
+def test_a_digest_is_a_binary_result_userdata(k):
+    data = b"\xffuser\x00@example.net"
+    raw = hashlib.sha256(data).digest()
+    d = k.eval("require('kumo').digest.sha256")(data)
+    field = k.eval("function(d, name) return d[name] end")
+    assert k.eval("function(d) return type(d), tostring(d) end")(d) == ("userdata", raw.hex())
+    assert field(d, "hex") == raw.hex()
+    assert k.eval("function(d, hex) return d.bytes == (hex:gsub('..', function(x) "
+                  "return string.char(tonumber(x, 16)) end)) end")(d, raw.hex()) is True
+    assert field(d, "base64") == base64.b64encode(raw).decode()
+    assert field(d, "base64url_nopad") == base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    assert field(d, "base32hex") == base64.b32hexencode(raw).decode()
+    ok, err = k.pcall(field, d, "nope")
+    assert not ok and "unknown field 'nope'" in err
+    with pytest.raises(LuaError, match="concatenate"):
+        k.eval("'x' .. require('kumo').digest.sha256('a')")
+    assert k.eval("function(a, b) local d = require('kumo').digest.sha256 "
+                  "return d(a) ~= d(a) and d(a).hex == d(b).hex end")("k", "k") is True
+    # several arguments (or a value that is not a string) are digested as their concatenation
+    assert k.eval("require('kumo').digest.sha256('ab', 'c').hex") == hashlib.sha256(b"abc").hexdigest()
+    assert k.eval("require('kumo').digest.sha256(1).hex") == hashlib.sha256(b"1").hexdigest()
+
+
+def test_native_and_python_digests_agree():
+    if native_library()[0] is None:
+        pytest.skip(f"no native part: {native_library()[1]}")
+    code = """function(...) local d = require('kumo').digest.sha256(...)
+      return tostring(d), d.hex, d.base64, d.base32_nopad end"""
+    native, python = Kumod(native=True), Kumod(native=False)
+    for args in (("a",), ("a", "b"), ({"x": 1, "y": [1, 2]},), (12.5,), (True, "x"), (), (None,),
+                 ("a", None), (b"\xff", b"\x00")):
+        a = native.eval(code)(*map(native.to_lua, args))
+        assert a == python.eval(code)(*map(python.to_lua, args)), args
+
+
+def test_native_sha256_block_functions_both_equal_hashlib():
+    """The block function in SHA extension instructions (where the CPU has them) and the
+    portable one."""
+    if native_library()[0] is None:
+        pytest.skip(f"no native part: {native_library()[1]}")
+    lua = kumo_standin.lua54.LuaRuntime()
+    mod, why = kumo_standin._open_native(lua, native_library()[0])
+    assert mod.sha256_block in ("sha-ni", "portable")
+    for data in TRICKY + [bytes(range(i)) for i in range(200)]:
+        assert mod.sha256_hex(data) == mod.sha256_hex_portable(data) == hashlib.sha256(data).hexdigest()
+    # a native BinaryResult's __index and __tostring refuse anything else
+    k = Kumod(native=True)
+    mt = k.eval("getmetatable(require('kumo').digest.sha256('a'))")
+    for name in ("__index", "__tostring"):
+        ok, err = k.pcall(mt[name], k.eval("{}"), "hex")
+        assert not ok and "BinaryResult expected" in err
+
+
+def test_without_the_native_part_the_python_fallback_is_used(monkeypatch):
+    monkeypatch.setattr(kumo_standin, "native_library", lambda: (None, "no C compiler (gcc) on PATH"))
+    k = Kumod()
+    assert not k.native and "no C compiler" in k.native_why
+    assert k.eval("require('kumo').digest.sha256('a').hex") == hashlib.sha256(b"a").hexdigest()
+    with pytest.raises(RuntimeError, match="no C compiler"):
+        Kumod(native=True)
+
+
+def test_native_build_fails_cleanly_without_a_working_compiler(tmp_path, monkeypatch):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    assert build_native(tmp_path) == (None, "no C compiler (gcc) on PATH")
+    monkeypatch.setenv("CC", shutil.which("false") or "/bin/false")
+    lib, why = build_native(tmp_path)
+    assert lib is None and "failed" in why
+    assert list(tmp_path.iterdir()) == []     # no temp file left behind
+
+
+def test_concurrent_native_builds_leave_one_whole_library(tmp_path):
+    if not shutil.which(os.environ.get("CC") or "gcc"):
+        pytest.skip("no C compiler")
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(build_native(tmp_path))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({r for r in results}) == 1 and results[0][0] is not None, results
+    assert [p.name for p in tmp_path.iterdir()] == [os.path.basename(results[0][0])]
+    lua = kumo_standin.lua54.LuaRuntime()
+    mod, why = kumo_standin._open_native(lua, results[0][0])
+    assert why == "" and mod.sha256_hex(b"abc") == hashlib.sha256(b"abc").hexdigest()
