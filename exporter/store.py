@@ -9,6 +9,7 @@ that domain's generation, which is how export knows what to rewrite without read
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import itertools
 import json
@@ -172,7 +173,12 @@ def _unpack_hex(value):
 
 def _pack_uuid(value):
     """A node id that is a lowercase UUID (kumod's) as its 16 bytes."""
-    if type(value) is str and len(value) == 36 and value[8] == value[13] == value[18] == value[23] == "-":
+    return _pack_uuid_text(value) if type(value) is str else value
+
+
+@functools.lru_cache(maxsize=256)    # a cluster has a few nodes; every entry holds one's id
+def _pack_uuid_text(value: str):
+    if len(value) == 36 and value[8] == value[13] == value[18] == value[23] == "-":
         packed = _pack_hex(value.replace("-", ""))
         if type(packed) is bytes:
             return packed
