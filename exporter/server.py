@@ -11,7 +11,7 @@ Status codes of /v1/events, the contract a hook's retry logic relies on:
     413  Content-Length over max_body, answered BEFORE the body is read
     503  cannot commit now (Retry-After), retry later
 
-Stack: aiohttp's server on EVENT_LOOPS asyncio loops in threads of their own (see
+Stack: aiohttp's server on one asyncio loop in a thread of its own (see
 WebhookService). It was chosen over an ASGI framework on uvicorn because it is one
 well-kept package with the HTTP/1.1 keep-alive a kumod hook pool wants, and it exposes its
 connection protocol, which is what the limits below need (uvicorn has no head timeout,
@@ -69,7 +69,6 @@ DISCARD_LIMIT = 65536             # an unread body up to this is read away to ke
 SHUTDOWN_GRACE = 10.0             # seconds a stop waits for requests in flight
 BACKLOG = 64                      # listen() queue, and the most connections one accept() round takes
 ACCEPT_ROUNDS = 4                 # accept() rounds of descriptors kept free below RLIMIT_NOFILE
-EVENT_LOOPS = 1                   # event-loop threads sharing the listening socket (WebhookService)
 INLINE_BODY = 256 * 1024          # a post up to this is parsed on its loop, a bigger one in a thread
 
 
@@ -198,44 +197,38 @@ class Auth:
 
 # ---------------------------------------------------------------------- connections
 class ConnectionGate:
-    """Counts open connections over every event loop; over the cap, the oldest one not
-    inside a request goes (closed on its own loop)."""
+    """Counts open connections; over the cap, the oldest one not inside a request goes.
+    Used from the event loop's thread only."""
 
     def __init__(self, cap: int):
         self.cap = cap
-        self._lock = threading.Lock()
-        # connection -> its loop; insertion order: oldest first (re-inserted when idle)
-        self._open: dict[object, asyncio.AbstractEventLoop] = {}
+        self._open: dict[object, None] = {}     # insertion order: oldest first (re-inserted when idle)
         self._busy: set[object] = set()
 
     def __len__(self) -> int:
         return len(self._open)
 
     def admit(self, conn, loop: asyncio.AbstractEventLoop) -> bool:
-        with self._lock:
-            if len(self._open) >= self.cap:
-                victim = next((c for c in self._open if c not in self._busy), None)
-                if victim is None:
-                    return False
-                victim_loop = self._open.pop(victim)
-                victim_loop.call_soon_threadsafe(victim.force_close)
-            self._open[conn] = loop
-            return True
+        if len(self._open) >= self.cap:
+            victim = next((c for c in self._open if c not in self._busy), None)
+            if victim is None:
+                return False
+            del self._open[victim]
+            loop.call_soon(victim.force_close)     # after the new connection is set up
+        self._open[conn] = None
+        return True
 
     def release(self, conn) -> None:
-        with self._lock:
-            self._open.pop(conn, None)
-            self._busy.discard(conn)
+        self._open.pop(conn, None)
+        self._busy.discard(conn)
 
     def begin(self, conn) -> None:
-        with self._lock:
-            self._busy.add(conn)
+        self._busy.add(conn)
 
     def end(self, conn) -> None:
-        with self._lock:
-            self._busy.discard(conn)
-            if conn in self._open:               # idle again: now the youngest idle one
-                self._open[conn] = self._open.pop(conn)
+        self._busy.discard(conn)
+        if conn in self._open:               # idle again: now the youngest idle one
+            self._open[conn] = self._open.pop(conn)
 
 
 _FULL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: %d\r\n"
@@ -510,7 +503,7 @@ TIMED = web.RequestKey("timed", bool)       # counted and timed once, before the
 
 def _count(request: web.Request, route: str, status: int, started: float) -> None:
     """Once per request, before its answer goes out: a client that reads the answer and
-    scrapes at once (on another connection, served by another loop) sees it counted."""
+    scrapes at once on another connection sees it counted."""
     if request.get(TIMED):
         return
     request[TIMED] = True
@@ -540,7 +533,7 @@ async def answer(request: web.Request, handler) -> web.StreamResponse:
             response.force_close()   # an unread body too big to read away: end the connection
         status = response.status
         # counted before the answer goes out: a client that reads it and scrapes at once
-        # (on another connection, served by another loop) sees its own request counted
+        # on another connection sees its own request counted
         _count(request, route, status, started)
         await response.prepare(request)
         await response.write_eof()
@@ -583,14 +576,13 @@ class WebhookService:
     """The server with its writer thread; start() serves in background threads, so `serve`
     and `run` drive it the same way.
 
-    EVENT_LOOPS loops, each in its own thread with its own aiohttp runner, accept from one
-    listening socket (each through its own dup of it). The GIL runs one piece of Python
-    at a time, and the group-commit writer thread needs it for most of a batched post's
-    work (records, rules, rows): every extra loop contends with it. Measured on an idle
-    2-core machine (bench/webhook.py, three runs each, beside the old thread-per-connection
-    server in the same run): with one loop batched records/s were ahead of the old server
-    in all three runs (18.5k/17.7k, 21.6k/20.2k, 17.2k/16.7k) and single posts about even;
-    with four, behind in all three (13.9k/15.4k, 22.3k/23.2k, 13.2k/14.3k)."""
+    One event loop serves every connection. The GIL runs one piece of Python at a time,
+    and the group-commit writer thread needs it for most of a post's work (records, rules,
+    rows), so more loops only contend with it: measured on an idle 2-core machine
+    (bench/webhook.py, three runs each, beside the old thread-per-connection server in the
+    same run), batched records/s with one loop were ahead of the old server in all three
+    runs (18.5k/17.7k, 21.6k/20.2k, 17.2k/16.7k), with four behind in all three
+    (13.9k/15.4k, 22.3k/23.2k, 13.2k/14.3k)."""
 
     def __init__(self, config: Config, limits: Limits | None = None):
         check_listen(config)
@@ -601,11 +593,10 @@ class WebhookService:
         except OSError:
             self.service.writer.store.close()
             raise
-        self._stoppers: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
-        self._lock = threading.Lock()
-        self._ready = threading.Barrier(EVENT_LOOPS + 1)
-        self._threads = [threading.Thread(target=self._run, args=(self.sock.dup(),), name=f"webhook-loop-{i}",
-                                          daemon=True) for i in range(EVENT_LOOPS)]
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="webhook-loop", daemon=True)
 
     @property
     def address(self) -> str:
@@ -615,28 +606,27 @@ class WebhookService:
     def start(self) -> None:
         self.service.writer.start()
         self.service.stats.start()
-        for thread in self._threads:
-            thread.start()
+        self._thread.start()
         self._ready.wait(10)
         log.info("webhook receiver listening on http://%s%s (token %s, at most %d connections)", self.address,
                  EVENTS_PATH, "required" if self.config.webhook.token else "not required", self.service.gate.cap)
 
-    def _run(self, sock: socket.socket) -> None:
-        asyncio.run(self._main(sock))
+    def _run(self) -> None:
+        asyncio.run(self._main())
 
-    async def _main(self, sock: socket.socket) -> None:
+    async def _main(self) -> None:
         loop = asyncio.get_running_loop()
         stopping = asyncio.Event()
-        with self._lock:
-            self._stoppers.append((loop, stopping))
         runner = web.AppRunner(make_app(self.service), access_log=None, handle_signals=False,
                                keepalive_timeout=self.service.limits.head_timeout,
                                shutdown_timeout=SHUTDOWN_GRACE)
         await runner.setup()
         gate = self.service.gate
+        # the server owns (and closes) a dup: self.sock stays open for `address`
         server = await loop.create_server(lambda: _GatedConnection(gate, runner.server(), loop),
-                                          sock=sock, backlog=BACKLOG)
-        self._ready.wait(10)
+                                          sock=self.sock.dup(), backlog=BACKLOG)
+        self._loop, self._stopping = loop, stopping
+        self._ready.set()
         await stopping.wait()
         server.close()                 # no new connections; requests in flight finish
         await runner.cleanup()
@@ -644,11 +634,10 @@ class WebhookService:
     def stop(self) -> None:
         """Stop accepting, answer the requests in flight, let the writer commit what it
         was handed, close."""
-        with self._lock:
-            for loop, stopping in self._stoppers:
-                loop.call_soon_threadsafe(stopping.set)
-        for thread in self._threads:
-            thread.join(SHUTDOWN_GRACE + 5)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._stopping.set)
+        if self._thread.ident is not None:
+            self._thread.join(SHUTDOWN_GRACE + 5)
         self.sock.close()
         self.service.writer.stop()
         self.service.stats.stop()
