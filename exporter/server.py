@@ -36,6 +36,7 @@ The token is compared with hmac.compare_digest and never logged (no access log i
 from __future__ import annotations
 
 import asyncio
+import gc
 import hmac
 import ipaddress
 import json
@@ -608,6 +609,11 @@ class WebhookService:
         self.service.stats.start()
         self._thread.start()
         self._ready.wait(10)
+        # Everything alive now (modules, the app, the store connections) lives as long as
+        # the server: out of the collector's reach, a full collection no longer walks it
+        # while a post waits. bench/webhook.py, batches of 100: p99 15.5 ms instead of
+        # 24-25 ms (the old server's: 19-20 ms in the same runs).
+        gc.freeze()
         log.info("webhook receiver listening on http://%s%s (token %s, at most %d connections)", self.address,
                  EVENTS_PATH, "required" if self.config.webhook.token else "not required", self.service.gate.cap)
 
