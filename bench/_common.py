@@ -7,6 +7,7 @@ for) and the command that reproduces them. Benchmarks print; they never assert t
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import shlex
 import shutil
@@ -87,3 +88,15 @@ def write_config(root: Path, **extra: str) -> Path:
     path = root / "config.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def size_arguments(doc: str) -> argparse.Namespace:
+    """--sizes (new pairs; 200k and 2M by default), --quick (20k only), --workdir."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[200_000, 2_000_000])
+    ap.add_argument("--quick", action="store_true", help="20k new pairs only")
+    ap.add_argument("--workdir", type=Path, default=None)
+    args = ap.parse_args()
+    if args.quick:
+        args.sizes = [20_000]
+    return args

@@ -17,7 +17,6 @@ Figures (name: value unit), for each size N:
 
 from __future__ import annotations
 
-import argparse
 import random
 import sqlite3
 import sys
@@ -25,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import figure, note, reproduce, scratch  # noqa: E402
+from _common import figure, note, reproduce, scratch, size_arguments  # noqa: E402
 
 from exporter.config import build_config  # noqa: E402
 from exporter.records import Event  # noqa: E402
@@ -78,13 +77,7 @@ def floor(path: Path, events: list[Event]) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[200_000, 2_000_000])
-    ap.add_argument("--quick", action="store_true", help="20k new pairs only")
-    ap.add_argument("--workdir", type=Path, default=None)
-    args = ap.parse_args()
-    if args.quick:
-        args.sizes = [20_000]
+    args = size_arguments(__doc__)
     with scratch("bench-write-", args.workdir) as tmp:
         for size in args.sizes:
             events = storm(size)
