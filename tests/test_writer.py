@@ -26,10 +26,13 @@ class WatchedQueue(queue.Queue):
     def __init__(self):
         super().__init__()
         self.waits: list[float | None] = []
+        self.arriving: list[_Job] = []      # posted while the writer waits, one per wait
 
     def get(self, block=True, timeout=None):
         if block:
             self.waits.append(timeout)
+            if self.arriving:
+                self.put(self.arriving.pop(0))
         return super().get(block, timeout)
 
 
@@ -63,15 +66,9 @@ def test_a_group_waits_briefly_for_as_many_posters_as_lately(writer):
     writer._recent_sizes.append(3)          # the last commits served three posters
     first, second, third = job(0), job(1), job(2)
     writer._queue.put(second)
-    late = threading.Timer(0.0001, writer._queue.put, (third,))   # posts while the writer waits
-    late.start()
-    try:
-        group = writer._group(first)
-    finally:
-        late.cancel()
-    assert group[:2] == [first, second]
-    assert writer._queue.waits, "the writer did not wait for the third poster"
-    assert all(0 < w <= 0.001 for w in writer._queue.waits)
+    writer._queue.arriving.append(third)     # posts while the writer waits
+    assert writer._group(first) == [first, second, third]
+    assert len(writer._queue.waits) == 1 and 0 < writer._queue.waits[0] <= 0.001
 
 
 def test_a_poster_that_is_gone_costs_at_most_one_linger_per_group(writer):
