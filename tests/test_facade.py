@@ -231,6 +231,9 @@ def test_open_migrates_a_store_without_actor_and_note(install):
     with sqlite3.connect(install.db) as conn:   # what a store of schema 2 looked like
         conn.execute("ALTER TABLE history RENAME COLUMN note TO detail")
         conn.execute("ALTER TABLE history DROP COLUMN actor")
+        conn.execute("DROP INDEX history_pair")
+        conn.execute("ALTER TABLE history DROP COLUMN indexed")
+        conn.execute("CREATE INDEX history_pair ON history(domain, recipient)")
         conn.execute("DROP INDEX IF EXISTS suppressions_recipient")
         conn.execute("PRAGMA user_version=2")
     with SuppressionList.open(install.config_path) as sl:

@@ -155,6 +155,57 @@ def test_prune_drops_expired_with_history(store):
     assert store.history("old@example.net", "example.com")[-1]["action"] == "expire"
 
 
+def _history_rows(store, recipient):
+    """(action, indexed) of the pair's rows as a panel reading the table sees them, and the
+    id of the add row its entry reaches."""
+    rows = store.conn.execute("SELECT action, indexed FROM history WHERE recipient = ? ORDER BY id",
+                              (recipient,)).fetchall()
+    added = store.conn.execute("SELECT added FROM suppressions WHERE recipient = ?", (recipient,)).fetchone()
+    return [tuple(r) for r in rows], None if added is None else added[0]
+
+
+def test_a_live_entrys_add_row_is_reached_from_the_entry_and_every_other_row_from_the_pair_index(store):
+    apply(store, f.bounce("u@example.net", timestamp=NOW - 10 * DAY))
+    rows, added = _history_rows(store, "u@example.net")
+    assert rows == [("add", None)], "a new entry's add row is appended, not indexed"
+    assert added == store.history_mark()
+    apply(store, f.bounce("u@example.net", timestamp=NOW - DAY))
+    assert _history_rows(store, "u@example.net") == ([("add", None), ("refresh", 1)], added)
+    assert store.remove("u@example.net", "example.com", NOW)
+    assert _history_rows(store, "u@example.net") == ([("add", 1), ("refresh", 1), ("remove", 1)], None)
+    apply(store, f.bounce("u@example.net", timestamp=NOW + 10), now=NOW + 20)
+    rows, added = _history_rows(store, "u@example.net")
+    assert rows == [("add", 1), ("refresh", 1), ("remove", 1), ("add", None)] and added == store.history_mark()
+    assert [h["action"] for h in store.history("u@example.net", "example.com")] == ["add", "refresh", "remove", "add"]
+
+
+def test_an_entry_that_expires_or_starts_afresh_files_its_add_row_under_the_pair(store):
+    apply(store, f.expiration("old@example.net", timestamp=NOW - 29 * DAY))
+    assert store.prune(NOW + 2 * DAY) == 1
+    assert _history_rows(store, "old@example.net") == ([("add", 1), ("expire", 1)], None)
+    apply(store, f.expiration("again@example.net", timestamp=NOW - 29 * DAY))
+    # expired, not yet pruned: a later event adds the pair afresh
+    apply(store, f.bounce("again@example.net", timestamp=NOW + DAY), now=NOW + 2 * DAY)
+    rows, added = _history_rows(store, "again@example.net")
+    assert rows == [("add", 1), ("add", None)] and added == store.history_mark()
+    assert [h["action"] for h in store.history("again@example.net", "example.com")] == ["add", "add"]
+
+
+def test_an_add_row_trimmed_by_retention_is_never_confused_with_a_later_row(store):
+    apply(store, f.bounce("u@example.net", timestamp=NOW - 100 * DAY), now=NOW - 100 * DAY)
+    store.prune(NOW, history_retention=90 * DAY)     # the only history row goes: ids start over
+    assert store.history_mark() == 0
+    apply(store, f.bounce("v@example.net", timestamp=NOW - DAY))
+    assert store.history("u@example.net", "example.com") == []
+    assert [h["action"] for h in store.history("v@example.net", "example.com")] == ["add"]
+
+
+def test_history_of_a_pair_reads_the_partial_pair_index(store):
+    plan = " ".join(r[-1] for r in store.conn.execute(
+        "EXPLAIN QUERY PLAN SELECT id FROM history WHERE domain = ? AND recipient = ? AND indexed", ("d", "r")))
+    assert "USING INDEX history_pair" in plan or "USING COVERING INDEX history_pair" in plan, plan
+
+
 def test_generation_bumps_only_on_exported_changes(store):
     apply(store, f.bounce("u@example.net", timestamp=NOW - 3 * DAY))
     g1 = store.domain_generations()["example.com"]
