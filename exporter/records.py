@@ -73,8 +73,8 @@ class Event:
         re-read, a webhook retry, the file AND the webhook) has the same key. 64 bits,
         signed, so the store keeps it as a rowid (no index beside the table): the first
         8 bytes of a 16-byte blake2b, which is what older stores kept whole."""
-        material = "\x1f".join((self.type, self.message_id or "", recipient, self.domain,
-                                str(self.timestamp), str(self.code)))
+        material = (f"{self.type}\x1f{self.message_id or ''}\x1f{recipient}\x1f{self.domain}"
+                    f"\x1f{self.timestamp}\x1f{self.code}")
         digest = hashlib.blake2b(material.encode("utf-8", "surrogatepass"), digest_size=16).digest()
         return int.from_bytes(digest[:8], "big", signed=True)
 

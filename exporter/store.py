@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import hashlib
 import itertools
 import json
@@ -105,14 +106,23 @@ def _pair_of(item: tuple) -> tuple:
     return item[0]
 
 
-def _sort_key(item: tuple) -> str:
-    """(domain, recipient) order as one string (faster to compare than the pair; a domain
-    key never holds NUL)."""
-    return item[0][0] + "\0" + item[0][1]
-
-
 def _history_pair(row: tuple) -> tuple:
     return row[2], row[3]
+
+
+@contextlib.contextmanager
+def _collector_paused():
+    """A batch allocates several objects per event and no reference cycles: the cyclic
+    collector's passes over them while it runs are pure cost (an eighth of a bounce
+    storm's write path at 200k entries). Paused for the batch, if it was running."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 class StoreError(Exception):
@@ -260,7 +270,6 @@ class Store:
                 _check_is_store(conn, path, create)
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
-                conn.execute("PRAGMA temp_store=MEMORY")   # a batch's pairs (temp.wanted_pairs): no temp file
                 # a batch's pages (entries, history, their index, all written in key order)
                 # stay in memory until its commit instead of spilling to the WAL midway
                 conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
@@ -510,30 +519,34 @@ class Store:
         """The domain's snapshot changed: its generation goes up when the transaction commits."""
         self._dirty.add(domain)
 
-    def _load(self, pairs: Iterable[tuple[str, str]], ordered: bool = False
+    def _load(self, pairs: Iterable[tuple[str, str]]
               ) -> tuple[dict[tuple[str, str], Entry], dict[tuple[str, str], int], dict[tuple[str, str], int]]:
         """The stored entries (expired ones included), the ids of the add rows they reach
         (`added`) and tombstones' removal times of these (domain, recipient) pairs, looked
-        up in one join each. `ordered`: the pairs come in key order, each once."""
+        up one sending domain at a time: its recipients travel as one bound JSON array
+        (a bounce storm's batch spans few domains; a temporary table of the pairs cost
+        more to fill than the lookups)."""
+        by_domain: dict[str, list[str]] = {}
+        for domain, recipient in pairs:
+            by_domain.setdefault(domain, []).append(recipient)
         conn = self.conn
-        conn.execute("CREATE TEMP TABLE IF NOT EXISTS wanted_pairs (domain TEXT, recipient TEXT, "
-                     "PRIMARY KEY (domain, recipient)) WITHOUT ROWID")
-        conn.execute("DELETE FROM temp.wanted_pairs")
-        conn.executemany("INSERT OR IGNORE INTO temp.wanted_pairs VALUES (?, ?)", pairs if ordered else sorted(pairs))
-        entries, added = {}, {}
-        for row in conn.execute(f"SELECT s.domain, s.recipient, {_ENTRY_COLS}, s.added FROM temp.wanted_pairs w "
-                                "JOIN main.suppressions s ON s.domain = w.domain AND s.recipient = w.recipient"):
-            pair = (row[0], row[1])
-            entries[pair] = Entry(row[2], row[3], row[4], row[5], row[6], row[7],
-                                  unpack_evidence(row[8:8 + len(EVIDENCE)]), row[-3], row[-2])
-            if row[-1] is not None:
-                added[pair] = row[-1]
-        removed = {}
-        # most stores have no tombstone at all: then this is one lookup, not a join
-        if conn.execute("SELECT EXISTS(SELECT 1 FROM tombstones)").fetchone()[0]:
-            removed = {(r[0], r[1]): r[2] for r in conn.execute(
-                "SELECT t.domain, t.recipient, t.removed_at FROM temp.wanted_pairs w "
-                "JOIN main.tombstones t ON t.domain = w.domain AND t.recipient = w.recipient")}
+        entries, added, removed = {}, {}, {}
+        # most stores have no tombstone at all: then this is one lookup, not one per domain
+        any_removed = conn.execute("SELECT EXISTS(SELECT 1 FROM tombstones)").fetchone()[0]
+        for domain, recipients in by_domain.items():
+            wanted = json.dumps(recipients)
+            for row in conn.execute(f"SELECT recipient, {_ENTRY_COLS}, added FROM suppressions WHERE domain = ? "
+                                    "AND recipient IN (SELECT value FROM json_each(?))", (domain, wanted)):
+                pair = (domain, row[0])
+                entries[pair] = Entry(row[1], row[2], row[3], row[4], row[5], row[6],
+                                      unpack_evidence(row[7:7 + len(EVIDENCE)]), row[-3], row[-2])
+                if row[-1] is not None:
+                    added[pair] = row[-1]
+            if any_removed:
+                for recipient, removed_at in conn.execute(
+                        "SELECT recipient, removed_at FROM tombstones WHERE domain = ? "
+                        "AND recipient IN (SELECT value FROM json_each(?))", (domain, wanted)):
+                    removed[domain, recipient] = removed_at
         return entries, added, removed
 
     def _save(self, entries: dict[tuple[str, str], Entry], added: dict[tuple[str, str], int],
@@ -601,6 +614,7 @@ class Store:
         False when every recipient's event was seen before: the record is a duplicate."""
         return self.apply_events([(event, decision)], source, now, result)[0]
 
+    @_collector_paused()
     def apply_events(self, pending: Iterable[tuple[Event, Decision]], source: str, now: int,
                      result: ApplyResult) -> list[bool]:
         """Record suppressing events, in order, for each of their recipients, with the
@@ -609,39 +623,37 @@ class Store:
         Returns for each event whether it was new: False when every recipient's event
         had been seen before (the record is a duplicate)."""
         pending = list(pending)
-        # in key order, each pair's events in arrival order (a stable sort): what happens to
-        # a pair depends on its own events alone, and its rows are then written in key order
-        items = sorted([((event.domain, recipient), i, event, decision, event.key(recipient))
-                        for i, (event, decision) in enumerate(pending) for recipient in event.recipients],
-                       key=_sort_key)
+        # in key order, each pair's events in arrival order: what happens to a pair depends
+        # on its own events alone, and its rows are then written in key order. Sorted by
+        # ("domain NUL recipient", arrival index), which is unique: events are never compared
+        # (a domain key never holds NUL, so this is (domain, recipient) order).
+        items = sorted([(f"{event.domain}\0{recipient}", i, event, decision, event.key(recipient), recipient)
+                        for i, (event, decision) in enumerate(pending) for recipient in event.recipients])
         if not items:
             return [False] * len(pending)
-        entries, added, removed = self._load(dict.fromkeys(item[0] for item in items), ordered=True)
+        entries, added, removed = self._load((item[2].domain, item[5]) for item in items)
         stored = dict(entries)
         # seen before: in the event memory, held by its pair's entry, or earlier in the batch
-        seen = self._known_keys(key for *_rest, key in items)
+        seen = self._known_keys(item[4] for item in items)
         seen.update(key for key in (self._held_key(pair, e) for pair, e in stored.items()) if key is not None)
         # an event's key is kept while the event can still matter (until its suppression
         # would expire; NULL: one that never expires, never forgotten)
         remember: dict[int, int | None] = {}
-        fresh_items = []
-        for item in items:
-            key = item[4]
-            if key in seen:
-                continue
-            seen.add(key)
-            remember[key] = rules.expiry(item[2].timestamp, item[3].ttl)
-            fresh_items.append(item)
         new_events = [False] * len(pending)
-        for _pair, i, *_rest in fresh_items:
-            new_events[i] = True
-        result.duplicates += len(items) - len(fresh_items)
         changed: dict[tuple[str, str], Entry] = {}
         held: dict[tuple[str, str], int | None] = {}     # changed pair -> the key its entry holds
         history: list[tuple] = []
-        for pair, _i, event, decision, key in fresh_items:
-            recipient = pair[1]
-            if rules.tombstoned(event.timestamp, removed.get(pair)):
+        dirty = self._dirty
+        expiry, record = rules.expiry, rules.record
+        for _order, i, event, decision, key, recipient in items:
+            if key in seen:
+                result.duplicates += 1
+                continue
+            seen.add(key)
+            new_events[i] = True
+            remember[key] = expiry(event.timestamp, decision.ttl)
+            pair = (event.domain, recipient)
+            if removed and rules.tombstoned(event.timestamp, removed.get(pair)):
                 result.tombstoned += 1   # an operator removed it after this event happened
                 continue
             evidence = (event.type, event.message_id, event.code, event.enhanced_code, event.content,
@@ -652,25 +664,25 @@ class Store:
                     result.below_threshold += 1
                     continue
             else:
-                suppressions = [(event.timestamp, evidence)]
+                suppressions = ((event.timestamp, evidence),)
+            reason = decision.reason
             for when, strike_evidence in suppressions:
-                expires = rules.expiry(when, decision.ttl)
+                expires = expiry(when, decision.ttl)
                 if rules.stale(expires, now):
                     result.stale += 1        # its suppression would already be over
                     continue
-                entry, action, shown = rules.record(entries.get(pair), decision.reason, source, when, expires,
-                                                    strike_evidence, None, now)
+                entry, action, shown = record(entries.get(pair), reason, source, when, expires, strike_evidence,
+                                              None, now)
                 if entry.evidence is strike_evidence:      # the entry holds this event now
                     held[pair] = key if strike_evidence is evidence else self._held_key(pair, entry)
                 elif pair not in held:
                     held[pair] = None if pair not in stored else self._held_key(pair, stored[pair])
                 entries[pair] = changed[pair] = entry
-                history.append((now, action, event.domain, recipient, decision.reason, source, when,
-                                entry.expires, None, None))
+                history.append((now, action, pair[0], recipient, reason, source, when, entry.expires, None, None))
                 if shown:
-                    self._bump(event.domain)
+                    dirty.add(pair[0])      # its generation goes up at commit (_bump)
                 tally = result.added if action == "add" else result.refreshed
-                tally[decision.reason] = tally.get(decision.reason, 0) + 1
+                tally[reason] = tally.get(reason, 0) + 1
         self._let_go(stored, held, remember)
         self._remember(remember)
         self._save(changed, added, history, ordered=True)
