@@ -9,9 +9,9 @@ the same prepared rows, in transactions of 50,000 sorted by key (as Store.apply_
 writes them), into a fresh file with the store's pragmas. It says how much of
 bench/write.py's ratio is the layout's, and how much a different one would save:
   * floor: (domain, recipient) into a table keyed by them (bench/write.py's floor);
-  * store: today's rows, an entry (17 columns, evidence packed as the store packs it,
-    clustered by (domain, recipient)) plus its `add` history row and the history's pair
-    index;
+  * store: today's rows (schema 6), an entry (18 columns, evidence packed as the store
+    packs it, clustered by (domain, recipient)) plus its `add` history row, appended and
+    reached from the entry (outside the history's partial pair index);
   * split: a candidate: the clustered row holds only what a snapshot needs (reason, since,
     expires) and the id of a detail row (source, counts, evidence, note) appended in
     arrival order, and a new entry's `add` history row is implied by its entry.
@@ -45,11 +45,12 @@ LAYOUTS = {
         "CREATE TABLE suppressions (domain TEXT NOT NULL, recipient TEXT NOT NULL, reason TEXT NOT NULL, "
         "source TEXT NOT NULL, first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL, expires INTEGER, "
         "count INTEGER NOT NULL, ev_type TEXT, ev_message_id TEXT, ev_code INTEGER, ev_enhanced_code TEXT, "
-        "ev_content TEXT, ev_classification TEXT, ev_nodeid TEXT, note TEXT, updated_at INTEGER, "
+        "ev_content TEXT, ev_classification TEXT, ev_nodeid TEXT, note TEXT, updated_at INTEGER, added INTEGER, "
         "PRIMARY KEY (domain, recipient)) WITHOUT ROWID",
         "CREATE TABLE history (id INTEGER PRIMARY KEY, at INTEGER, action TEXT, domain TEXT, recipient TEXT, "
-        "reason TEXT, source TEXT, event_time INTEGER, expires INTEGER, note TEXT, actor TEXT)",
-        "CREATE INDEX history_pair ON history(domain, recipient)"],
+        "reason TEXT, source TEXT, event_time INTEGER, expires INTEGER, note TEXT, actor TEXT, "
+        "indexed INTEGER DEFAULT 1)",
+        "CREATE INDEX history_pair ON history(domain, recipient) WHERE indexed"],
     "split": [
         "CREATE TABLE entries (domain TEXT NOT NULL, recipient TEXT NOT NULL, reason TEXT NOT NULL, "
         "since INTEGER NOT NULL, expires INTEGER, detail INTEGER NOT NULL, PRIMARY KEY (domain, recipient)) "
@@ -71,13 +72,14 @@ def statements(layout: str, chunk: list[tuple[str, str]], first_id: int, now: in
     since, expires = now - 60, now - 60 + YEAR
     if layout == "floor":
         return [("INSERT INTO pairs VALUES (?, ?)", chunk)]
-    if layout == "store":
-        return [("REPLACE INTO suppressions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                 [(d, r, "bounce", "log", since, since, expires, 1, *ev, None, now) for d, r in chunk]),
-                ("INSERT INTO history(at, action, domain, recipient, reason, source, event_time, expires, note, "
-                 "actor) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                 [(now, "add", d, r, "bounce", "log", since, expires, None, None) for d, r in chunk])]
     ids = range(first_id, first_id + len(chunk))
+    if layout == "store":
+        return [("INSERT INTO history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 [(i, now, "add", d, r, "bounce", "log", since, expires, None, None, None)
+                  for (d, r), i in zip(chunk, ids)]),
+                ("REPLACE INTO suppressions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 [(d, r, "bounce", "log", since, since, expires, 1, *ev, None, now, i)
+                  for (d, r), i in zip(chunk, ids)])]
     return [("INSERT INTO details VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
              [(i, "log", since, 1, *ev, None, now) for i in ids]),
             ("REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?)",
