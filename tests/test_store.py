@@ -200,6 +200,20 @@ def test_an_add_row_trimmed_by_retention_is_never_confused_with_a_later_row(stor
     assert [h["action"] for h in store.history("v@example.net", "example.com")] == ["add"]
 
 
+@pytest.mark.parametrize("recipient", ["üser@exämple.net", "mañana@例え.jp", "smile\U0001F600@example.net",
+                                       'quote"back\\slash@example.net'])
+def test_a_batch_finds_the_stored_entry_and_tombstone_of_any_recipient_key(store, recipient):
+    """A batch looks its pairs up through a JSON array: every key must come back as the
+    very text stored, or a second event would start the entry afresh."""
+    first = apply(store, f.bounce(recipient, timestamp=NOW - 2 * DAY))
+    key = store.conn.execute("SELECT recipient FROM suppressions").fetchone()[0]
+    assert first.added == {"bounce": 1}
+    assert apply(store, f.bounce(recipient, timestamp=NOW - DAY)).refreshed == {"bounce": 1}
+    assert store.get(key, "example.com", NOW)["count"] == 2
+    assert store.remove(key, "example.com", NOW - 10)
+    assert apply(store, f.bounce(recipient, timestamp=NOW - 20)).tombstoned == 1
+
+
 def test_history_of_a_pair_reads_the_partial_pair_index(store):
     plan = " ".join(r[-1] for r in store.conn.execute(
         "EXPLAIN QUERY PLAN SELECT id FROM history WHERE domain = ? AND recipient = ? AND indexed", ("d", "r")))
