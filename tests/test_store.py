@@ -115,6 +115,17 @@ def test_manual_add_clears_tombstone(store):
                                                                                   "asked by the customer")
 
 
+@pytest.mark.parametrize("text", ["", "0", None])
+def test_a_note_and_an_actor_are_kept_exactly_as_given(store, text):
+    """The write path binds a missing note or actor as the integer 0, stored as NULL: an
+    empty or "0" text is a text, and stays one."""
+    store.add_manual("u@example.net", "example.com", "manual", None, text, NOW, actor=text)
+    assert store.get("u@example.net", "example.com", NOW)["note"] == text
+    assert [(row["note"], row["actor"]) for row in store.history("u@example.net", "example.com")] == [(text, text)]
+    assert tuple(store.conn.execute("SELECT typeof(note), typeof(actor) FROM history").fetchone()) == \
+        (("null",) * 2 if text is None else ("text",) * 2)
+
+
 def test_expired_entry_no_longer_suppresses_and_is_re_added_fresh(store):
     apply(store, f.expiration("u@example.net", timestamp=NOW - 29 * DAY))
     assert store.get("u@example.net", "example.com", NOW)
@@ -387,5 +398,6 @@ def test_evidence_is_stored_compactly_and_read_back_exactly(store, evidence):
     got = store.get("u@example.net", "example.com", NOW)["evidence"]
     assert tuple(got.values()) == evidence
     if evidence[1] == "b72d729558e74286b69e2e09f1b5b6a1":
-        assert [type(v) for v in packed] == [bytes, bytes, int, str, str, bytes, bytes]
+        # bytearrays: sqlite3 binds them directly (bytes go through its adapter registry)
+        assert [type(v) for v in packed] == [bytearray, bytearray, int, str, str, bytearray, bytearray]
         assert len(packed[1]) == len(packed[6]) == 16 and len(packed[0]) == 1
