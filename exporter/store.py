@@ -31,14 +31,28 @@ from .keys import recipient_domain_entry
 from .records import Event
 from .rules import Decision, Entry
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 WAL_SIZE_LIMIT = 4 << 20     # bytes of WAL kept after a checkpoint
 CACHE_KIB = 32 << 10         # SQLite's page cache per connection (at most; used as the store grows)
 EVIDENCE = ("type", "message_id", "code", "enhanced_code", "content", "classification", "nodeid")
 _EV_COLS = ", ".join(f"ev_{c}" for c in EVIDENCE)
 _ENTRY_COLS = f"reason, source, first_seen, last_seen, expires, count, {_EV_COLS}, note, updated_at"
-_SAVE_ENTRY = (f"REPLACE INTO suppressions(domain, recipient, {_ENTRY_COLS}, added) "
-               f"VALUES ({', '.join('?' * (8 + len(EVIDENCE)))}, NULLIF(?, 0), ?, ?)")   # note bound as 0: NULL
+# Schema 7 keeps an entry in two rows (docs/store.md): `entries`, clustered by (domain,
+# recipient), holds what a snapshot and a lookup need; `entry_details`, appended in
+# arrival order, holds the rest (a response text is often longer than all of the
+# former). A bounce storm's new entries land at random places of the clustered b-tree:
+# each batch rewrites pages of it all over the table, now a narrow one. `suppressions` is
+# the view that joins the two, with triggers, so a panel reads (and a hand-made row
+# writes) the table it always had.
+_DETAIL_COLS = f"source, last_seen, count, {_EV_COLS}, note, updated_at, added"
+_SAVE_ENTRY = "REPLACE INTO entries(domain, recipient, reason, first_seen, expires, detail) VALUES (?, ?, ?, ?, ?, ?)"
+_SAVE_DETAIL = (f"REPLACE INTO entry_details(id, {_DETAIL_COLS}) "
+                f"VALUES ({', '.join('?' * (4 + len(EVIDENCE)))}, NULLIF(?, 0), ?, ?)")   # note bound as 0: NULL
+# a stored entry as _load reads it: the Entry's fields in order, its add row, its details' id
+_LOAD = ("SELECT e.recipient, e.reason, d.source, e.first_seen, d.last_seen, e.expires, d.count, "
+         f"{', '.join(f'd.ev_{c}' for c in EVIDENCE)}, d.note, d.updated_at, d.added, e.detail "
+         "FROM entries e JOIN entry_details d ON d.id = e.detail WHERE e.domain = ? "
+         "AND e.recipient IN (SELECT value FROM json_each(?))")
 _HISTORY = ("INSERT INTO history(at, action, domain, recipient, reason, source, event_time, expires, note, actor) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 # an entry's changes, with their ids and `indexed` (NULL: the add row its entry reaches).
@@ -94,6 +108,46 @@ _MIGRATE_3_TO_4 = (
 _MIGRATE_4_TO_5 = (
     "DROP INDEX IF EXISTS suppressions_recipient",
     "INSERT OR IGNORE INTO domains(domain, generation) SELECT DISTINCT domain, 1 FROM suppressions",
+)
+# schema 6 -> 7: the one-row entries split in two (see _DETAIL_COLS): detail ids in key
+# order, both tables filled in key order, the view and its triggers in the table's place
+ENTRY_TABLES = (     # schema 7's, as bench/write_layouts.py writes them too
+    "CREATE TABLE entries (domain TEXT NOT NULL, recipient TEXT NOT NULL, reason TEXT NOT NULL, "
+    "first_seen INTEGER NOT NULL, expires INTEGER, detail INTEGER NOT NULL, PRIMARY KEY (domain, recipient)) "
+    "WITHOUT ROWID",
+    "CREATE TABLE entry_details (id INTEGER PRIMARY KEY, source TEXT NOT NULL, last_seen INTEGER NOT NULL, "
+    "count INTEGER NOT NULL, ev_type TEXT, ev_message_id TEXT, ev_code INTEGER, ev_enhanced_code TEXT, "
+    "ev_content TEXT, ev_classification TEXT, ev_nodeid TEXT, note TEXT, updated_at INTEGER, added INTEGER)",
+)
+_MIGRATE_6_TO_7 = (
+    *ENTRY_TABLES,
+    f"INSERT INTO entry_details(id, {_DETAIL_COLS}) SELECT ROW_NUMBER() OVER (ORDER BY domain, recipient), "
+    f"{_DETAIL_COLS} FROM suppressions ORDER BY domain, recipient",
+    "INSERT INTO entries SELECT domain, recipient, reason, first_seen, expires, "
+    "ROW_NUMBER() OVER (ORDER BY domain, recipient) FROM suppressions ORDER BY domain, recipient",
+    "DROP TABLE suppressions",
+    # LEFT JOIN: every entry has its details, and SQLite leaves out the details' b-tree
+    # altogether for a query that reads none of their columns
+    f"CREATE VIEW suppressions AS SELECT e.domain, e.recipient, e.reason, d.source, e.first_seen, d.last_seen, "
+    f"e.expires, d.count, {', '.join(f'd.ev_{c}' for c in EVIDENCE)}, d.note, d.updated_at, d.added "
+    "FROM entries e LEFT JOIN entry_details d ON d.id = e.detail",
+    "CREATE TRIGGER suppressions_insert INSTEAD OF INSERT ON suppressions BEGIN "
+    "DELETE FROM entry_details WHERE id = "
+    "(SELECT detail FROM entries WHERE domain = NEW.domain AND recipient = NEW.recipient); "
+    f"INSERT INTO entry_details({_DETAIL_COLS}) VALUES (NEW.source, NEW.last_seen, NEW.count, "
+    f"{', '.join(f'NEW.ev_{c}' for c in EVIDENCE)}, NEW.note, NEW.updated_at, NEW.added); "
+    "REPLACE INTO entries VALUES (NEW.domain, NEW.recipient, NEW.reason, NEW.first_seen, NEW.expires, "
+    "last_insert_rowid()); END",
+    "CREATE TRIGGER suppressions_update INSTEAD OF UPDATE ON suppressions BEGIN "
+    "UPDATE entry_details SET source = NEW.source, last_seen = NEW.last_seen, count = NEW.count, "
+    f"{', '.join(f'ev_{c} = NEW.ev_{c}' for c in EVIDENCE)}, note = NEW.note, updated_at = NEW.updated_at, "
+    "added = NEW.added WHERE id = (SELECT detail FROM entries WHERE domain = OLD.domain AND recipient = OLD.recipient); "
+    "UPDATE entries SET domain = NEW.domain, recipient = NEW.recipient, reason = NEW.reason, "
+    "first_seen = NEW.first_seen, expires = NEW.expires WHERE domain = OLD.domain AND recipient = OLD.recipient; END",
+    "CREATE TRIGGER suppressions_delete INSTEAD OF DELETE ON suppressions BEGIN "
+    "DELETE FROM entry_details WHERE id = "
+    "(SELECT detail FROM entries WHERE domain = OLD.domain AND recipient = OLD.recipient); "
+    "DELETE FROM entries WHERE domain = OLD.domain AND recipient = OLD.recipient; END",
 )
 # an event's key (Event.key) is made of these: the types whose records an entry's evidence
 # can come from (an operator's entry has its source there instead)
@@ -379,7 +433,10 @@ class Store:
             if version <= 4:
                 for statement in _MIGRATE_4_TO_5:
                     self.conn.execute(statement)
-            self._migrate_v5_to_v6()
+            if version <= 5:
+                self._migrate_v5_to_v6()
+            for statement in _MIGRATE_6_TO_7:
+                self.conn.execute(statement)
             self.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def _create_v1(self) -> None:
@@ -525,10 +582,11 @@ class Store:
         """The domain's snapshot changed: its generation goes up when the transaction commits."""
         self._dirty.add(domain)
 
-    def _load(self, pairs: Iterable[tuple[str, str]]
-              ) -> tuple[dict[tuple[str, str], Entry], dict[tuple[str, str], int], dict[tuple[str, str], int]]:
-        """The stored entries (expired ones included), the ids of the add rows they reach
-        (`added`) and tombstones' removal times of these (domain, recipient) pairs, looked
+    def _load(self, pairs: Iterable[tuple[str, str]]) -> tuple[dict[tuple[str, str], Entry], dict[tuple[str, str], int],
+                                                              dict[tuple[str, str], int], dict[tuple[str, str], int]]:
+        """The stored entries (expired ones included), the ids of their rows in
+        entry_details (`details`), the ids of the add rows they reach (`added`) and
+        tombstones' removal times of these (domain, recipient) pairs, looked
         up one sending domain at a time: its recipients travel as one bound JSON array
         (a batch spans far fewer sending domains than pairs; filling a temporary table of
         the pairs cost three times these lookups in a bounce storm)."""
@@ -536,28 +594,29 @@ class Store:
         for domain, recipient in pairs:
             by_domain.setdefault(domain, []).append(recipient)
         conn = self.conn
-        entries, added, removed = {}, {}, {}
+        entries, details, added, removed = {}, {}, {}, {}
         # most stores have no tombstone at all: then this is one lookup, not one per domain
         any_removed = conn.execute("SELECT EXISTS(SELECT 1 FROM tombstones)").fetchone()[0]
         for domain, recipients in by_domain.items():
             wanted = json.dumps(recipients)
-            for row in conn.execute(f"SELECT recipient, {_ENTRY_COLS}, added FROM suppressions WHERE domain = ? "
-                                    "AND recipient IN (SELECT value FROM json_each(?))", (domain, wanted)):
+            for row in conn.execute(_LOAD, (domain, wanted)):
                 pair = (domain, row[0])
                 entries[pair] = Entry(row[1], row[2], row[3], row[4], row[5], row[6],
-                                      unpack_evidence(row[7:7 + len(EVIDENCE)]), row[-3], row[-2])
-                if row[-1] is not None:
-                    added[pair] = row[-1]
+                                      unpack_evidence(row[7:7 + len(EVIDENCE)]), row[-4], row[-3])
+                details[pair] = row[-1]
+                if row[-2] is not None:
+                    added[pair] = row[-2]
             if any_removed:
                 for recipient, removed_at in conn.execute(
                         "SELECT recipient, removed_at FROM tombstones WHERE domain = ? "
                         "AND recipient IN (SELECT value FROM json_each(?))", (domain, wanted)):
                     removed[domain, recipient] = removed_at
-        return entries, added, removed
+        return entries, details, added, removed
 
-    def _save(self, entries: dict[tuple[str, str], Entry], added: dict[tuple[str, str], int],
-              history: list[tuple], ordered: bool = False) -> None:
-        """Write changed entries (in key order: neighbouring rows share pages) and their
+    def _save(self, entries: dict[tuple[str, str], Entry], details: dict[tuple[str, str], int],
+              added: dict[tuple[str, str], int], history: list[tuple], ordered: bool = False) -> None:
+        """Write changed entries (in key order: neighbouring rows share pages; a stored
+        entry's details in place, a new one's appended, `details` as _load gave them) and their
         history rows, each pair's in the order they happened, the pairs in key order (ids
         within one transaction say nothing across pairs: the rows share their `at`).
         A pair's newest add row is reached from its entry, which holds the row's id, and
@@ -574,11 +633,15 @@ class Store:
         superseded = [added[pair] for pair in newest_add if pair in added]
         if superseded:
             self.conn.execute(_FILE_ADDED, (json.dumps(superseded),))
-        self.conn.executemany(_SAVE_ENTRY, [
-            (*pair, e.reason, e.source, e.first_seen, e.last_seen, e.expires, e.count, *pack_evidence(e.evidence),
-             0 if e.note is None else e.note, e.updated_at,
-             first_id + newest_add[pair] if pair in newest_add else added.get(pair))
-            for pair, e in (entries.items() if ordered else sorted(entries.items(), key=_pair_of))])
+        changed = list(entries.items()) if ordered else sorted(entries.items(), key=_pair_of)
+        new_ids = itertools.count(self.conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM entry_details").fetchone()[0])
+        ids = [details.get(pair) or next(new_ids) for pair, _e in changed]
+        self.conn.executemany(_SAVE_DETAIL, [
+            (detail, e.source, e.last_seen, e.count, *pack_evidence(e.evidence), 0 if e.note is None else e.note,
+             e.updated_at, first_id + newest_add[pair] if pair in newest_add else added.get(pair))
+            for detail, (pair, e) in zip(ids, changed)])
+        self.conn.executemany(_SAVE_ENTRY, [(*pair, e.reason, e.first_seen, e.expires, detail)
+                                            for detail, (pair, e) in zip(ids, changed)])
 
     def _held_key(self, pair: tuple[str, str], entry: Entry) -> int | None:
         """The key of the event whose evidence the entry holds (its newest: evidence and
@@ -639,7 +702,7 @@ class Store:
                         for i, (event, decision) in enumerate(pending) for recipient in event.recipients])
         if not items:
             return [False] * len(pending)
-        entries, added, removed = self._load((item[2].domain, item[5]) for item in items)
+        entries, details, added, removed = self._load((item[2].domain, item[5]) for item in items)
         stored = dict(entries)
         # seen before: in the event memory, held by its pair's entry, or earlier in the batch
         seen = self._known_keys(item[4] for item in items)
@@ -693,7 +756,7 @@ class Store:
                 tally[reason] = tally.get(reason, 0) + 1
         self._let_go(stored, held, remember)
         self._remember(remember)
-        self._save(changed, added, history, ordered=True)
+        self._save(changed, details, added, history, ordered=True)
         return new_events
 
     def _strike(self, event: Event, decision: Decision, recipient: str, evidence: tuple) -> list[tuple[int, tuple]]:
@@ -728,7 +791,7 @@ class Store:
         rows = list(rows)
         self.conn.executemany("DELETE FROM tombstones WHERE domain = ? AND recipient = ?",
                               [(domain, recipient) for recipient, domain, *_rest in rows])
-        entries, added, _removed = self._load({(domain, recipient) for recipient, domain, *_rest in rows})
+        entries, details, added, _removed = self._load({(domain, recipient) for recipient, domain, *_rest in rows})
         stored = dict(entries)
         held: dict[tuple[str, str], int | None] = {}
         changed: dict[tuple[str, str], Entry] = {}
@@ -747,7 +810,7 @@ class Store:
         remember: dict[int, int | None] = {}
         self._let_go(stored, held, remember)
         self._remember(remember)
-        self._save(changed, added, history)
+        self._save(changed, details, added, history)
         return actions
 
     def add_manual(self, recipient: str, domain: str, reason: str, ttl: int | None, note: str | None,
@@ -780,7 +843,7 @@ class Store:
         re-adds it. False, and nothing written, when the pair has no active entry (a typo
         must not leave a tombstone that silently blocks a later event)."""
         with self.transaction():
-            entries, added, _removed = self._load([(domain, recipient)])
+            entries, details, added, _removed = self._load([(domain, recipient)])
             row = entries.get((domain, recipient))
             if row is None or not rules.is_active(row.expires, now):
                 return False
@@ -793,7 +856,8 @@ class Store:
             self.conn.execute("INSERT INTO tombstones(domain, recipient, removed_at, note) VALUES (?, ?, ?, ?) "
                               "ON CONFLICT(domain, recipient) DO UPDATE SET removed_at = excluded.removed_at, "
                               "note = excluded.note", (domain, recipient, now, note))
-            self.conn.execute("DELETE FROM suppressions WHERE domain = ? AND recipient = ?", (domain, recipient))
+            self.conn.execute("DELETE FROM entry_details WHERE id = ?", (details[domain, recipient],))
+            self.conn.execute("DELETE FROM entries WHERE domain = ? AND recipient = ?", (domain, recipient))
             self.conn.execute("DELETE FROM strikes WHERE domain = ? AND recipient = ?", (domain, recipient))
             self.conn.execute(_HISTORY, (now, "remove", domain, recipient, row.reason, source, None, None, note,
                                          actor))
@@ -809,13 +873,15 @@ class Store:
         older than that."""
         with self.transaction():
             # the SQL form of `not rules.is_active(expires, now)`
-            rows = self.conn.execute("SELECT domain, recipient, reason, expires, added FROM suppressions "
-                                     "WHERE expires IS NOT NULL AND expires <= ?", (now,)).fetchall()
+            rows = self.conn.execute("SELECT e.domain, e.recipient, e.reason, e.expires, d.added, e.detail "
+                                     "FROM entries e JOIN entry_details d ON d.id = e.detail "
+                                     "WHERE e.expires IS NOT NULL AND e.expires <= ?", (now,)).fetchall()
             self.conn.execute(_FILE_ADDED, (json.dumps([r["added"] for r in rows if r["added"] is not None]),))
             self.conn.executemany(_HISTORY, [(now, "expire", r["domain"], r["recipient"], r["reason"], None, None,
                                               r["expires"], None, None) for r in rows])
-            self.conn.executemany("DELETE FROM suppressions WHERE domain = ? AND recipient = ?",
-                                  [(r["domain"], r["recipient"]) for r in rows])
+            self.conn.execute("DELETE FROM entry_details WHERE id IN (SELECT value FROM json_each(?))",
+                              (json.dumps([r["detail"] for r in rows]),))
+            self.conn.execute("DELETE FROM entries WHERE expires IS NOT NULL AND expires <= ?", (now,))
             for domain in {r["domain"] for r in rows}:
                 self._bump(domain)
             self.add_counters({"expired_total": len(rows)})
@@ -823,7 +889,7 @@ class Store:
             self.conn.execute("DELETE FROM strikes WHERE at < ?", (now - seen_retention,))
             if history_retention is not None:
                 # an entry whose add row goes reaches none: no later row may take its id
-                self.conn.execute("UPDATE suppressions SET added = NULL WHERE added IN "
+                self.conn.execute("UPDATE entry_details SET added = NULL WHERE added IN "
                                   "(SELECT id FROM history WHERE at < ? AND indexed IS NULL)",
                                   (now - history_retention,))
                 self.conn.execute("DELETE FROM history WHERE at < ?", (now - history_retention,))
@@ -882,21 +948,21 @@ class Store:
 
     def domain_summary(self, domain: str, now: int) -> tuple[int, int | None]:
         """(active entries, earliest expiry among them) for one domain."""
-        row = self.conn.execute("SELECT COUNT(*), MIN(expires) FROM suppressions WHERE domain = ? "
+        row = self.conn.execute("SELECT COUNT(*), MIN(expires) FROM entries WHERE domain = ? "
                                 "AND (expires IS NULL OR expires > ?)", (domain, now)).fetchone()
         return row[0], row[1]
 
     def iter_snapshot(self, domain: str, now: int) -> Iterator[tuple[str, str, int, int | None]]:
         """(recipient, reason, since, expires) of a domain's active entries, in key order,
         streamed from a cursor."""
-        return self.conn.execute("SELECT recipient, reason, first_seen, expires FROM suppressions "
+        return self.conn.execute("SELECT recipient, reason, first_seen, expires FROM entries "
                                  "WHERE domain = ? AND (expires IS NULL OR expires > ?) ORDER BY recipient",
                                  (domain, now))
 
     def iter_domain_entries(self, domain: str, now: int) -> list[tuple[str, str, int, int | None]]:
         """Like iter_snapshot, for the `@domain` entries alone (keys '@' up to 'A' exclusive:
         a plain recipient key never starts with '@')."""
-        return self.conn.execute("SELECT recipient, reason, first_seen, expires FROM suppressions "
+        return self.conn.execute("SELECT recipient, reason, first_seen, expires FROM entries "
                                  "WHERE domain = ? AND recipient >= '@' AND recipient < 'A' "
                                  "AND (expires IS NULL OR expires > ?) ORDER BY recipient",
                                  (domain, now)).fetchall()
@@ -916,18 +982,18 @@ class Store:
         active entry in `domain`."""
         # the keys travel as one bound JSON array, however many there are
         return {row[0]: tuple(row) for row in self.conn.execute(
-            "SELECT recipient, reason, first_seen, expires FROM suppressions WHERE domain = ? "
+            "SELECT recipient, reason, first_seen, expires FROM entries WHERE domain = ? "
             "AND recipient IN (SELECT value FROM json_each(?)) AND (expires IS NULL OR expires > ?)",
             (domain, json.dumps(list(recipients)), now))}
 
     def stats(self, now: int) -> dict:
         by_domain = {r[0]: r[1] for r in self.conn.execute(
-            "SELECT domain, COUNT(*) FROM suppressions WHERE expires IS NULL OR expires > ? "
+            "SELECT domain, COUNT(*) FROM entries WHERE expires IS NULL OR expires > ? "
             "GROUP BY domain ORDER BY domain", (now,))}
         by_reason = {r[0]: r[1] for r in self.conn.execute(
-            "SELECT reason, COUNT(*) FROM suppressions WHERE expires IS NULL OR expires > ? "
+            "SELECT reason, COUNT(*) FROM entries WHERE expires IS NULL OR expires > ? "
             "GROUP BY reason ORDER BY reason", (now,))}
-        expired = self.conn.execute("SELECT COUNT(*) FROM suppressions WHERE expires IS NOT NULL "
+        expired = self.conn.execute("SELECT COUNT(*) FROM entries WHERE expires IS NOT NULL "
                                     "AND expires <= ?", (now,)).fetchone()[0]
 
         def stamp(key: str) -> int | None:

@@ -229,6 +229,11 @@ def test_open_migrates_a_store_without_actor_and_note(install):
     with SuppressionList.open(install.config_path) as sl:
         sl.add("u@example.net", "example.com", note="from v1", now=NOW)
     with sqlite3.connect(install.db) as conn:   # what a store of schema 2 looked like
+        conn.execute("CREATE TABLE one_row_entries AS SELECT * FROM suppressions")   # one table, no view
+        conn.execute("DROP VIEW suppressions")
+        conn.execute("DROP TABLE entries")
+        conn.execute("DROP TABLE entry_details")
+        conn.execute("ALTER TABLE one_row_entries RENAME TO suppressions")
         conn.execute("ALTER TABLE history RENAME COLUMN note TO detail")
         conn.execute("ALTER TABLE history DROP COLUMN actor")
         conn.execute("DROP INDEX history_pair")

@@ -138,7 +138,8 @@ def _ingest(install, tmp_path, monkeypatch, name: str, prefilter: bool, caplog) 
 def _dump(path) -> dict:
     conn = sqlite3.connect(path)
     try:
-        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view') "
+                                             "ORDER BY name")]
         out = {}
         for table in tables:
             rows = conn.execute(f"SELECT * FROM {table}").fetchall()

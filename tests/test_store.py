@@ -377,6 +377,93 @@ def test_schema_4_store_migrates_and_answers_as_before(tmp_path):
         assert store.get("u@example.net", "example.com", now)["count"] == 2
 
 
+def test_schema_6_store_migrates_to_two_row_entries_and_answers_as_before(tmp_path):
+    """A store schema-6 code wrote (tests/vectors/store_v6.sql, its dump: one row per entry)
+    migrates on open to schema 7's entries and entry_details, and answers every read as
+    schema-6 code did (tests/vectors/store_v6_reads.json), each live entry still reaching
+    its add row; the view keeps the table a panel read."""
+    import json
+    import sqlite3
+    from pathlib import Path
+    vectors = Path(__file__).resolve().parent / "vectors"
+    path = tmp_path / "v6.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript((vectors / "store_v6.sql").read_text())
+        before = [tuple(r) for r in conn.execute("SELECT * FROM suppressions ORDER BY domain, recipient")]
+    now = 1_790_000_000
+    want = json.loads((vectors / "store_v6_reads.json").read_text())
+    with Store.open(path) as store:
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        got = {"entries": list(store.iter_entries(now)),
+               "history": {key: store.history(key.split(" ")[1], key.split(" ")[0]) for key in want["history"]},
+               "stats": store.stats(now), "gens": store.domain_generations(),
+               "snapshot": {d: [list(r) for r in store.iter_snapshot(d, now)] for d in want["snapshot"]},
+               "domains_of_bad": store.suppressing_domains("z@bad.example", now)}
+        assert json.loads(json.dumps(got)) == want
+        conn = store.conn
+        assert [tuple(r) for r in conn.execute("SELECT * FROM suppressions ORDER BY domain, recipient")] == before
+        kinds = dict(conn.execute("SELECT name, type FROM sqlite_master WHERE name IN "
+                                  "('suppressions', 'entries', 'entry_details')").fetchall())
+        assert kinds == {"suppressions": "view", "entries": "table", "entry_details": "table"}
+        # details numbered in key order, one each
+        assert conn.execute("SELECT group_concat(detail) FROM entries").fetchone()[0] == \
+            ",".join(str(i) for i in range(1, len(before) + 1))
+        rules = dict(ttl={"bounce": "3650d", "expiration": "3650d"})
+        assert apply(store, f.bounce("u@example.net", timestamp=now - 1 * DAY, id="m2", content="newer"),
+                     now=now, **rules).duplicates == 1
+        assert apply(store, f.bounce("gone@example.net", timestamp=now - 3 * DAY, id="m9"), now=now,
+                     **rules).tombstoned == 1
+        apply(store, f.bounce("u@example.net", timestamp=now - 10, id="m7"), now=now, **rules)
+        assert store.get("u@example.net", "example.com", now)["count"] == 3
+        assert [h["action"] for h in store.history("u@example.net", "example.com")] == ["add", "refresh", "refresh"]
+
+
+def test_the_suppressions_view_writes_like_the_table_it_replaced(store):
+    """A row written by hand into `suppressions` (a panel's fix-up, a test) lands in
+    entries and entry_details; replaced, updated or deleted, it leaves no details behind."""
+    conn = store.conn
+    insert = ("INSERT INTO suppressions(domain, recipient, reason, source, first_seen, last_seen, expires, count, "
+              "ev_content, note) VALUES ('example.com', 'u@example.net', ?, 'import', 1, 2, NULL, ?, 'text', ?)")
+    conn.execute(insert, ("bounce", 1, "first"))
+    conn.execute(insert, ("manual", 5, "second"))       # the same pair again: the row is replaced
+    assert store.get("u@example.net", "example.com", NOW)["reason"] == "manual"
+    assert store.get("u@example.net", "example.com", NOW)["count"] == 5
+    assert conn.execute("SELECT COUNT(*) FROM entry_details").fetchone()[0] == 1
+    conn.execute("UPDATE suppressions SET note = 'third', expires = ? WHERE recipient = 'u@example.net'", (NOW + DAY,))
+    entry = store.get("u@example.net", "example.com", NOW)
+    assert (entry["note"], entry["expires"], entry["evidence"]["content"]) == ("third", NOW + DAY, "text")
+    conn.execute("DELETE FROM suppressions WHERE domain = 'example.com'")
+    assert [conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("entries", "entry_details")] == [0, 0]
+
+
+def test_every_entry_has_one_details_row_through_adds_refreshes_removals_and_prune(store):
+    """New entries' details are appended; a refresh rewrites its entry's details in place;
+    removal and prune take them away with the entry."""
+    def details():
+        return [tuple(r) for r in store.conn.execute(
+            "SELECT e.recipient, d.id, d.count FROM entries e JOIN entry_details d ON d.id = e.detail "
+            "ORDER BY d.id")]
+    apply(store, f.bounce("b@example.net", timestamp=NOW - 3 * DAY))
+    apply(store, f.bounce("a@example.net", timestamp=NOW - 3 * DAY))
+    apply(store, f.expiration("old@example.net", timestamp=NOW - 29 * DAY))
+    assert details() == [("b@example.net", 1, 1), ("a@example.net", 2, 1), ("old@example.net", 3, 1)]
+    apply(store, f.bounce("b@example.net", timestamp=NOW - DAY))
+    assert details()[0] == ("b@example.net", 1, 2)
+    assert store.remove("a@example.net", "example.com", NOW)
+    assert store.prune(NOW + 2 * DAY) == 1
+    assert details() == [("b@example.net", 1, 2)]
+    assert store.conn.execute("SELECT COUNT(*) FROM entry_details").fetchone()[0] == 1
+
+
+def test_a_snapshot_reads_the_narrow_entries_alone(store):
+    """What export reads needs no entry_details: its queries, and a panel's read of the
+    same columns through the view, touch the clustered entries only."""
+    for sql in ("SELECT recipient, reason, first_seen, expires FROM entries WHERE domain = ? ORDER BY recipient",
+                "SELECT recipient, reason, first_seen, expires FROM suppressions WHERE domain = ?"):
+        plan = " ".join(r[-1] for r in store.conn.execute(f"EXPLAIN QUERY PLAN {sql}", ("d",)))
+        assert "entry_details" not in plan and " d " not in f"{plan} ", plan
+
+
 @pytest.mark.parametrize("evidence", [
     ("Bounce", "b72d729558e74286b69e2e09f1b5b6a1", 550, "5.1.1", "5.1.1 user unknown", "InvalidRecipient",
      "0b5e1b4e-9a55-11ee-8c90-0242ac120002"),
