@@ -45,14 +45,16 @@ _ENTRY_COLS = f"reason, source, first_seen, last_seen, expires, count, {_EV_COLS
 # the view that joins the two, with triggers, so a panel reads (and a hand-made row
 # writes) the table it always had.
 _DETAIL_COLS = f"source, last_seen, count, {_EV_COLS}, note, updated_at, added"
+# the view's columns over entries e and entry_details d (the one-row table's, in its
+# order) after the domain: the recipient, then an Entry's fields in order, its add row
+_PAIR_COLS = (f"e.recipient, e.reason, d.source, e.first_seen, d.last_seen, e.expires, d.count, "
+              f"{', '.join(f'd.ev_{c}' for c in EVIDENCE)}, d.note, d.updated_at, d.added")
 _SAVE_ENTRY = "REPLACE INTO entries(domain, recipient, reason, first_seen, expires, detail) VALUES (?, ?, ?, ?, ?, ?)"
 _SAVE_DETAIL = (f"REPLACE INTO entry_details(id, {_DETAIL_COLS}) "
                 f"VALUES ({', '.join('?' * (4 + len(EVIDENCE)))}, NULLIF(?, 0), ?, ?)")   # note bound as 0: NULL
-# a stored entry as _load reads it: the Entry's fields in order, its add row, its details' id
-_LOAD = ("SELECT e.recipient, e.reason, d.source, e.first_seen, d.last_seen, e.expires, d.count, "
-         f"{', '.join(f'd.ev_{c}' for c in EVIDENCE)}, d.note, d.updated_at, d.added, e.detail "
-         "FROM entries e JOIN entry_details d ON d.id = e.detail WHERE e.domain = ? "
-         "AND e.recipient IN (SELECT value FROM json_each(?))")
+# a stored entry of one domain as _load reads it, and its details' id
+_LOAD = (f"SELECT {_PAIR_COLS}, e.detail FROM entries e "
+         "JOIN entry_details d ON d.id = e.detail WHERE e.domain = ? AND e.recipient IN (SELECT value FROM json_each(?))")
 _HISTORY = ("INSERT INTO history(at, action, domain, recipient, reason, source, event_time, expires, note, actor) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 # an entry's changes, with their ids and `indexed` (NULL: the add row its entry reaches).
@@ -128,9 +130,7 @@ _MIGRATE_6_TO_7 = (
     "DROP TABLE suppressions",
     # LEFT JOIN: every entry has its details, and SQLite leaves out the details' b-tree
     # altogether for a query that reads none of their columns
-    f"CREATE VIEW suppressions AS SELECT e.domain, e.recipient, e.reason, d.source, e.first_seen, d.last_seen, "
-    f"e.expires, d.count, {', '.join(f'd.ev_{c}' for c in EVIDENCE)}, d.note, d.updated_at, d.added "
-    "FROM entries e LEFT JOIN entry_details d ON d.id = e.detail",
+    f"CREATE VIEW suppressions AS SELECT e.domain, {_PAIR_COLS} FROM entries e LEFT JOIN entry_details d ON d.id = e.detail",
     "CREATE TRIGGER suppressions_insert INSTEAD OF INSERT ON suppressions BEGIN "
     "DELETE FROM entry_details WHERE id = "
     "(SELECT detail FROM entries WHERE domain = NEW.domain AND recipient = NEW.recipient); "
